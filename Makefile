@@ -1,0 +1,31 @@
+# Each target bootstraps .venv from requirements.lock when it is missing.
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+export HF_HUB_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+.PHONY: demo test bench venv clean-data
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): requirements.lock pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
+	@test -x $(PY) || uv venv -q --python 3.11 .venv
+	VIRTUAL_ENV=$(CURDIR)/.venv uv pip install -q --index-strategy unsafe-best-match $${PIP_FIND_LINKS:+--find-links $$PIP_FIND_LINKS} -r requirements.lock
+	VIRTUAL_ENV=$(CURDIR)/.venv uv pip install -q --no-deps -e .
+	@touch $(VENV_STAMP)
+
+demo: $(VENV_STAMP)
+	$(PY) -m pipelines demo
+
+test: $(VENV_STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV_STAMP)
+	$(PY) -m bench
+
+clean-data:
+	rm -rf data models metrics reports/checks reports/gx .airflow

@@ -1,0 +1,75 @@
+"""``python -m pipelines <command>``: what dvc.yaml and the Airflow tasks call.
+
+Each data stage module exposes ``run(params) -> dict`` (a summary that is
+printed as JSON); the stage reads and writes workspace-relative paths.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+
+# command -> "module:function"; imported lazily so `--help` stays fast.
+COMMANDS = {
+    "ingest": "pipelines.ingest.stage:run",
+    "filter": "pipelines.filter.stage:run",
+    "dedup": "pipelines.dedup.stage:run",
+    "select": "pipelines.select.stage:run",
+    "mix": "pipelines.mix.stage:run",
+    "pack": "pipelines.pack.stage:run",
+    "train": "pipelines.train.stage:run_phase1",
+    "anneal": "pipelines.train.stage:run_anneal",
+    "evaluate": "pipelines.evaluate.stage:run",
+}
+DATA_STAGES = ["ingest", "filter", "dedup", "select", "mix", "pack"]
+
+
+def _load(target: str):
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
+    parser.add_argument("--params", default=None, help="params.yaml to use (default: the workspace's)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        sub.add_parser(name, help=f"run the {name} stage")
+    check = sub.add_parser("check", help="run the Great Expectations gate of a data stage")
+    check.add_argument("stage", choices=DATA_STAGES)
+    sub.add_parser("version", help="record the data version (commit/tag dvc.lock, dvc push)")
+    sub.add_parser("summary", help="print the funnel, data version and bits-per-byte")
+    sub.add_parser("demo", help="run corpus_refresh and pretrain through Airflow, then print the summary")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pipelines.config import load_params
+
+    if args.command == "demo":
+        return _load("pipelines.orchestration.demo:main")()
+    params = load_params(args.params)
+    if args.command == "check":
+        from pipelines.checks.gate import GateFailed, run_gate
+
+        try:
+            result = run_gate(args.stage, params)
+        except GateFailed as e:
+            print(str(e), file=sys.stderr)
+            return 1
+        print(json.dumps({"stage": args.stage, "success": result["success"]}, indent=2))
+        return 0
+    if args.command == "version":
+        result = _load("pipelines.orchestration.version:record_data_version")(params)
+    elif args.command == "summary":
+        print(_load("pipelines.orchestration.summary:render")(params))
+        return 0
+    else:
+        result = _load(COMMANDS[args.command])(params)
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0
