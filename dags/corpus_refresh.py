@@ -1,0 +1,51 @@
+"""corpus_refresh: raw crawl -> packed, gated corpus; ends by tagging the data version
+and emitting the `corpus` Asset event that schedules `pretrain`.
+
+Thin on purpose: tasks come from dvc.yaml (meta.dag: corpus_refresh); logic is in pipelines/.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from airflow.sdk import DAG, Asset, Param, task
+
+from pipelines.orchestration.dag_factory import DEFAULT_ARGS, project_root, read_params, sinks, sources, stage_tasks
+from pipelines.orchestration.run_params import form_schema
+
+PARAMS = read_params()
+ORCH = PARAMS.get("orchestration") or {}
+CORPUS = Asset(name="corpus", uri=ORCH.get("corpus_asset", "pipelines://corpus"))
+
+with DAG(
+    dag_id="corpus_refresh",
+    schedule=ORCH.get("schedule"),
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    params={name: Param(None, **schema) for name, schema in form_schema().items()},
+    tags=["data", "dvc"],
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def apply_run_params(params=None) -> dict:
+        from pipelines.orchestration.run_params import apply_form
+
+        return apply_form(project_root(), dict(params or {}))
+
+    @task(outlets=[CORPUS])
+    def record_version(outlet_events=None) -> dict:
+        from pipelines.config import load_params
+        from pipelines.orchestration.version import record_data_version
+
+        result = record_data_version(load_params(project_root() / "params.yaml"))
+        outlet_events[CORPUS].extra = result
+        return result
+
+    stages = stage_tasks("corpus_refresh")
+    start, end = apply_run_params(), record_version()
+    for t in sources(stages):
+        start >> t
+    for t in sinks(stages):
+        t >> end

@@ -1,0 +1,37 @@
+"""pretrain: phase-1 training -> anneal -> evaluation, on each new corpus version.
+
+Scheduled on the `corpus` Asset that corpus_refresh emits; tasks come from dvc.yaml
+(meta.dag: pretrain). Runs locally by default.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from airflow.sdk import DAG, Asset, task
+
+from pipelines.orchestration.dag_factory import DEFAULT_ARGS, project_root, read_params, sources, stage_tasks
+
+ORCH = read_params().get("orchestration") or {}
+CORPUS = Asset(name="corpus", uri=ORCH.get("corpus_asset", "pipelines://corpus"))
+
+with DAG(
+    dag_id="pretrain",
+    schedule=[CORPUS],
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["train", "dvc"],
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def resolve_data_version(triggering_asset_events=None) -> dict:
+        from pipelines.orchestration.version import training_data_version
+
+        return training_data_version(project_root(), triggering_asset_events)
+
+    stages = stage_tasks("pretrain")
+    version = resolve_data_version()
+    for t in sources(stages):
+        version >> t

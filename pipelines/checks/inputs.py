@@ -1,0 +1,191 @@
+"""Turn a stage output into what the gates validate: small pandas frames and plain file checks.
+
+Everything here is deterministic (no RNG, sorted file order) so the same data
+gives the same frames and therefore the same report bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.checks.results import CheckResult
+from pipelines.core.hashing import sha256_file
+from pipelines.core.manifest import MANIFEST
+from pipelines.core.shards import count_rows, iter_batches, list_shards
+from pipelines.core.stage import STATS
+
+# Columns that do not help a validation and that pandas/GX handle poorly (lists).
+_STATS_DROP = ["len_hist"]
+
+
+def rel(path: Path, root: Path) -> str:
+    """Workspace-relative path for reports (absolute paths would differ between checkouts)."""
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+# --- stats -----------------------------------------------------------------------------------------
+
+def stats_frame(stage_dir: Path) -> pd.DataFrame:
+    """``_stats.parquet`` plus ``unaccounted`` = in - out - dropped (0 on every balanced shard)."""
+    df = pq.read_table(stage_dir / STATS).to_pandas()
+    df = df.drop(columns=[c for c in _STATS_DROP if c in df.columns])
+    for col in ("records_in", "records_out", "records_dropped"):
+        if col not in df.columns:
+            raise ValueError(f"{stage_dir / STATS}: column {col} missing")
+    df["unaccounted"] = df["records_in"] - df["records_out"] - df["records_dropped"]
+    return df
+
+
+def drop_columns(stats: pd.DataFrame) -> list[str]:
+    return sorted(c for c in stats.columns if c.startswith("drop__"))
+
+
+def totals_frame(stats: pd.DataFrame) -> pd.DataFrame:
+    """One row of corpus-level rates: keep/drop rate and each rule's share of all input records."""
+    n_in = int(stats["records_in"].sum())
+    n_out = int(stats["records_out"].sum())
+    n_drop = int(stats["records_dropped"].sum())
+    row = {
+        "records_in": n_in,
+        "records_out": n_out,
+        "records_dropped": n_drop,
+        # An empty input keeps nothing: rate 0 (so a keep-rate floor fails), not NaN (which GX would skip).
+        "keep_rate": n_out / n_in if n_in else 0.0,
+        "drop_rate": n_drop / n_in if n_in else 0.0,
+    }
+    for col in drop_columns(stats):
+        row["rule_rate__" + col[len("drop__"):]] = int(stats[col].sum()) / n_in if n_in else 0.0
+    return pd.DataFrame([row])
+
+
+# --- records ---------------------------------------------------------------------------------------
+
+def sample_records(dirs: list[Path], n: int) -> pd.DataFrame:
+    """``n`` records evenly spaced over the concatenated shards of ``dirs`` (all records if fewer).
+
+    Evenly spaced positions rather than a random draw: deterministic and it
+    touches every shard in proportion to its size. Only the row groups that
+    hold a sampled row are read.
+    """
+    shards = [p for d in dirs for p in list_shards(d)]
+    rows = [count_rows(p) for p in shards]
+    total = sum(rows)
+    if not shards:
+        return pd.DataFrame()
+    if total == 0:
+        return pq.read_schema(shards[0]).empty_table().to_pandas()
+    k = min(int(n), total)
+    positions = (np.arange(k, dtype=np.int64) * total) // k
+    offsets = np.cumsum([0] + rows)
+    tables = []
+    for i, path in enumerate(shards):
+        local = positions[(positions >= offsets[i]) & (positions < offsets[i + 1])] - offsets[i]
+        if local.size:
+            tables.append(_take_rows(path, local))
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def _take_rows(path: Path, local: np.ndarray) -> pa.Table:
+    with pq.ParquetFile(path) as f:
+        group_rows = [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
+        group_start = np.cumsum([0] + group_rows)
+        groups = sorted({int(g) for g in np.searchsorted(group_start, local, side="right") - 1})
+        table = f.read_row_groups(groups)
+    # Row index inside the concatenation of the groups that were read.
+    read_start = {g: s for g, s in zip(groups, np.cumsum([0] + [group_rows[g] for g in groups]))}
+    idx = [int(read_start[int(g)] + (r - group_start[g])) for r, g in zip(local, np.searchsorted(group_start, local, side="right") - 1)]
+    return table.take(pa.array(idx, pa.int64()))
+
+
+_NON_WORD = re.compile(r"[^\w\s]", re.UNICODE)
+_SPACES = re.compile(r"\s+", re.UNICODE)
+
+
+def normalise_text(text: str, lowercase: bool = True, strip_punctuation: bool = True) -> str:
+    """The exact-duplicate key: optional lowercase / punctuation strip, whitespace collapsed."""
+    if lowercase:
+        text = text.lower()
+    if strip_punctuation:
+        text = _NON_WORD.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def text_hash_frame(stage_dir: Path, lowercase: bool = True, strip_punctuation: bool = True) -> pd.DataFrame:
+    """``id`` and a hash of the normalised text of every record of the stage (not a sample)."""
+    ids, hashes = [], []
+    for path in list_shards(stage_dir):
+        for batch in iter_batches(path, columns=["id", "text"]):
+            ids.extend(batch.column("id").to_pylist())
+            for text in batch.column("text").to_pylist():
+                key = normalise_text(text or "", lowercase, strip_punctuation)
+                hashes.append(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest())
+    return pd.DataFrame({"id": pd.Series(ids, dtype=object), "text_hash": pd.Series(hashes, dtype=object)})
+
+
+def id_frame(dirs: list[Path]) -> pd.Series:
+    """The distinct ids of the records under ``dirs``, sorted."""
+    ids: set[str] = set()
+    for d in dirs:
+        for path in list_shards(d):
+            ids.update(x for x in pq.read_table(path, columns=["id"]).column("id").to_pylist() if x is not None)
+    return pd.Series(sorted(ids), dtype=object)
+
+
+def count_records(stage_dir: Path) -> int:
+    return sum(count_rows(p) for p in list_shards(stage_dir))
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+def verify_manifest(stage_dir: Path, root: Path) -> CheckResult:
+    """Every file the manifest lists exists with its recorded sha256; no shard is left unlisted."""
+    path = stage_dir / MANIFEST
+    label = rel(path, root)
+    problems: list[str] = []
+    checked = 0
+    if not path.exists():
+        problems.append(f"{label} missing")
+    else:
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            manifest = {}
+            problems.append(f"{label} unreadable: {e}")
+        listed: set[str] = set()
+        for shard, entry in sorted((manifest.get("shards") or {}).items()):
+            listed.add(shard)
+            for name, fe in sorted(((entry or {}).get("files") or {}).items()):
+                listed.add(name)
+                checked += 1
+                f = stage_dir / name
+                if not f.exists():
+                    problems.append(f"{rel(f, root)}: missing")
+                elif sha256_file(f) != (fe or {}).get("sha256"):
+                    problems.append(f"{rel(f, root)}: sha256 mismatch")
+        for shard in list_shards(stage_dir):
+            if shard.name not in listed:
+                problems.append(f"{rel(shard, root)}: not in manifest")
+    return CheckResult(batch="files", type="manifest_matches_files", column=None, kwargs={"manifest": label},
+                       success=not problems, observed={"files_checked": checked, "problems": problems})
+
+
+def file_exists(path: Path, root: Path) -> CheckResult:
+    return CheckResult(batch="files", type="file_exists", column=None, kwargs={"path": rel(path, root)},
+                       success=path.is_file(), observed="present" if path.is_file() else "missing")
+
+
+def load_json(path: Path) -> dict | list | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,249 @@
+"""What each gate expects: frames of a stage's output, each with a list of GX expectations.
+
+A gate plan is a list of :class:`Batch` (a frame + its expectations, validated
+by GX) and plain-Python file checks (manifest hashes, required files). All
+thresholds come from ``params.checks``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.checks import inputs
+from pipelines.checks.blend import blend_rows
+from pipelines.checks.gx_runner import import_gx
+from pipelines.checks.packed import measure_phase, phase_summaries
+from pipelines.checks.results import CheckResult
+from pipelines.core.stage import STATS
+
+STANDARD_STAGES = ("ingest", "filter", "dedup", "select")
+REQUIRED_COLUMNS = ["id", "url", "source", "text"]
+QUALITY_COLUMN = "quality_score"
+MIX_SPLITS = ("phase1", "phase2", "heldout")
+MIX_BLENDS = ("phase1", "phase2")
+PACK_PHASES = ("phase1", "phase2")
+DEFAULT_SHARE_TOLERANCE = 0.05
+
+
+@dataclass
+class Batch:
+    name: str  # GX asset/suite name, e.g. "stats"
+    frame: pd.DataFrame
+    expectations: list
+    index_columns: list[str] = field(default_factory=list)  # name failing rows by these columns
+
+
+@dataclass
+class GatePlan:
+    batches: list[Batch] = field(default_factory=list)
+    file_checks: list[CheckResult] = field(default_factory=list)
+
+
+def stage_checks(params: dict, stage: str) -> dict:
+    return ((params.get("checks") or {}).get(stage)) or {}
+
+
+def sample_rows(params: dict) -> int:
+    return int((params.get("checks") or {}).get("sample_rows", 500))
+
+
+def _readable(plan: GatePlan, what: str, path: Path, root: Path, load):
+    """Run ``load()``; an unreadable input becomes a failed check instead of a traceback."""
+    try:
+        return load()
+    except (OSError, ValueError, KeyError, pa.ArrowException) as e:
+        plan.file_checks.append(CheckResult(batch="files", type=f"{what}_readable", column=None,
+                                            kwargs={"path": inputs.rel(path, root)}, success=False,
+                                            observed=f"{type(e).__name__}: {e}"))
+        return None
+
+
+# --- shared expectation lists ----------------------------------------------------------------------
+
+def stats_expectations(min_records=None, unique_shards: bool = True) -> list:
+    gx = import_gx()
+    E = gx.expectations
+    out = [
+        E.ExpectTableRowCountToBeBetween(min_value=1),
+        # records_in == records_out + records_dropped on every shard.
+        E.ExpectColumnValuesToBeBetween(column="unaccounted", min_value=0, max_value=0),
+        E.ExpectColumnValuesToBeBetween(column="records_out", min_value=0),
+    ]
+    if unique_shards:
+        out.append(E.ExpectColumnValuesToBeUnique(column="shard"))
+    if min_records is not None:
+        out.append(E.ExpectColumnSumToBeBetween(column="records_out", min_value=int(min_records)))
+    return out
+
+
+def record_expectations(columns, unique_ids: bool = True) -> list:
+    gx = import_gx()
+    E = gx.expectations
+    out = [
+        E.ExpectTableColumnsToMatchSet(column_set=REQUIRED_COLUMNS, exact_match=False),
+        E.ExpectTableRowCountToBeBetween(min_value=1),
+        E.ExpectColumnValuesToNotBeNull(column="id"),
+        E.ExpectColumnValuesToNotBeNull(column="source"),
+        E.ExpectColumnValuesToNotBeNull(column="text"),
+        E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
+    ]
+    if unique_ids:
+        out.append(E.ExpectColumnValuesToBeUnique(column="id"))
+    if "lang_score" in columns:
+        out.append(E.ExpectColumnValuesToBeBetween(column="lang_score", min_value=0, max_value=1))
+    return out
+
+
+# --- ingest / filter / dedup / select --------------------------------------------------------------
+
+def standard_plan(stage: str, params: dict, root: Path) -> GatePlan:
+    gx = import_gx()
+    E = gx.expectations
+    cfg = stage_checks(params, stage)
+    stage_dir = root / "data" / stage
+    plan = GatePlan()
+    if not stage_dir.is_dir():
+        plan.file_checks.append(inputs.file_exists(stage_dir, root))
+        return plan
+    plan.file_checks.append(inputs.verify_manifest(stage_dir, root))
+
+    stats = _readable(plan, "stats", stage_dir / STATS, root, lambda: inputs.stats_frame(stage_dir))
+    if stats is not None:
+        plan.batches.append(Batch("stats", stats, stats_expectations(cfg.get("min_records")), ["shard"]))
+        totals = inputs.totals_frame(stats)
+        rate_checks = []
+        if stage == "filter":
+            if cfg.get("min_keep_rate") is not None:
+                rate_checks.append(E.ExpectColumnMinToBeBetween(column="keep_rate", min_value=float(cfg["min_keep_rate"])))
+            if cfg.get("max_rule_rate") is not None:
+                rate_checks += [E.ExpectColumnMaxToBeBetween(column=c, max_value=float(cfg["max_rule_rate"]))
+                                for c in totals.columns if c.startswith("rule_rate__")]
+        if stage == "dedup" and cfg.get("max_dup_rate") is not None:
+            # Every drop of the dedup stage is a duplicate (exact or near).
+            rate_checks.append(E.ExpectColumnMaxToBeBetween(column="drop_rate", max_value=float(cfg["max_dup_rate"])))
+        if rate_checks:
+            plan.batches.append(Batch("totals", totals, rate_checks))
+
+    sample = _readable(plan, "records", stage_dir, root, lambda: inputs.sample_records([stage_dir], sample_rows(params)))
+    if sample is not None:
+        expectations = record_expectations(sample.columns)
+        if stage == "select":
+            expectations.append(E.ExpectColumnValuesToNotBeNull(column=QUALITY_COLUMN))
+            expectations.append(E.ExpectColumnValuesToBeBetween(column=QUALITY_COLUMN, min_value=0, max_value=1))
+        plan.batches.append(Batch("sample", sample, expectations, ["id"]))
+
+    if stage == "dedup":
+        exact = ((params.get("dedup") or {}).get("exact")) or {}
+        hashes = _readable(plan, "records", stage_dir, root, lambda: inputs.text_hash_frame(
+            stage_dir, bool(exact.get("lowercase", True)), bool(exact.get("strip_punctuation", True))))
+        if hashes is not None:
+            plan.batches.append(Batch("text_hashes", hashes, [E.ExpectColumnValuesToBeUnique(column="text_hash")], ["id"]))
+    return plan
+
+
+# --- mix -------------------------------------------------------------------------------------------
+
+def mix_plan(params: dict, root: Path) -> GatePlan:
+    gx = import_gx()
+    E = gx.expectations
+    cfg = stage_checks(params, "mix")
+    mix_dir = root / "data" / "mix"
+    plan = GatePlan()
+    plan.file_checks.append(inputs.file_exists(mix_dir / "blend.json", root))
+    split_dirs = {s: mix_dir / s for s in MIX_SPLITS}
+    present = {s: d for s, d in split_dirs.items() if d.is_dir()}
+    for split, d in split_dirs.items():
+        plan.file_checks.append(inputs.verify_manifest(d, root) if d.is_dir() else inputs.file_exists(d, root))
+
+    stats = _readable(plan, "stats", mix_dir / STATS, root, lambda: inputs.stats_frame(mix_dir))
+    if stats is not None:
+        # Shard names may repeat across phases here, so no uniqueness check on them.
+        plan.batches.append(Batch("stats", stats, stats_expectations(unique_shards=False), ["shard"]))
+
+    splits = pd.DataFrame([
+        {"split": s, "records": inputs.count_records(d),
+         "blend_records": inputs.count_records(d) if s in MIX_BLENDS else None}
+        for s, d in sorted(present.items())
+    ], columns=["split", "records", "blend_records"])
+    split_checks = [E.ExpectColumnValuesToBeBetween(column="records", min_value=1)]
+    if cfg.get("min_records") is not None:
+        split_checks.append(E.ExpectColumnValuesToBeBetween(column="blend_records", min_value=int(cfg["min_records"])))
+    plan.batches.append(Batch("splits", splits, split_checks, ["split"]))
+
+    # Heldout ids must never be trained on: each distinct id listed once per side, then unique overall.
+    blend_ids = inputs.id_frame([present[s] for s in MIX_BLENDS if s in present])
+    heldout_ids = inputs.id_frame([present["heldout"]]) if "heldout" in present else pd.Series([], dtype=object)
+    ids = pd.DataFrame({
+        "id": pd.concat([heldout_ids, blend_ids], ignore_index=True),
+        "side": ["heldout"] * len(heldout_ids) + ["blend"] * len(blend_ids),
+    })
+    plan.batches.append(Batch("heldout_vs_blend_ids", ids, [E.ExpectColumnValuesToBeUnique(column="id")], ["side"]))
+
+    sample = inputs.sample_records([present[s] for s in MIX_SPLITS if s in present], sample_rows(params))
+    # A blend may repeat a record (upsampling), so ids need not be unique in its sample.
+    plan.batches.append(Batch("sample", sample, record_expectations(sample.columns, unique_ids=False), ["id"]))
+
+    blend = inputs.load_json(mix_dir / "blend.json")
+    rows = blend_rows(blend) if blend is not None else []
+    if rows:
+        tolerance = float(cfg.get("share_tolerance", DEFAULT_SHARE_TOLERANCE))
+        frame = pd.DataFrame(rows)
+        plan.batches.append(Batch("blend_shares", frame, [
+            E.ExpectColumnValuesToBeBetween(column="share", min_value=0, max_value=1),
+            E.ExpectColumnValuesToBeBetween(column="share_error", min_value=0, max_value=tolerance),
+        ], ["phase", "source"]))
+    return plan
+
+
+# --- pack ------------------------------------------------------------------------------------------
+
+PHASE_COLUMNS = ["phase", "problem", "n_seq", "seq_len", "tokens_index", "tokens_counted", "fill_ratio",
+                 "token_mismatch", "n_seq_mismatch", "lineage_mismatch", "summary_token_mismatch", "summary_fill_ratio"]
+SHARD_COLUMNS = ["phase", "file", "rows", "cols", "problem"]
+
+
+def pack_plan(params: dict, root: Path) -> GatePlan:
+    gx = import_gx()
+    E = gx.expectations
+    cfg = stage_checks(params, "pack")
+    pack_dir = root / "data" / "pack"
+    plan = GatePlan()
+    plan.file_checks.append(inputs.file_exists(pack_dir / "pack.json", root))
+    summaries = phase_summaries(inputs.load_json(pack_dir / "pack.json"))
+    phase_rows, shard_rows = [], []
+    for phase in PACK_PHASES:
+        row, shards = measure_phase(pack_dir / phase, phase, summaries.get(phase))
+        phase_rows.append(row)
+        shard_rows += shards
+    phases = pd.DataFrame(phase_rows, columns=PHASE_COLUMNS)
+    shards = pd.DataFrame(shard_rows, columns=SHARD_COLUMNS)
+    floor = float(cfg.get("min_fill_ratio", 0.0))
+    plan.batches.append(Batch("phases", phases, [
+        E.ExpectColumnValuesToBeNull(column="problem"),
+        E.ExpectColumnValuesToBeBetween(column="n_seq", min_value=1),
+        E.ExpectColumnValuesToBeBetween(column="fill_ratio", min_value=floor, max_value=1),
+        E.ExpectColumnValuesToBeBetween(column="summary_fill_ratio", min_value=floor, max_value=1),
+        # index.json tokens == non-pad tokens in the arrays == tokens covered by lineage == pack.json tokens
+        E.ExpectColumnValuesToBeBetween(column="token_mismatch", min_value=0, max_value=0),
+        E.ExpectColumnValuesToBeBetween(column="n_seq_mismatch", min_value=0, max_value=0),
+        E.ExpectColumnValuesToBeBetween(column="lineage_mismatch", min_value=0, max_value=0),
+        E.ExpectColumnValuesToBeBetween(column="summary_token_mismatch", min_value=0, max_value=0),
+    ], ["phase"]))
+    plan.batches.append(Batch("token_shards", shards, [
+        E.ExpectTableRowCountToBeBetween(min_value=1),
+        E.ExpectColumnValuesToBeNull(column="problem"),
+    ], ["file"]))
+    return plan
+
+
+def build_plan(stage: str, params: dict, root: Path) -> GatePlan:
+    if stage in STANDARD_STAGES:
+        return standard_plan(stage, params, root)
+    if stage == "mix":
+        return mix_plan(params, root)
+    if stage == "pack":
+        return pack_plan(params, root)
+    raise ValueError(f"no gate for stage {stage!r}; known: {', '.join(STANDARD_STAGES + ('mix', 'pack'))}")

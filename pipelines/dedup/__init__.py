@@ -1,0 +1,1 @@
+"""Deduplication: exact (hash of normalised text) and near-duplicate (MinHash-LSH)."""

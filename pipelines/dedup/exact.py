@@ -1,0 +1,18 @@
+"""Exact duplicates: a 128-bit xxhash of the normalised text."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import xxhash
+
+from pipelines.dedup.normalize import normalize_text
+
+
+def exact_hashes(texts: Iterable[str], *, lowercase: bool = True, strip_punctuation: bool = True) -> np.ndarray:
+    """(n, 2) uint64: each row is the 128-bit digest of one normalised text."""
+    digests = b"".join(
+        xxhash.xxh3_128_digest(normalize_text(t, lowercase=lowercase, strip_punctuation=strip_punctuation).encode("utf-8", "surrogatepass"))
+        for t in texts
+    )
+    return np.frombuffer(digests, dtype="<u8").reshape(-1, 2).copy()

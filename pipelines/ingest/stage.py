@@ -1,0 +1,204 @@
+"""The ingest stage: raw inputs -> ``data/ingest/`` record shards.
+
+One output shard per input file, in a fixed order: WARC files, WET files,
+then each curated source in the order of ``ingest.curated`` (files sorted).
+
+Accounting per shard (``_stats.parquet``):
+- ``records_in``: candidate documents (HTML 2xx responses, WET conversions,
+  curated records); ``records_in = records_out + records_dropped``.
+- drops (written to ``removed/`` with id/url/source and empty text):
+  ``too_large``, ``undecodable``, ``empty_text``, ``extract_error``, ``malformed``.
+- ``extra__skipped_<reason>``: input records that are not documents
+  (warcinfo, request, metadata, revisit, resource, non_html, http_status,
+  redirect, namespace, blank_line); ``extra__read_errors``: inputs cut short or
+  malformed (what was read before is kept; the error is logged with the file);
+  ``extra__empty_files``: 0-byte inputs.
+
+Missing inputs (a missing local file, a missing S3 key, a glob that matches
+nothing) raise before any work, naming the input: a misconfigured run should
+not look like a small corpus. Network errors while streaming also raise (a
+re-run resumes); only corrupt *content* is a counted skip.
+"""
+from __future__ import annotations
+
+import bz2
+import gzip
+import logging
+import os
+import xml.etree.ElementTree as ET
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.config import section, workspace
+from pipelines.core.hashing import params_hash
+from pipelines.core.manifest import load_fragment
+from pipelines.core.schema import domain_of, make_record_id, records_to_table
+from pipelines.core.shards import shard_name
+from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
+from pipelines.core.stats import ShardStats
+from pipelines.core.storage import expand_inputs, input_fingerprint, is_s3, open_input
+from pipelines.ingest import langid
+from pipelines.ingest.curated import KINDS, READERS
+from pipelines.ingest.extract import get_extractor
+from pipelines.ingest.items import Candidate, CorruptInput, Skipped
+from pipelines.ingest.warc import crawl_source, read_archive
+
+log = logging.getLogger(__name__)
+STAGE = "ingest"
+OUT_DIR = "data/ingest"
+DROP_REASONS = ["too_large", "undecodable", "empty_text", "extract_error", "malformed"]
+ALWAYS_COUNTED = ("read_errors", "empty_files")  # present in every shard's stats, even at 0
+# Content errors of an input file: counted, the rest of the inputs go on.
+CONTENT_ERRORS = (CorruptInput, EOFError, zlib.error, gzip.BadGzipFile, ET.ParseError, OSError)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    uri: str  # what the stage opens (absolute path or s3:// URI)
+    name: str  # how it is recorded (workspace-relative when inside the workspace)
+    reader: str  # "archive" or a curated kind
+    source: str
+
+
+def _display_name(uri: str, root: Path) -> str:
+    if is_s3(uri):
+        return uri
+    try:
+        return Path(uri).relative_to(root).as_posix()
+    except ValueError:
+        return uri
+
+
+def _expand(patterns, root: Path, max_files: int, what: str) -> list[str]:
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    files: list[str] = []
+    for pattern in patterns or []:
+        matched = expand_inputs([pattern], root)
+        if not matched:
+            raise FileNotFoundError(f"ingest.{what}: {pattern!r} matches no input file")
+        files.extend(matched)
+    files = sorted(dict.fromkeys(files))
+    return files[:max_files] if max_files > 0 else files
+
+
+def plan_inputs(cfg: dict, root: Path) -> list[InputFile]:
+    """Every input file, in shard order."""
+    max_files = int(cfg.get("max_files") or 0)
+    inputs = []
+    for what in ("warc", "wet"):
+        for uri in _expand(cfg.get(what), root, max_files, what):
+            inputs.append(InputFile(uri, _display_name(uri, root), "archive", crawl_source(uri)))
+    for source, spec in (cfg.get("curated") or {}).items():
+        spec = spec or {}
+        kind = spec.get("kind")
+        if kind not in KINDS:
+            raise ValueError(f"ingest.curated.{source}.kind: {kind!r} is not one of {list(KINDS)}")
+        for uri in _expand(spec.get("paths"), root, max_files, f"curated.{source}.paths"):
+            inputs.append(InputFile(uri, _display_name(uri, root), kind, str(source)))
+    return inputs
+
+
+def _fingerprint(f: InputFile) -> str:
+    if not is_s3(f.uri) and not os.path.isfile(f.uri):
+        raise FileNotFoundError(f"ingest input {f.name} does not exist")
+    try:
+        return input_fingerprint(f.uri)
+    except Exception as e:  # botocore: missing key, no access, ...
+        raise FileNotFoundError(f"ingest input {f.name} cannot be read: {e}") from e
+
+
+def _items(f: InputFile, stream, cfg: dict):
+    max_bytes, min_chars = int(cfg.get("max_record_bytes", 10_000_000)), int(cfg.get("min_text_chars", 1))
+    if f.reader == "archive":
+        return read_archive(stream, get_extractor(cfg.get("extractor", "resiliparse")), max_bytes, min_chars)
+    spec = (cfg.get("curated") or {})[f.source] or {}
+    return READERS[f.reader](stream, f.name.rsplit("/", 1)[-1], spec, max_bytes, min_chars)
+
+
+def _record(f: InputFile, c: Candidate, with_lang: bool) -> dict:
+    lang, score = langid.detect(c.text) if with_lang else (None, None)
+    return {
+        "id": make_record_id(f.source, c.key), "url": c.url, "domain": domain_of(c.url), "source": f.source,
+        "crawl_date": c.crawl_date, "lang": lang, "lang_score": score, "text": c.text if with_lang else "",
+        "source_file": f.name, "source_offset": c.offset,
+    }
+
+
+def process_shard(task: ShardTask) -> ShardResult:
+    f: InputFile = task.context["input"]
+    cfg = task.params
+    stats = ShardStats(shard=task.shard, extra={k: 0 for k in ALWAYS_COUNTED})
+    kept, removed, reasons, details = [], [], [], []
+    with open_input(f.uri) as stream:  # a missing input raises here, naming it
+        if not stream.peek(1):
+            stats.extra["empty_files"] += 1
+            log.warning("ingest: %s is empty (0 bytes)", f.name)
+        else:
+            try:
+                for item in _items(f, stream, cfg):
+                    if isinstance(item, Skipped):
+                        key = f"skipped_{item.reason}"
+                        stats.extra[key] = stats.extra.get(key, 0) + 1
+                        continue
+                    stats.records_in += 1
+                    stats.bytes_in += item.bytes_in
+                    if item.drop_reason:
+                        stats.drop(item.drop_reason)
+                        removed.append(_record(f, item, with_lang=False))
+                        reasons.append(item.drop_reason)
+                        details.append(item.drop_detail)
+                    else:
+                        kept.append(_record(f, item, with_lang=True))
+            except CONTENT_ERRORS as e:
+                if isinstance(e, (ConnectionError, TimeoutError)):
+                    raise
+                stats.extra["read_errors"] += 1
+                log.warning("ingest: %s: read error, kept the %d records before it: %s: %s",
+                            f.name, stats.records_in, type(e).__name__, e)
+    removed_t = removed_table(records_to_table(removed), reasons, details) if removed else None
+    return ShardResult(kept=records_to_table(kept), removed=removed_t, stats=stats)
+
+
+def run(params: dict) -> dict:
+    cfg = section(params, STAGE)
+    get_extractor(cfg.get("extractor", "resiliparse"))  # fail on a bad name before any work
+    root = workspace()
+    inputs = plan_inputs(cfg, root)
+    if not inputs:
+        raise ValueError("ingest: no inputs configured (ingest.warc, ingest.wet, ingest.curated are all empty)")
+    phash = params_hash({"ingest": cfg, "seed": params.get("seed")})
+    out_dir = root / OUT_DIR
+    tasks = [
+        ShardTask(stage=STAGE, shard=shard_name(i), inputs=[f.name], out_dir=str(out_dir), params=cfg,
+                  params_hash=phash, fingerprints={f.name: _fingerprint(f)}, context={"input": f})
+        for i, f in enumerate(inputs)
+    ]
+    shard_sources = {t.shard: t.context["input"].source for t in tasks}
+    manifest = run_shard_stage(STAGE, tasks, process_shard, executor_params=params.get("executor"),
+                               known_reasons=DROP_REASONS, extra_manifest={"shard_sources": shard_sources})
+    return summarize(out_dir, manifest, shard_sources)
+
+
+def summarize(out_dir: Path, manifest: dict, shard_sources: dict[str, str]) -> dict:
+    records_out: dict[str, int] = {}
+    drops: dict[str, int] = {}
+    counted: dict[str, int] = {}
+    for shard, source in shard_sources.items():
+        st = load_fragment(out_dir, shard)["stats"]
+        records_out[source] = records_out.get(source, 0) + st["records_out"]
+        for k, v in st["drops"].items():
+            drops[k] = drops.get(k, 0) + v
+        for k, v in st["extra"].items():
+            counted[k] = counted.get(k, 0) + int(v)
+    return {
+        "stage": STAGE,
+        "files": len(shard_sources),
+        "records_out": sum(records_out.values()),
+        "records_dropped": sum(drops.values()),
+        "records_out_by_source": dict(sorted(records_out.items())),
+        "drops": dict(sorted(drops.items())),
+        "skipped": dict(sorted(counted.items())),
+        "params_hash": manifest["params_hash"],
+    }

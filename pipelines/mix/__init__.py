@@ -1,0 +1,1 @@
+"""mix: held-out split, then the phase-1 (diverse) and phase-2 (anneal) training blends."""

@@ -1,0 +1,371 @@
+"""mix: ``data/select`` -> ``data/mix/{heldout,phase1,phase2}`` plus ``blend.json``.
+
+1. Held-out split per source by a hash of the id (never trained on).
+2. Phase 1 (diverse): every other record repeated per ``mix.phase1.weights``.
+3. Phase 2 (anneal): the high-quality sources per ``mix.phase2.weights`` plus a
+   replay slice of phase-1 rows (each joins with probability ``replay_fraction``).
+
+Every decision is a seeded hash of the record id, so the blends do not depend
+on the input shard layout. Each output is a stage directory of its own
+(shards, ``_manifest.json``, ``_stats.parquet``), shuffled by a seeded hash and
+cut into shards of at most ``max_rows_per_shard`` rows. ``data/mix`` itself
+holds the accounting: per input shard, ``records_in = records_out`` (the
+training pool) ``+ drop__heldout + drop__excluded_source + drop__subsampled``;
+``removed/`` keeps every excluded/subsampled record whole (held-out records
+live in ``heldout/``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.config import resolve, section
+from pipelines.core.atomic import write_json_atomic
+from pipelines.core.hashing import canonical_json, params_hash, sha256_bytes, sha256_file
+from pipelines.core.manifest import MANIFEST, file_entry, load_manifest, write_fragment
+from pipelines.core.shards import list_shards, read_shard, shard_name, write_shard
+from pipelines.core.stage import (
+    REMOVED, ShardResult, ShardTask, clean_output_dir, finalize, finish_stats, removed_table, write_shard_outputs,
+)
+from pipelines.core.stats import ShardStats
+from pipelines.mix.sampling import copies, heldout_key, unit_hash, validate_weights, weight_for
+
+log = logging.getLogger(__name__)
+
+IN_DIR = "data/select"
+OUT_DIR = "data/mix"
+PHASES = ("phase1", "phase2")
+HELDOUT = "heldout"
+BLEND = "blend.json"
+DROP_REASONS = ["heldout", "excluded_source", "subsampled"]
+
+
+# ---------------------------------------------------------------- params
+
+def _config(params: dict) -> dict:
+    cfg = section(params, "mix")
+    frac = float(cfg.get("heldout_fraction", 0.0))
+    if not 0.0 <= frac < 1.0:
+        raise ValueError(f"params mix.heldout_fraction must be in [0, 1), got {frac}")
+    min_heldout = int(cfg.get("min_heldout_per_source", 0))
+    if min_heldout < 0:
+        raise ValueError(f"params mix.min_heldout_per_source must be >= 0, got {min_heldout}")
+    phase1, phase2 = cfg.get("phase1") or {}, cfg.get("phase2") or {}
+    replay = float(phase2.get("replay_fraction", 0.0))
+    if not 0.0 <= replay <= 1.0:
+        raise ValueError(f"params mix.phase2.replay_fraction must be in [0, 1], got {replay}")
+    max_rows = int(cfg.get("max_rows_per_shard", 20000))
+    if max_rows < 1:
+        raise ValueError(f"params mix.max_rows_per_shard must be >= 1, got {max_rows}")
+    return {
+        "seed": params.get("seed", 0),
+        "heldout_fraction": frac,
+        "min_heldout": min_heldout,
+        "weights": {
+            "phase1": validate_weights(phase1.get("weights"), "mix.phase1.weights"),
+            "phase2": validate_weights(phase2.get("weights"), "mix.phase2.weights"),
+        },
+        "replay_fraction": replay,
+        "max_rows": max_rows,
+    }
+
+
+# ---------------------------------------------------------------- decisions
+
+def heldout_mask(ids: list[str], sources: list[str], frac: float, min_heldout: int) -> np.ndarray:
+    """Per source: ids hashing under ``frac``; topped up to ``min_heldout`` (lowest hashes first)
+    when the source has at least twice that many records, so most of it stays trainable."""
+    keys = np.fromiter((heldout_key(i) for i in ids), dtype=np.float64, count=len(ids))
+    mask = keys < frac
+    by_source: dict[str, list[int]] = {}
+    for i, s in enumerate(sources):
+        by_source.setdefault(s, []).append(i)
+    for rows in by_source.values():
+        rows = np.asarray(rows)
+        if mask[rows].sum() < min_heldout and len(rows) >= 2 * min_heldout and min_heldout > 0:
+            # A threshold on the key (not a count) keeps records with the same id together.
+            threshold = np.sort(keys[rows])[min_heldout - 1]
+            mask[rows] = keys[rows] <= threshold
+    return mask
+
+
+def _shuffle_order(ids: list[str], copy: np.ndarray, seed, purpose: str) -> np.ndarray:
+    """A seeded permutation that depends on (id, copy) only, not on the input order."""
+    keys = np.fromiter((unit_hash(seed, purpose, i, int(c)) for i, c in zip(ids, copy)), dtype=np.float64, count=len(ids))
+    return np.lexsort((copy, np.asarray(ids, dtype=object).astype(str), keys)) if len(ids) else np.zeros(0, np.int64)
+
+
+def plan(table: pa.Table, cfg: dict) -> dict:
+    """Decide every record's fate: held out, rows in each phase, or dropped (with reason)."""
+    ids = table.column("id").to_pylist()
+    sources = table.column("source").to_pylist()
+    seed, w1s, w2s = cfg["seed"], cfg["weights"]["phase1"], cfg["weights"]["phase2"]
+    held = heldout_mask(ids, sources, cfg["heldout_fraction"], cfg["min_heldout"])
+    src_w = {s: (weight_for(s, w1s), weight_for(s, w2s)) for s in set(sources)}
+
+    p1_rows, p1_copy = [], []
+    p2_rows, p2_copy, p2_replay = [], [], []
+    reasons: list[str | None] = [None] * len(ids)
+    details: list[str | None] = [None] * len(ids)
+    for i, (rid, src) in enumerate(zip(ids, sources)):
+        if held[i]:
+            reasons[i] = "heldout"
+            continue
+        w1, w2 = src_w[src]
+        n1 = copies(w1, seed, rid, "phase1") if w1 else 0
+        n2 = copies(w2, seed, rid, "phase2") if w2 else 0
+        replayed = [c for c in range(n1) if unit_hash(seed, rid, c, "replay") < cfg["replay_fraction"]]
+        for c in range(n1):
+            p1_rows.append(i)
+            p1_copy.append(c)
+        # Phase-2 copies first, then the replayed phase-1 rows: blend_copy stays unique per (id, phase).
+        for c in range(n2 + len(replayed)):
+            p2_rows.append(i)
+            p2_copy.append(c)
+            p2_replay.append(c >= n2)
+        if n1 == 0 and n2 == 0:
+            if not w1 and not w2:
+                reasons[i] = "excluded_source"
+                details[i] = json.dumps({"phase1_weight": w1, "phase2_weight": w2}, sort_keys=True)
+            else:
+                reasons[i] = "subsampled"
+                details[i] = json.dumps({"phase1_weight": w1, "phase2_weight": w2}, sort_keys=True)
+    return {
+        "ids": ids, "sources": sources, "heldout": held, "reasons": reasons, "details": details,
+        "phase1": (np.asarray(p1_rows, np.int64), np.asarray(p1_copy, np.int32), np.zeros(len(p1_rows), bool)),
+        "phase2": (np.asarray(p2_rows, np.int64), np.asarray(p2_copy, np.int32), np.asarray(p2_replay, bool)),
+    }
+
+
+def phase_table(table: pa.Table, ids: list[str], rows: np.ndarray, copy: np.ndarray, replay: np.ndarray,
+                seed, phase: str) -> pa.Table:
+    order = _shuffle_order([ids[r] for r in rows], copy, seed, phase)
+    rows, copy, replay = rows[order], copy[order], replay[order]
+    out = table.take(pa.array(rows, pa.int64()))
+    out = out.append_column(pa.field("blend_copy", pa.int32(), nullable=False), pa.array(copy, pa.int32()))
+    origin = np.where(replay, "replay", phase)
+    return out.append_column(pa.field("blend_origin", pa.string()), pa.array(origin.tolist(), pa.string()))
+
+
+# ---------------------------------------------------------------- writing
+
+def write_dataset(out_dir: Path, stage: str, table: pa.Table, max_rows: int, inputs_hash: str, ph: str) -> dict:
+    """One stage output dir: shards of <= max_rows rows (at least one, maybe empty), stats, manifest."""
+    n_shards = max(1, math.ceil(table.num_rows / max_rows))
+    names = [shard_name(i) for i in range(n_shards)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_output_dir(out_dir, set(names))
+    fragments = []
+    for i, name in enumerate(names):
+        part = table.slice(i * max_rows, max_rows)
+        task = ShardTask(stage=stage, shard=name, inputs=[], out_dir=str(out_dir), params={}, params_hash=ph,
+                         fingerprints={IN_DIR: inputs_hash})
+        stats = ShardStats(shard=name, records_in=part.num_rows)
+        finish_stats(stats, part)
+        stats.bytes_in = stats.bytes_out
+        fragments.append(write_shard_outputs(task, ShardResult(part, None, stats)))
+    return finalize(out_dir, stage, ph, fragments, [])
+
+
+def _text_bytes(table: pa.Table) -> int:
+    return int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0) if table.num_rows else 0
+
+
+def write_accounting(out_dir: Path, table: pa.Table, shard_of: np.ndarray, shard_names: list[str],
+                     fingerprints: dict, decided: dict, ph: str) -> list[dict]:
+    """Per input shard: the stats fragment and removed/ (excluded and subsampled records, whole)."""
+    clean_output_dir(out_dir, set(shard_names))
+    reasons = np.asarray([r or "" for r in decided["reasons"]], dtype=object)
+    n1 = np.bincount(decided["phase1"][0], minlength=table.num_rows)
+    n2 = np.bincount(decided["phase2"][0], minlength=table.num_rows)
+    replay = np.bincount(decided["phase2"][0][decided["phase2"][2]], minlength=table.num_rows)
+    fragments = []
+    for k, name in enumerate(shard_names):
+        rows = np.flatnonzero(shard_of == k)
+        part = table.take(pa.array(rows, pa.int64()))
+        stats = ShardStats(shard=name, records_in=len(rows), bytes_in=_text_bytes(part))
+        for reason in DROP_REASONS:
+            stats.drops[reason] = int((reasons[rows] == reason).sum())
+        pool = rows[reasons[rows] == ""]
+        removed_rows = rows[np.isin(reasons[rows], ["excluded_source", "subsampled"])]
+        stats.extra = {"heldout": float(stats.drops["heldout"]), "phase1_rows": float(n1[rows].sum()),
+                       "phase2_rows": float(n2[rows].sum()), "replay_rows": float(replay[rows].sum())}
+        pool_table = table.take(pa.array(pool, pa.int64()))
+        removed = None
+        if len(removed_rows):
+            removed = removed_table(table.take(pa.array(removed_rows, pa.int64())),
+                                    [decided["reasons"][r] for r in removed_rows],
+                                    [decided["details"][r] for r in removed_rows])
+        finish_stats(stats, pool_table)
+        if stats.records_in != stats.records_out + stats.records_dropped:
+            raise AssertionError(f"mix/{name}: records do not balance: {stats.to_dict()}")
+        # The pool itself is not written (the phases are the datasets): the fragment holds the accounting.
+        files = {}
+        if removed is not None:
+            write_shard(out_dir / REMOVED / name, removed)
+            files[f"{REMOVED}/{name}"] = file_entry(out_dir / REMOVED / name, rows=removed.num_rows)
+        fragment = {"shard": name, "inputs": {name: fingerprints[name]}, "params_hash": ph, "files": files,
+                    "stats": stats.to_dict()}
+        write_fragment(out_dir, name, fragment)
+        fragments.append(fragment)
+    return fragments
+
+
+# ---------------------------------------------------------------- blend report
+
+def blend_report(table: pa.Table, decided: dict, phase_tables: dict[str, pa.Table], cfg: dict) -> dict:
+    chars = pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64)
+    sources = np.asarray(decided["sources"], dtype=object)
+    trainable = ~decided["heldout"]
+
+    def per_source(rows: np.ndarray, replay: np.ndarray | None = None) -> dict:
+        out = {}
+        for s in sorted(set(sources[rows])):
+            sel = rows[sources[rows] == s]
+            entry = {"records": int(len(sel)), "unique_records": int(len(np.unique(sel))), "chars": int(chars[sel].sum())}
+            if replay is not None:
+                entry["replay_records"] = int(replay[sources[rows] == s].sum())
+            out[s] = entry
+        total = sum(e["chars"] for e in out.values()) or 1
+        for e in out.values():
+            e["share"] = e["chars"] / total
+        return out
+
+    # Intended chars: weight x the source's trainable chars (plus, in phase 2, the replay slice).
+    pool_chars = {s: int(chars[trainable & (sources == s)].sum()) for s in sorted(set(sources))}
+    p1 = per_source(decided["phase1"][0])
+    intended = {
+        "phase1": {s: (weight_for(s, cfg["weights"]["phase1"]) or 0.0) * c for s, c in pool_chars.items()},
+        "phase2": {s: (weight_for(s, cfg["weights"]["phase2"]) or 0.0) * c
+                   + cfg["replay_fraction"] * p1.get(s, {}).get("chars", 0) for s, c in pool_chars.items()},
+    }
+    phases = {}
+    for phase in PHASES:
+        rows, _, replay = decided[phase]
+        srcs = per_source(rows, replay if phase == "phase2" else None)
+        want = intended[phase]
+        want_total = sum(want.values()) or 1.0
+        for s, e in srcs.items():
+            e["weight"] = weight_for(s, cfg["weights"][phase])
+            e["target_share"] = want.get(s, 0.0) / want_total
+        phases[phase] = {
+            "rows": int(len(rows)),
+            "unique_records": int(len(np.unique(rows))),
+            "chars": int(chars[rows].sum()),
+            "sources": srcs,
+            "targets": {"weights": cfg["weights"][phase],
+                        "target_share": {s: v / want_total for s, v in sorted(want.items()) if v > 0}},
+        }
+        assert phase_tables[phase].num_rows == len(rows)
+    phases["phase2"]["targets"]["replay_fraction"] = cfg["replay_fraction"]
+    phases["phase2"]["replay_rows"] = int(decided["phase2"][2].sum())
+    held = np.flatnonzero(decided["heldout"])
+    reasons = np.asarray([r or "" for r in decided["reasons"]], dtype=object)
+    excluded = {}
+    for reason in ("excluded_source", "subsampled"):
+        rows = np.flatnonzero(reasons == reason)
+        for s in sorted(set(sources[rows])):
+            excluded.setdefault(s, {})[reason] = int((sources[rows] == s).sum())
+    return {
+        "seed": cfg["seed"],
+        "heldout": {"records": int(len(held)), "fraction": cfg["heldout_fraction"],
+                    "sources": {s: int((sources[held] == s).sum()) for s in sorted(set(sources[held]))}},
+        "pool_chars": pool_chars,
+        "phases": phases,
+        "excluded": excluded,
+    }
+
+
+# ---------------------------------------------------------------- entry point
+
+def _files_intact(out_dir: Path, manifest: dict) -> bool:
+    for shard in manifest.get("shards", {}).values():
+        for rel, entry in shard.get("files", {}).items():
+            p = out_dir / rel
+            if not p.exists() or p.stat().st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
+                return False
+    return True
+
+
+def _up_to_date(out_dir: Path, fingerprints: dict, ph: str) -> dict | None:
+    """The previous manifest when it was made from these inputs and params and every file is intact."""
+    try:
+        top = load_manifest(out_dir)
+        if top.get("params_hash") != ph or top.get("inputs") != fingerprints or not (out_dir / BLEND).exists():
+            return None
+        if not _files_intact(out_dir, top):
+            return None
+        for sub in (HELDOUT, *PHASES):
+            if not _files_intact(out_dir / sub, load_manifest(out_dir / sub)):
+                return None
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+    return top
+
+
+def _summary(manifest: dict, skipped: bool) -> dict:
+    return {"stage": "mix", "skipped": skipped, **manifest["totals"]}
+
+
+def run(params: dict) -> dict:
+    cfg = _config(params)
+    in_dir, out_dir = resolve(IN_DIR), resolve(OUT_DIR)
+    shards = list_shards(in_dir)
+    if not shards:
+        raise FileNotFoundError(f"mix: no shards in {in_dir} (run select first)")
+    fingerprints = {p.name: sha256_file(p) for p in shards}
+    ph = params_hash({"seed": cfg["seed"], "mix": section(params, "mix")})
+    previous = _up_to_date(out_dir, fingerprints, ph)
+    if previous:
+        log.info("mix: outputs already complete for these inputs and params, skipped")
+        return _summary(previous, True)
+
+    tables = [read_shard(p) for p in shards]
+    for p, t in zip(shards, tables):
+        missing = [c for c in ("id", "source", "text") if c not in t.column_names]
+        if missing:
+            raise ValueError(f"mix: input shard {p} lacks column(s) {missing}")
+    shard_of = np.concatenate([np.full(t.num_rows, k, np.int32) for k, t in enumerate(tables)])
+    table = pa.concat_tables(tables, promote_options="default")
+    decided = plan(table, cfg)
+
+    inputs_hash = sha256_bytes(canonical_json(fingerprints).encode())[:16]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    held_rows = np.flatnonzero(decided["heldout"])
+    held_ids = [decided["ids"][r] for r in held_rows]
+    held_order = _shuffle_order(held_ids, np.zeros(len(held_rows), np.int32), cfg["seed"], HELDOUT)
+    held_table = table.take(pa.array(held_rows[held_order], pa.int64()))
+    sub_manifests = {HELDOUT: write_dataset(out_dir / HELDOUT, f"mix/{HELDOUT}", held_table, cfg["max_rows"], inputs_hash, ph)}
+    phase_tables = {}
+    for phase in PHASES:
+        rows, copy, replay = decided[phase]
+        phase_tables[phase] = phase_table(table, decided["ids"], rows, copy, replay, cfg["seed"], phase)
+        sub_manifests[phase] = write_dataset(out_dir / phase, f"mix/{phase}", phase_tables[phase], cfg["max_rows"],
+                                             inputs_hash, ph)
+
+    fragments = write_accounting(out_dir, table, shard_of, [p.name for p in shards], fingerprints, decided, ph)
+    write_json_atomic(out_dir / BLEND, blend_report(table, decided, phase_tables, cfg))
+    pool = int(sum(f["stats"]["records_out"] for f in fragments))
+    totals = {
+        "shards": len(fragments),
+        "records_in": table.num_rows,
+        "rows": pool,  # the training pool (unique records in any blend)
+        "heldout": len(held_rows),
+        "dropped": {r: int(sum(f["stats"]["drops"].get(r, 0) for f in fragments)) for r in DROP_REASONS[1:]},
+        **{f"{phase}_rows": phase_tables[phase].num_rows for phase in PHASES},
+    }
+    extra = {
+        "inputs": fingerprints,
+        "totals": totals,
+        "outputs": {sub: {"manifest_sha256": sha256_file(out_dir / sub / MANIFEST), "rows": m["totals"]["rows"],
+                          "shards": m["totals"]["shards"]} for sub, m in sorted(sub_manifests.items())},
+    }
+    manifest = finalize(out_dir, "mix", ph, fragments, DROP_REASONS, extra)
+    log.info("mix: %s", totals)
+    return _summary(manifest, False)

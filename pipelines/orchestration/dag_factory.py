@@ -1,0 +1,80 @@
+"""Build Airflow DAGs from dvc.yaml: one task per DVC stage (gates included),
+grouped per stage, edges taken from the stages' deps/outs.
+
+Import-cheap on purpose (yaml + airflow.sdk): DAG files are parsed often.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import yaml
+from airflow.sdk import BaseOperator, TaskGroup
+
+from pipelines.orchestration.graph import StageSpec, load_stages, topological, upstream
+
+DEFAULT_ARGS = {"retries": 0, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
+
+
+def project_root() -> Path:
+    """The DVC workspace the tasks run in: $PIPELINES_WORKSPACE, else the repo holding dags/."""
+    env = os.environ.get("PIPELINES_WORKSPACE")
+    return Path(env).resolve() if env else Path(__file__).resolve().parents[2]
+
+
+def read_params(root: Path | None = None) -> dict:
+    with open((root or project_root()) / "params.yaml") as f:
+        return yaml.safe_load(f) or {}
+
+
+class DvcStageOperator(BaseOperator):
+    """Reproduce one DVC stage (`dvc repro --single-item`) in the workspace."""
+
+    template_fields = ("stage",)
+    ui_color = "#945dd6"
+
+    def __init__(self, *, stage: str, is_gate: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.stage = stage
+        self.is_gate = is_gate
+
+    def execute(self, context):
+        from pipelines.orchestration.dvc_runner import StageFailed, repro_stage
+
+        try:
+            repro_stage(self.stage, os.environ.get("PIPELINES_WORKSPACE") or project_root())
+        except StageFailed as e:
+            kind = "gate" if self.is_gate else "stage"
+            raise RuntimeError(f"{kind} {self.stage} failed; the run stops here.\n{e}") from None
+
+
+def stage_tasks(dag_id: str, dvc_yaml: Path | None = None) -> dict[str, BaseOperator]:
+    """Create the tasks for every dvc.yaml stage whose meta.dag is ``dag_id`` (call inside a DAG context)."""
+    stages = load_stages(dvc_yaml or project_root() / "dvc.yaml")
+    mine: dict[str, StageSpec] = {n: s for n, s in stages.items() if s.dag == dag_id}
+    edges = upstream(stages)
+    groups: dict[str, TaskGroup] = {}
+    tasks: dict[str, BaseOperator] = {}
+    for name in topological(stages):
+        if name not in mine:
+            continue
+        spec = mine[name]
+        group = groups.get(spec.group)
+        if group is None:
+            group = groups[spec.group] = TaskGroup(group_id=spec.group)
+        extra = {"pool": spec.meta["pool"]} if spec.meta.get("pool") and os.environ.get("PIPELINES_USE_POOLS") == "1" else {}
+        tasks[name] = DvcStageOperator(task_id=name, stage=name, is_gate=spec.is_gate, task_group=group, **extra)
+    for name, task in tasks.items():
+        for up in edges[name]:
+            if up in tasks:
+                tasks[up] >> task
+    return tasks
+
+
+def sinks(tasks: dict[str, BaseOperator]) -> list[BaseOperator]:
+    return [t for t in tasks.values() if not t.downstream_list]
+
+
+def sources(tasks: dict[str, BaseOperator]) -> list[BaseOperator]:
+    return [t for t in tasks.values() if not t.upstream_list]

@@ -1,0 +1,56 @@
+"""Run one DVC stage as a subprocess: argument lists only, never a shell string."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+STAGE_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def tool_env() -> dict[str, str]:
+    """Environment for dvc/python children: this interpreter's bin dir first (DVC runs the first `python`)."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def dvc_executable() -> str:
+    candidate = Path(sys.executable).parent / "dvc"
+    return str(candidate) if candidate.exists() else "dvc"
+
+
+def run_command(argv: list[str], cwd: str | Path, what: str) -> str:
+    """Run argv in cwd, stream its output to the log, raise StageFailed with the tail on failure."""
+    log.info("running %s in %s", argv, cwd)
+    proc = subprocess.Popen(argv, cwd=str(cwd), env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        lines.append(line)
+        log.info("%s | %s", what, line)
+    rc = proc.wait()
+    if rc != 0:
+        tail = "\n".join(lines[-40:])
+        raise StageFailed(f"{what} failed (exit {rc}):\n{tail}")
+    return "\n".join(lines)
+
+
+def repro_stage(stage: str, workspace: str | Path) -> str:
+    """`dvc repro --single-item <stage>`: runs the stage only if its deps/params changed."""
+    if not STAGE_NAME.match(stage):
+        raise ValueError(f"invalid stage name {stage!r}")
+    return run_command([dvc_executable(), "repro", "--single-item", stage], workspace, f"dvc stage {stage}")

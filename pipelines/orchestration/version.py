@@ -1,0 +1,135 @@
+"""Record a data version: a content hash of the data stages' entries in dvc.lock,
+a git tag pointing at a commit that holds that dvc.lock (the user's branch is not
+moved), and `dvc push` of the outputs to the configured remote.
+
+`git checkout data/<version> && dvc pull` brings the exact corpus back.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from pipelines.config import workspace
+from pipelines.core.atomic import write_json_atomic
+from pipelines.core.hashing import canonical_json, sha256_bytes
+from pipelines.orchestration.dvc_runner import dvc_executable, run_command, tool_env
+from pipelines.orchestration.graph import load_stages
+
+log = logging.getLogger(__name__)
+VERSION_FILE = "reports/data_version.json"
+CORPUS_DAG = "corpus_refresh"
+
+
+def data_version(root: Path | None = None) -> str:
+    """Hash of the corpus stages' lock entries (deps/outs/params hashes): same data -> same version."""
+    root = Path(root or workspace())
+    lock_path = root / "dvc.lock"
+    if not lock_path.exists():
+        raise FileNotFoundError(f"{lock_path} missing: run the corpus stages (dvc repro) first")
+    lock = yaml.safe_load(lock_path.read_text()) or {}
+    corpus = {n for n, s in load_stages(root / "dvc.yaml").items() if s.dag == CORPUS_DAG}
+    entries = {n: e for n, e in (lock.get("stages") or {}).items() if n in corpus}
+    missing = sorted(corpus - set(entries))
+    if missing:
+        raise RuntimeError(f"dvc.lock has no entry for corpus stage(s) {missing}: the corpus is not fully built")
+    return sha256_bytes(canonical_json(entries).encode())[:12]
+
+
+def _git(args: list[str], root: Path, env: dict | None = None) -> str:
+    full_env = dict(os.environ)
+    full_env.setdefault("GIT_AUTHOR_NAME", "pipelines")
+    full_env.setdefault("GIT_AUTHOR_EMAIL", "pipelines@localhost")
+    full_env.setdefault("GIT_COMMITTER_NAME", full_env["GIT_AUTHOR_NAME"])
+    full_env.setdefault("GIT_COMMITTER_EMAIL", full_env["GIT_AUTHOR_EMAIL"])
+    full_env.update(env or {})
+    return subprocess.run(["git", *args], cwd=root, env=full_env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _is_git_repo(root: Path) -> bool:
+    try:
+        return _git(["rev-parse", "--show-toplevel"], root) == str(root.resolve())
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return False
+
+
+def tag_version(root: Path, version: str) -> dict:
+    """Commit dvc.lock/dvc.yaml/params.yaml on top of HEAD through a private index, tag it.
+
+    The working branch and the user's index are untouched; the tag is the data version.
+    """
+    tag = f"data/{version}"
+    try:
+        commit = _git(["rev-parse", "--verify", "-q", f"refs/tags/{tag}^{{commit}}"], root)
+        return {"tag": tag, "commit": commit, "created": False}
+    except subprocess.CalledProcessError:
+        pass
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        try:
+            head = _git(["rev-parse", "--verify", "-q", "HEAD"], root)
+        except subprocess.CalledProcessError:
+            head = None
+        if head:
+            _git(["read-tree", head], root, env)
+        _git(["add", "--", "dvc.lock", "dvc.yaml", "params.yaml"], root, env)
+        tree = _git(["write-tree"], root, env)
+        args = ["commit-tree", tree, "-m", f"data version {version}"]
+        if head:
+            args[2:2] = ["-p", head]
+        commit = _git(args, root, env)
+    _git(["tag", tag, commit], root)
+    return {"tag": tag, "commit": commit, "created": True}
+
+
+def _has_remote(root: Path) -> bool:
+    out = subprocess.run([dvc_executable(), "remote", "list"], cwd=root, env=tool_env(), capture_output=True, text=True)
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def record_data_version(params: dict) -> dict:
+    root = workspace()
+    cfg = (params.get("orchestration") or {}).get("version") or {}
+    version = data_version(root)
+    result: dict = {"version": version, "tag": None, "commit": None, "pushed": False}
+    if cfg.get("git_commit", True) and _is_git_repo(root):
+        result.update(tag_version(root, version))
+    elif cfg.get("git_commit", True):
+        log.warning("workspace %s is not a git repository root: data version %s not tagged", root, version)
+    if cfg.get("dvc_push", True):
+        if _has_remote(root):
+            corpus = sorted(n for n, s in load_stages(root / "dvc.yaml").items() if s.dag == CORPUS_DAG)
+            run_command([dvc_executable(), "push", "-q", *corpus], root, "dvc push")
+            result["pushed"] = True
+        else:
+            log.warning("no DVC remote configured: data version %s not pushed", version)
+    write_json_atomic(root / VERSION_FILE, result)
+    log.info("data version %s", json.dumps(result))
+    return result
+
+
+def training_data_version(root: Path, triggering_asset_events=None) -> dict:
+    """The data version a pretrain run uses: from the triggering Asset event, else dvc.lock.
+
+    Recorded in reports/pretrain_data_version.json so each model says which corpus it saw.
+    """
+    announced = None
+    for events in (triggering_asset_events or {}).values():
+        for ev in events:
+            extra = getattr(ev, "extra", None) or {}
+            if extra.get("version"):
+                announced = extra["version"]
+    current = data_version(root)
+    if announced and announced != current:
+        raise RuntimeError(
+            f"the corpus announced version {announced} but the workspace holds {current}: "
+            f"`git checkout data/{announced} && dvc pull` first"
+        )
+    result = {"version": current, "from_asset_event": bool(announced)}
+    write_json_atomic(Path(root) / "reports/pretrain_data_version.json", result)
+    return result

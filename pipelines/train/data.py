@@ -1,0 +1,105 @@
+"""Batches from packed sequences: seeded order, next-token targets, per-document positions and mask.
+
+A packed sequence holds several document pieces. Each piece is trained on as if
+it were alone: its positions restart at 0, its tokens attend only to earlier
+tokens of the same piece (block-diagonal causal mask), and the first token of a
+piece is not a target (predicting it would need another document's context).
+Padding is never a target.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from pipelines.pack.format import PackedDataset, PackedSequence
+
+IGNORE = -100  # the label torch's cross-entropy skips
+
+
+def sequence_order(n_seq: int, seed: int, position: int) -> int:
+    """Index of the ``position``-th sequence drawn: a fresh seeded permutation per epoch.
+
+    Stateless in ``position``, so a resumed run continues exactly where it stopped.
+    """
+    epoch, offset = divmod(position, n_seq)
+    return int(_permutation(n_seq, seed, epoch)[offset])
+
+
+@lru_cache(maxsize=2)
+def _permutation(n_seq: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n_seq)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, L] long
+    labels: torch.Tensor  # [B, L] long: the target predicted *at* each position, IGNORE where none
+    position_ids: torch.Tensor  # [B, L] long, 0 at every document start
+    attention_mask: torch.Tensor  # [B, 1, L, L] bool, True = may attend
+    n_tokens: int  # non-padding input tokens
+    n_targets: int  # positions that carry a target
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.labels.to(device), self.position_ids.to(device),
+                     self.attention_mask.to(device), self.n_tokens, self.n_targets)
+
+
+def segments(seq: PackedSequence) -> np.ndarray:
+    """Segment id per position: one per document piece; the padding tail is its own segment."""
+    length = len(seq.tokens)
+    starts = np.zeros(length, dtype=np.int64)
+    starts[np.asarray(seq.doc_starts, dtype=np.int64)] = 1
+    starts[0] = 1
+    if seq.n_real < length:
+        starts[seq.n_real] = 1
+    return np.cumsum(starts) - 1
+
+
+def encode_sequence(seq: PackedSequence) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(input_ids, labels, position_ids, segment ids) of one packed sequence."""
+    tokens = np.asarray(seq.tokens, dtype=np.int64)
+    length = len(tokens)
+    seg = segments(seq)
+    first = np.r_[0, np.flatnonzero(np.diff(seg)) + 1]  # first position of each segment
+    positions = np.arange(length) - first[seg]
+    labels = np.full(length, IGNORE, dtype=np.int64)
+    nxt = np.arange(1, length)
+    # Position t predicts token t+1 when both are real and in the same document piece.
+    ok = (nxt < seq.n_real) & (seg[nxt] == seg[:-1])
+    labels[:-1][ok] = tokens[1:][ok]
+    return tokens, labels, positions, seg
+
+
+def make_batch(sequences: list[PackedSequence]) -> Batch:
+    ids, labels, pos, segs = zip(*(encode_sequence(s) for s in sequences))
+    seg = torch.from_numpy(np.stack(segs))
+    length = seg.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    mask = (seg[:, :, None] == seg[:, None, :]) & causal
+    labels_t = torch.from_numpy(np.stack(labels))
+    return Batch(
+        input_ids=torch.from_numpy(np.stack(ids)),
+        labels=labels_t,
+        position_ids=torch.from_numpy(np.stack(pos)),
+        attention_mask=mask[:, None],
+        n_tokens=int(sum(s.n_real for s in sequences)),
+        n_targets=int((labels_t != IGNORE).sum()),
+    )
+
+
+class BatchStream:
+    """Micro-batches of ``micro_batch`` sequences in seeded order from ``position`` on."""
+
+    def __init__(self, dataset: PackedDataset, micro_batch: int, seed: int, position: int = 0):
+        if len(dataset) == 0:
+            raise ValueError(f"packed data {dataset.dir} holds no sequences")
+        self.dataset, self.micro_batch, self.seed, self.position = dataset, micro_batch, seed, position
+
+    def next(self) -> Batch:
+        n = len(self.dataset)
+        seqs = [self.dataset[sequence_order(n, self.seed, self.position + i)] for i in range(self.micro_batch)]
+        self.position += self.micro_batch
+        return make_batch(seqs)

@@ -1,0 +1,248 @@
+"""The training loop (nanoGPT style): one function, config as data, exact resume.
+
+Phase 1 trains from scratch on ``data/pack/phase1`` with warmup + constant LR.
+Phase 2 (the anneal) starts from the phase-1 checkpoint (weights, optimizer,
+step counter) and decays the LR on ``data/pack/phase2``. Each phase checkpoints
+to ``models/<phase>/`` and resumes from there when the checkpoint matches the
+current params and data.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerFast
+
+from pipelines.config import resolve, section
+from pipelines.core.atomic import write_bytes_atomic, write_json_atomic
+from pipelines.pack.format import INDEX, PackedDataset
+from pipelines.train.checkpoint import load_model, load_state, recover, save_checkpoint
+from pipelines.train.data import IGNORE, BatchStream
+from pipelines.train.model import build_config, build_model, count_parameters
+from pipelines.train.schedule import anneal_steps, wsd_lr
+
+log = logging.getLogger(__name__)
+TOKENIZER_DIR = "data/pack/tokenizer"
+STATE_FORMAT = 1
+PHASES = ("phase1", "phase2")
+CURVE_COLUMNS = ("step", "loss", "lr", "tokens")
+# Params that shape the phase-1 trajectory. phase1_steps is left out on purpose:
+# with a constant LR, a longer phase 1 is the same run continued (the WSD property).
+PHASE1_KEYS = ("preset", "model", "seq_len", "micro_batch", "grad_accum", "lr", "warmup_steps",
+               "weight_decay", "grad_clip", "betas")
+PHASE2_KEYS = ("min_lr", "anneal_fraction", "decay_shape", "phase1_steps")
+
+
+@dataclass
+class Phase:
+    name: str
+    data_dir: Path
+    out_dir: Path
+    start_step: int  # global optimizer step this phase starts at
+    end_step: int
+    fingerprint: str
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _data_fingerprint(data_dir: Path, tokenizer_dir: Path) -> str:
+    index = (data_dir / INDEX).read_bytes()
+    tok = (tokenizer_dir / "tokenizer.json").read_bytes() if (tokenizer_dir / "tokenizer.json").exists() else b""
+    return hashlib.sha256(index + b"\0" + tok).hexdigest()[:16]
+
+
+def pick_device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def plan_phase(params: dict, name: str) -> Phase:
+    if name not in PHASES:
+        raise ValueError(f"unknown phase {name!r}")
+    tp = section(params, "train")
+    seed = int(params.get("seed", 0))
+    p1_steps = int(tp["phase1_steps"])
+    tok_dir = resolve(TOKENIZER_DIR)
+    data_dir = resolve(f"data/pack/{name}")
+    for d in (tok_dir, data_dir):
+        if not d.exists():
+            raise FileNotFoundError(f"{d} does not exist (run the pack stage first)")
+    base = {"seed": seed, "data": _data_fingerprint(resolve("data/pack/phase1"), tok_dir),
+            **{k: tp.get(k) for k in PHASE1_KEYS}}
+    if name == "phase1":
+        return Phase(name, data_dir, resolve("models/phase1"), 0, p1_steps, _digest(base))
+    n_anneal = anneal_steps(p1_steps, float(tp["anneal_fraction"]))
+    fp = _digest({**base, "phase2_data": _data_fingerprint(data_dir, tok_dir), **{k: tp.get(k) for k in PHASE2_KEYS}})
+    return Phase(name, data_dir, resolve("models/phase2"), p1_steps, p1_steps + n_anneal, fp)
+
+
+def make_optimizer(model, tp: dict, device: torch.device) -> torch.optim.AdamW:
+    # nanoGPT: decay matrices (incl. embeddings), not norms/biases.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": float(tp["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}]
+    betas = tuple(tp.get("betas") or (0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=float(tp["lr"]), betas=betas, eps=1e-8, fused=device.type == "cuda")
+
+
+def _lr(step: int, tp: dict) -> float:
+    p1 = int(tp["phase1_steps"])
+    return wsd_lr(step, lr=float(tp["lr"]), min_lr=float(tp["min_lr"]), warmup_steps=int(tp["warmup_steps"]),
+                  phase1_steps=p1, decay_steps=anneal_steps(p1, float(tp["anneal_fraction"])),
+                  decay_shape=tp.get("decay_shape", "linear"))
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train_phase(params: dict, name: str, *, stop_after: int | None = None) -> dict:
+    """Train one phase to its end step (or ``stop_after`` steps of this call, to simulate an interruption)."""
+    tp = section(params, "train")
+    seed = int(params.get("seed", 0))
+    phase = plan_phase(params, name)
+    device = pick_device(tp.get("device", "auto"))
+    if device.type == "cpu":
+        torch.set_num_threads(int(tp.get("threads", 2)))
+        torch.use_deterministic_algorithms(True)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    tok_dir = resolve(TOKENIZER_DIR)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    dataset = PackedDataset(phase.data_dir)
+    seq_len, micro_batch, grad_accum = int(tp["seq_len"]), int(tp["micro_batch"]), int(tp["grad_accum"])
+    if dataset.seq_len != seq_len:
+        raise ValueError(f"train.seq_len={seq_len} but {phase.data_dir} is packed at seq_len={dataset.seq_len}")
+    vocab = len(tokenizer)
+    if int(dataset.index.get("vocab_size", vocab)) > vocab:
+        raise ValueError(f"{phase.data_dir} uses vocab_size {dataset.index['vocab_size']} > tokenizer's {vocab}")
+
+    recover(phase.out_dir)
+    state = load_state(phase.out_dir)
+    if state is not None and not (state.get("format") == STATE_FORMAT and state.get("fingerprint") == phase.fingerprint
+                                  and phase.start_step <= state["step"] <= phase.end_step):
+        log.warning("%s: existing checkpoint does not match the current params/data; starting over", phase.out_dir)
+        state = None
+
+    if state is not None:  # resume this phase
+        model = load_model(phase.out_dir, device)
+        optimizer = make_optimizer(model, tp, device)
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], device)
+        log.info("%s: resuming at step %d", name, state["step"])
+    elif name == "phase2":  # the anneal continues the phase-1 run
+        p1 = plan_phase(params, "phase1")
+        p1_state = load_state(p1.out_dir)
+        if p1_state is None or p1_state.get("fingerprint") != p1.fingerprint or p1_state["step"] != phase.start_step:
+            raise RuntimeError(f"{p1.out_dir} is not a finished phase-1 checkpoint for these params "
+                               f"(need step {phase.start_step}); run the train stage first")
+        model = load_model(p1.out_dir, device)
+        optimizer = make_optimizer(model, tp, device)
+        optimizer.load_state_dict(p1_state["optimizer"])
+        _set_rng_state(p1_state["rng"], device)
+        state = {"step": phase.start_step, "position": 0, "tokens": 0, "elapsed_s": 0.0, "history": [],
+                 "tokens_before": p1_state["tokens_before"] + p1_state["tokens"]}
+    else:  # phase 1 from scratch
+        torch.manual_seed(seed)
+        config = build_config(tp["preset"], vocab, eos_id=dataset.eos_id, pad_id=dataset.pad_id, overrides=tp.get("model"))
+        model = build_model(config).to(device)
+        optimizer = make_optimizer(model, tp, device)
+        state = {"step": 0, "position": 0, "tokens": 0, "elapsed_s": 0.0, "history": [], "tokens_before": 0}
+
+    stream = BatchStream(dataset, micro_batch, seed=seed + (0 if name == "phase1" else 1), position=state["position"])
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+    every = int(tp.get("checkpoint_every", 0)) or phase.end_step
+    step, tokens, history = state["step"], state["tokens"], list(state["history"])
+    elapsed = float(state["elapsed_s"])
+
+    def checkpoint() -> dict:
+        snapshot = {"format": STATE_FORMAT, "phase": name, "fingerprint": phase.fingerprint, "step": step,
+                    "position": stream.position, "tokens": tokens, "tokens_before": state["tokens_before"],
+                    "elapsed_s": elapsed, "history": history, "optimizer": optimizer.state_dict(),
+                    "rng": _rng_state(device), "seq_len": seq_len}
+        save_checkpoint(phase.out_dir, model, tok_dir, snapshot)
+        return snapshot
+
+    model.train()
+    done_here = 0
+    if step < phase.end_step:
+        log.info("%s: steps %d..%d, %d parameters, device %s", name, step, phase.end_step,
+                 count_parameters(model), device)
+    while step < phase.end_step and (stop_after is None or done_here < stop_after):
+        t0 = time.perf_counter()
+        lr = _lr(step, tp)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro = [stream.next() for _ in range(grad_accum)]
+        n_targets = max(1, sum(b.n_targets for b in micro))
+        step_nats = 0.0
+        for batch in micro:
+            batch = batch.to(device)
+            with autocast:
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               position_ids=batch.position_ids).logits
+            nats = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(),
+                                   ignore_index=IGNORE, reduction="sum")
+            (nats / n_targets).backward()  # mean over every target of the optimizer step
+            step_nats += float(nats.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(tp["grad_clip"]))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        done_here += 1
+        tokens += sum(b.n_tokens for b in micro)
+        elapsed += time.perf_counter() - t0
+        history.append({"step": step, "loss": step_nats / n_targets, "lr": lr,
+                        "tokens": state["tokens_before"] + tokens})
+        if step % 10 == 0 or step == phase.end_step:
+            log.info("%s step %d loss %.4f lr %.2e", name, step, history[-1]["loss"], lr)
+        if step % every == 0 or step == phase.end_step:
+            checkpoint()
+
+    if step < phase.end_step:  # stopped early on purpose: the checkpoint of the last step is the resume point
+        if step % every:
+            checkpoint()
+        return {"phase": name, "step": step, "finished": False}
+    return write_metrics(name, phase, tokens, elapsed, history, model)
+
+
+def write_metrics(name: str, phase: Phase, tokens: int, elapsed: float, history: list[dict], model) -> dict:
+    last = history[-1] if history else {"loss": float("nan"), "lr": 0.0}
+    tail = history[-10:]
+    metrics = {
+        "phase": name,
+        "steps": phase.end_step - phase.start_step,
+        "step_final": phase.end_step,
+        "tokens": tokens,
+        "tokens_total": history[-1]["tokens"] if history else 0,
+        "loss_final": last["loss"],
+        "loss_final_avg10": sum(h["loss"] for h in tail) / max(1, len(tail)),
+        "lr_final": last["lr"],
+        "parameters": count_parameters(model),
+        "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
+    }
+    write_json_atomic(resolve(f"metrics/train_{name}.json"), metrics)
+    lines = [",".join(CURVE_COLUMNS)] + [",".join(repr(h[c]) for c in CURVE_COLUMNS) for h in history]
+    write_bytes_atomic(resolve(f"metrics/train_{name}.csv"), ("\n".join(lines) + "\n").encode())
+    return metrics

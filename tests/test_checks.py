@@ -1,0 +1,328 @@
+"""GX gates: pass on sound stage outputs, fail (with a named expectation and observed value) on broken ones."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.checks.gate import GateFailed, report_path, run_gate
+from pipelines.core.atomic import write_json_atomic
+from pipelines.core.hashing import params_hash, sha256_file
+from pipelines.core.schema import make_record_id
+from pipelines.core.shards import list_shards, read_shard, write_shard
+from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
+from pipelines.core.stats import ShardStats
+from pipelines.pack.format import write_index, write_packed_shard
+from tests.conftest import SHARED_DATA
+
+NEWS = SHARED_DATA / "text" / "news" / "lee_background.cor"
+N_SHARDS = 3
+
+
+def news_records(source: str = "news") -> list[dict]:
+    lines = [ln.strip() for ln in NEWS.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    return [{"id": make_record_id(source, f"lee#{i}"), "url": f"http://news.example/{i}", "source": source,
+             "lang": "en", "lang_score": 0.9, "text": t} for i, t in enumerate(lines)]
+
+
+# --- stage processes (module level: the runner may fork) -------------------------------------------
+
+def _drop(table: pa.Table, keep: list[bool], reason: str, task: ShardTask) -> ShardResult:
+    mask = pa.array(keep)
+    kept, dropped = table.filter(mask), table.filter(pa.compute.invert(mask))
+    stats = ShardStats(shard=task.shard, records_in=table.num_rows)
+    stats.drop(reason, dropped.num_rows)
+    return ShardResult(kept, removed_table(dropped, [reason] * dropped.num_rows, [None] * dropped.num_rows), stats)
+
+
+def keep_long(task: ShardTask) -> ShardResult:
+    """A filter rule: drop texts under ``min_words`` words."""
+    table = read_shard(task.inputs[0])
+    keep = [len(t.split()) >= task.params["min_words"] for t in table.column("text").to_pylist()]
+    return _drop(table, keep, "too_short", task)
+
+
+def null_first_id(task: ShardTask) -> ShardResult:
+    table = read_shard(task.inputs[0])
+    ids = table.column("id").to_pylist()
+    if task.shard == "part-00001.parquet":
+        ids[0] = None
+    table = table.set_column(table.column_names.index("id"), "id", pa.array(ids, pa.string()))
+    return _drop(table, [True] * table.num_rows, "none", task)
+
+
+def with_near_copy(task: ShardTask) -> ShardResult:
+    """A broken dedup: the last shard keeps a copy of an earlier text differing only in case and punctuation."""
+    table = read_shard(task.inputs[0])
+    if task.shard == "part-00002.parquet":
+        first = read_shard(task.params["first_input"]).slice(0, 1).to_pylist()[0]
+        copy = dict(first, id=make_record_id("news", "copy"), text=first["text"].upper() + " !!")
+        table = pa.concat_tables([table, pa.Table.from_pylist([copy], schema=table.schema)])
+    return _drop(table, [True] * table.num_rows, "exact_duplicate", task)
+
+
+def add_quality(task: ShardTask) -> ShardResult:
+    table = read_shard(task.inputs[0])
+    scores = [min(1.0, len(t) / 2000) for t in table.column("text").to_pylist()]
+    table = table.append_column("quality_score", pa.array(scores, pa.float64()))
+    return _drop(table, [True] * table.num_rows, "low_quality", task)
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+def write_inputs(root, records: list[dict]) -> list:
+    in_dir = root / "raw"
+    per = -(-len(records) // N_SHARDS)
+    for i in range(N_SHARDS):
+        write_shard(in_dir / f"part-{i:05d}.parquet", pa.Table.from_pylist(records[i * per:(i + 1) * per]))
+    return list_shards(in_dir)
+
+
+def build_stage(ws, stage: str, process, params: dict | None = None) -> None:
+    inputs = write_inputs(ws.root, news_records())
+    params = dict(params or {}, first_input=str(inputs[0]))
+    ph = params_hash(params)
+    tasks = [ShardTask(stage=stage, shard=p.name, inputs=[str(p)], out_dir=str(ws.path("data", stage)), params=params,
+                       params_hash=ph, fingerprints={p.name: sha256_file(p)}) for p in inputs]
+    run_shard_stage(stage, tasks, process, executor_params={"workers": 1})
+
+
+def read_report(ws, stage: str) -> dict:
+    return json.loads(report_path(stage, ws.root).read_text())
+
+
+def failed_checks(report: dict) -> list[dict]:
+    return [c for c in report["checks"] if not c["success"]]
+
+
+@pytest.fixture
+def ws(workspace, monkeypatch):
+    monkeypatch.setenv("PIPELINES_WORKERS", "1")
+    params = workspace.params()
+    params["checks"]["data_docs"] = False  # only the Data Docs test pays for the HTML
+    workspace.set_params(params)
+    return workspace
+
+
+# --- standard stages -------------------------------------------------------------------------------
+
+def test_filter_gate_passes_on_sound_output_and_report_is_byte_identical(ws):
+    build_stage(ws, "filter", keep_long, {"min_words": 20})
+    result = run_gate("filter", ws.params())
+    assert result["success"] and result["failed"] == 0
+    first = report_path("filter", ws.root).read_bytes()
+    types = {(c["type"], c["column"]) for c in result["checks"]}
+    assert ("expect_column_values_to_be_between", "unaccounted") in types
+    assert ("expect_column_max_to_be_between", "rule_rate__too_short") in types
+    assert ("manifest_matches_files", None) in types
+    keep = next(c for c in result["checks"] if c["column"] == "keep_rate")
+    stats = pq.read_table(ws.path("data", "filter", "_stats.parquet")).to_pandas()
+    assert keep["observed"] == pytest.approx(stats.records_out.sum() / stats.records_in.sum())
+    run_gate("filter", ws.params())
+    assert report_path("filter", ws.root).read_bytes() == first
+
+
+def test_filter_gate_fails_when_a_rule_removes_too_much(ws):
+    build_stage(ws, "filter", keep_long, {"min_words": 400})  # nearly every news text is shorter
+    params = ws.update("checks.filter.min_keep_rate", 0.0)
+    with pytest.raises(GateFailed) as err:
+        run_gate("filter", params)
+    msg = str(err.value)
+    assert msg.startswith("check_filter FAILED")
+    assert "expect_column_max_to_be_between(column=rule_rate__too_short, max_value=0.9)" in msg
+    report = read_report(ws, "filter")
+    assert report["success"] is False
+    [failed] = failed_checks(report)
+    assert failed["column"] == "rule_rate__too_short" and failed["observed"] > 0.9
+    assert f"observed {failed['observed']}" in msg
+
+
+def test_gate_fails_on_unbalanced_stats(ws):
+    build_stage(ws, "ingest", keep_long, {"min_words": 1})
+    path = ws.path("data", "ingest", "_stats.parquet")
+    stats = pq.read_table(path)
+    records_in = stats.column("records_in").to_pylist()
+    records_in[1] += 5  # five records vanished without a reason
+    pq.write_table(stats.set_column(stats.column_names.index("records_in"), "records_in", pa.array(records_in, pa.int64())), path)
+    with pytest.raises(GateFailed) as err:
+        run_gate("ingest", ws.params())
+    assert "expect_column_values_to_be_between(column=unaccounted, max_value=0, min_value=0)" in str(err.value)
+    assert "part-00001.parquet" in str(err.value)  # the failing shard is named
+    [failed] = failed_checks(read_report(ws, "ingest"))
+    assert failed["observed"]["unexpected_count"] == 1
+    assert failed["observed"]["unexpected"] == [{"shard": "part-00001.parquet", "unaccounted": 5}]
+
+
+def test_gate_fails_on_null_id(ws):
+    build_stage(ws, "ingest", null_first_id)
+    params = ws.update("checks.sample_rows", 10_000)  # sample everything so the null row is in it
+    with pytest.raises(GateFailed) as err:
+        run_gate("ingest", params)
+    assert "expect_column_values_to_not_be_null(column=id)" in str(err.value)
+    failed = failed_checks(read_report(ws, "ingest"))
+    assert {(c["type"], c["column"]) for c in failed} == {("expect_column_values_to_not_be_null", "id")}
+
+
+def test_gate_fails_on_tampered_shard(ws):
+    build_stage(ws, "ingest", keep_long, {"min_words": 1})
+    run_gate("ingest", ws.params())
+    shard = ws.path("data", "ingest", "part-00002.parquet")
+    write_shard(shard, read_shard(shard).slice(1))  # a valid shard, but not the one the manifest recorded
+    with pytest.raises(GateFailed) as err:
+        run_gate("ingest", ws.params())
+    assert "data/ingest/part-00002.parquet: sha256 mismatch" in str(err.value)
+    [failed] = failed_checks(read_report(ws, "ingest"))
+    assert failed["type"] == "manifest_matches_files"
+
+
+def test_ingest_gate_fails_below_min_records(ws):
+    build_stage(ws, "ingest", keep_long, {"min_words": 1})
+    params = ws.update("checks.ingest.min_records", 10_000)
+    with pytest.raises(GateFailed, match=r"expect_column_sum_to_be_between\(column=records_out, min_value=10000\) on stats: observed \d+"):
+        run_gate("ingest", params)
+
+
+def test_dedup_gate_catches_a_normalised_duplicate(ws):
+    build_stage(ws, "dedup", with_near_copy)
+    with pytest.raises(GateFailed) as err:
+        run_gate("dedup", ws.params())
+    assert "expect_column_values_to_be_unique(column=text_hash) on text_hashes" in str(err.value)
+    [failed] = failed_checks(read_report(ws, "dedup"))
+    assert failed["observed"]["unexpected_count"] == 2  # the original and its copy
+    assert make_record_id("news", "copy") in str(err.value)
+
+
+def test_select_gate_checks_quality_score(ws):
+    build_stage(ws, "select", add_quality)
+    assert run_gate("select", ws.params())["success"]
+    for shard in list_shards(ws.path("data", "select")):
+        shard.unlink()
+    build_stage(ws, "select", keep_long, {"min_words": 1})  # no quality_score column
+    with pytest.raises(GateFailed, match="quality_score"):
+        run_gate("select", ws.params())
+
+
+def test_missing_stage_output_fails_clearly(ws):
+    with pytest.raises(GateFailed, match="file_exists.*data/dedup.*missing"):
+        run_gate("dedup", ws.params())
+
+
+# --- mix --------------------------------------------------------------------------------------------
+
+def build_mix(ws, heldout_leak: bool = False) -> None:
+    records = news_records()
+    heldout, blend = records[:10], records[10:]
+    splits = {"phase1": blend, "phase2": blend[: len(blend) // 2] * 2, "heldout": heldout}
+    if heldout_leak:
+        splits["phase2"] = splits["phase2"] + heldout[:1]
+    all_stats, blend_json = [], {}
+    for split, rows in splits.items():
+        d = ws.path("data", "mix", split)
+        shard = "part-00000.parquet"
+        table = pa.Table.from_pylist(rows)
+        stats = ShardStats(shard=f"{split}/{shard}", records_in=len(rows), records_out=len(rows))
+        from pipelines.core.stage import finalize, finish_stats, write_shard_outputs
+
+        task = ShardTask(stage="mix", shard=shard, inputs=[], out_dir=str(d), params={}, params_hash="x")
+        fragment = write_shard_outputs(task, ShardResult(table, None, finish_stats(stats, table)))
+        finalize(d, "mix", "x", [fragment], [])
+        all_stats.append(stats)
+        if split != "heldout":
+            blend_json[split] = {"news": {"records": len(rows), "unique_records": len({r["id"] for r in rows}),
+                                          "chars": sum(len(r["text"]) for r in rows), "share": 1.0, "target_share": 1.0}}
+    from pipelines.core.stats import write_stats
+
+    write_stats(ws.path("data", "mix", "_stats.parquet"), all_stats)
+    write_json_atomic(ws.path("data", "mix", "blend.json"), {"phases": blend_json})
+
+
+def test_mix_gate_passes_and_fails_on_heldout_leak(ws):
+    params = ws.update("checks.mix.min_records", 50)
+    build_mix(ws)
+    result = run_gate("mix", params)
+    assert result["success"]
+    assert any(c["batch"] == "blend_shares" for c in result["checks"])
+    build_mix(ws, heldout_leak=True)
+    with pytest.raises(GateFailed) as err:
+        run_gate("mix", params)
+    assert "expect_column_values_to_be_unique(column=id) on heldout_vs_blend_ids" in str(err.value)
+
+
+def test_mix_gate_fails_on_share_off_target_and_missing_blend(ws):
+    params = ws.update("checks.mix.min_records", 50)
+    build_mix(ws)
+    blend = json.loads(ws.path("data", "mix", "blend.json").read_text())
+    blend["phases"]["phase1"]["news"]["target_share"] = 0.5
+    write_json_atomic(ws.path("data", "mix", "blend.json"), blend)
+    with pytest.raises(GateFailed, match=r"column=share_error.*phase1"):
+        run_gate("mix", params)
+    ws.path("data", "mix", "blend.json").unlink()
+    with pytest.raises(GateFailed, match="file_exists.*blend.json"):
+        run_gate("mix", params)
+
+
+# --- pack -------------------------------------------------------------------------------------------
+
+SEQ_LEN, PAD, EOS = 16, 0, 1
+
+
+def build_pack(ws, fill: int = SEQ_LEN, n_seq: int = 6) -> None:
+    """Two phases of ``n_seq`` sequences with ``fill`` real tokens each (two docs per sequence)."""
+    summary = {}
+    rng = np.random.default_rng(0)
+    for phase in ("phase1", "phase2"):
+        d = ws.path("data", "pack", phase)
+        d.mkdir(parents=True, exist_ok=True)
+        tokens = np.full((n_seq, SEQ_LEN), PAD, dtype=np.uint16)
+        tokens[:, :fill] = rng.integers(2, 100, size=(n_seq, fill))
+        half = fill // 2
+        entry = write_packed_shard(d, 0, tokens, [[0, half]] * n_seq)
+        n_real = n_seq * fill
+        write_index(d, {"seq_len": SEQ_LEN, "dtype": "uint16", "vocab_size": 100, "eos_id": EOS, "pad_id": PAD,
+                        "n_seq": n_seq, "tokens": n_real, "padding": n_seq * SEQ_LEN - n_real, "shards": [entry]})
+        lineage = pa.table({"seq": [i for i in range(n_seq) for _ in range(2)],
+                            "record_id": [f"r{i}-{j}" for i in range(n_seq) for j in range(2)],
+                            "source": ["news"] * (2 * n_seq),
+                            "start": [s for _ in range(n_seq) for s in (0, half)],
+                            "end": [e for _ in range(n_seq) for e in (half, fill)]})
+        pq.write_table(lineage, d / "lineage.parquet")
+        summary[phase] = {"n_seq": n_seq, "seq_len": SEQ_LEN, "tokens": n_real, "padding": n_seq * SEQ_LEN - n_real,
+                          "fill_ratio": n_real / (n_seq * SEQ_LEN), "docs": 2 * n_seq}
+    write_json_atomic(ws.path("data", "pack", "pack.json"), summary)
+
+
+def test_pack_gate_passes_then_fails_on_low_fill(ws):
+    build_pack(ws)
+    assert run_gate("pack", ws.params())["success"]
+    build_pack(ws, fill=8)  # half the positions are padding
+    with pytest.raises(GateFailed) as err:
+        run_gate("pack", ws.params())
+    msg = str(err.value)
+    assert "expect_column_values_to_be_between(column=fill_ratio, max_value=1, min_value=0.9) on phases" in msg
+    assert "0.5" in msg
+
+
+def test_pack_gate_fails_on_shape_and_token_count_mismatch(ws):
+    build_pack(ws)
+    d = ws.path("data", "pack", "phase2")
+    tokens = np.load(d / "tokens-00000.npy")
+    np.save(d / "tokens-00000.npy", tokens[:-1])  # one sequence lost
+    with pytest.raises(GateFailed) as err:
+        run_gate("pack", ws.params())
+    msg = str(err.value)
+    assert "phase2/tokens-00000.npy: shape [5, 16] != index [6, 16]" in msg
+    assert "column=token_mismatch" in msg and "column=lineage_mismatch" in msg
+
+
+# --- data docs --------------------------------------------------------------------------------------
+
+def test_data_docs_are_built_when_enabled(ws):
+    build_pack(ws)
+    params = ws.update("checks.data_docs", True)
+    result = run_gate("pack", params)
+    assert result["data_docs"] == "reports/gx/pack/index.html"
+    assert ws.path("reports", "gx", "pack", "index.html").is_file()
+    assert list(ws.path("reports", "gx", "pack", "validations").rglob("*.html"))

@@ -1,0 +1,284 @@
+"""Dedup stage on real text: exact copies, controlled near-duplicates against exact Jaccard, shard-invariance."""
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+import shutil
+from itertools import combinations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipelines.core.schema import make_record_id
+from pipelines.core.shards import read_all, read_shard, shard_name, write_shard
+from pipelines.dedup.clusters import EXACT_DUP, NEAR_DUP
+from pipelines.dedup.minhash import MinHasher, mulmod61
+from pipelines.dedup.normalize import normalize_text, words
+from pipelines.dedup.stage import run
+
+from conftest import SHARED_DATA
+
+TEXT = SHARED_DATA / "text"
+SHAKESPEARE = TEXT / "books" / "open-shakespeare"
+NGRAM = 5
+POSITIVE_LEVELS = [0.82, 0.88, 0.95]  # target Jaccard of the near-duplicate edits
+NEGATIVE_LEVEL = 0.3
+
+
+# ---------------------------------------------------------------- real documents
+
+def _scenes(play: str, folio: bool, max_words: int = 1200) -> list[str]:
+    """Scene-sized documents of a play (modern or First Folio spelling), truncated to keep tests fast."""
+    path = SHAKESPEARE / f"{play}_gut{'_f' if folio else ''}.txt"
+    pattern = r"^\s*(?:Actus|Scena|Scoena|Scene)\b.*$" if folio else r"^\s*SCENE [IVXL]+\..*$"
+    parts = re.split(pattern, path.read_text(encoding="utf-8"), flags=re.M | (0 if folio else re.I))
+    return [" ".join(p.split()[:max_words]) for p in parts if len(p.split()) >= 200]
+
+
+def _news(n: int) -> list[str]:
+    lines = (TEXT / "news" / "lee_background.cor").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if len(line.split()) >= 120][:n]
+
+
+def _web(n: int) -> list[str]:
+    path = next((TEXT / "web_cc").glob("dolma_*.jsonl.gz"))
+    docs = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            text = json.loads(line)["text"]
+            if 150 <= len(text.split()) <= 1500:
+                docs.append(text)
+            if len(docs) == n:
+                break
+    return docs
+
+
+def _shingles(text: str) -> set:
+    w = words(text)
+    return {tuple(w[i:i + NGRAM]) for i in range(len(w) - NGRAM + 1)} if len(w) >= NGRAM else {tuple(w)}
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def _edit_to_jaccard(text: str, target: float, rng: random.Random, vocab: list[str], above: bool) -> str:
+    """Substitute words at random positions: the most edits keeping J >= target (above) or the fewest reaching J <= target."""
+    tokens = text.split()
+    order = rng.sample(range(len(tokens)), len(tokens))
+    replacements = [rng.choice(vocab) for _ in order]
+    base = _shingles(text)
+
+    def edited(k: int) -> str:
+        t = list(tokens)
+        for pos, word in zip(order[:k], replacements[:k]):
+            t[pos] = word
+        return " ".join(t)
+
+    lo, hi = int(above), len(tokens)  # binary search on the number of substitutions (J falls as k grows); >= 1 edit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2 if above else (lo + hi) // 2
+        ok = _jaccard(base, _shingles(edited(mid))) >= target if above else _jaccard(base, _shingles(edited(mid))) <= target
+        if above:
+            lo, hi = (mid, hi) if ok else (lo, mid - 1)
+        else:
+            lo, hi = (lo, mid) if ok else (mid + 1, hi)
+    return edited(lo)
+
+
+def _record(source: str, key: str, text: str) -> dict:
+    return {"id": make_record_id(source, key), "url": f"https://example.org/{source}/{key}", "source": source, "text": text}
+
+
+@pytest.fixture(scope="module")
+def near_dup_set() -> list[dict]:
+    """Real base documents, each with a near-duplicate (J >= 0.8) and a distant edit (J <= 0.3), plus Folio scenes."""
+    rng = random.Random(7)
+    bases = [("news", t) for t in _news(12)] + [("web", t) for t in _web(12)] + [("books", t) for t in _scenes("macbeth", False)[:10]]
+    vocab = sorted({w for _, t in bases for w in t.split() if w.isalpha()})
+    records = []
+    for i, (source, text) in enumerate(bases):
+        records.append(_record(source, f"base-{i}", text))
+        level = POSITIVE_LEVELS[i % len(POSITIVE_LEVELS)]
+        records.append(_record(source, f"near-{i}", _edit_to_jaccard(text, level, rng, vocab, above=True)))
+        records.append(_record(source, f"far-{i}", _edit_to_jaccard(text, NEGATIVE_LEVEL, rng, vocab, above=False)))
+    # First Folio spelling of the same play: natural related documents (J ~ 0.1-0.2), not duplicates.
+    records += [_record("books", f"folio-{i}", t) for i, t in enumerate(_scenes("macbeth", True)[:10])]
+    return records
+
+
+def _write_filter(ws, records: list[dict], n_shards: int) -> None:
+    out = ws.path("data", "filter")
+    if out.exists():
+        shutil.rmtree(out)
+    for s in range(n_shards):
+        write_shard(out / shard_name(s), pa.Table.from_pylist(records[s::n_shards]))
+
+
+def _cluster_of(ws) -> dict[str, str]:
+    """Record id -> id of the record kept for its cluster (itself when kept)."""
+    kept = read_all(ws.path("data", "dedup"), columns=["id"]).column("id").to_pylist()
+    mapping = {i: i for i in kept}
+    removed_dir = ws.path("data", "dedup", "removed")
+    if removed_dir.exists() and list(removed_dir.glob("part-*.parquet")):
+        removed = read_all(removed_dir, columns=["id", "dup_of"])
+        mapping.update(zip(removed.column("id").to_pylist(), removed.column("dup_of").to_pylist()))
+    return mapping
+
+
+def _snapshot(path) -> dict:
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- units
+
+def test_mulmod61_is_exact():
+    rng = random.Random(3)
+    p = (1 << 61) - 1
+    a = [rng.randrange(p) for _ in range(500)] + [p - 1, 0, 1]
+    x = [rng.randrange(p) for _ in range(500)] + [p - 1, p - 1, p - 1]
+    got = mulmod61(np.array(a, np.uint64), np.array(x, np.uint64))
+    assert [int(v) for v in got] == [ai * xi % p for ai, xi in zip(a, x)]
+
+
+def test_normalisation_and_short_documents():
+    assert normalize_text("  Hello,\tWORLD!\n ﬁne  ") == "hello world fine"  # NFKC folds the ligature
+    assert normalize_text("Hello, World", lowercase=False, strip_punctuation=False) == "Hello, World"
+    hasher = MinHasher(ngram=5, bands=4, rows=2, seed=1)
+    sig = hasher.signatures([["to", "be"], ["to", "be"], ["not", "to", "be"], []])
+    assert (sig[0] == sig[1]).all()  # fewer words than ngram: the whole text is one shingle
+    assert not (sig[0] == sig[2]).any()
+    with pytest.raises(ValueError, match="dedup.minhash.rows"):
+        MinHasher(rows=0)
+
+
+# ---------------------------------------------------------------- stage
+
+def test_exact_copies_with_case_space_punctuation_changes_are_dropped(workspace):
+    docs = _news(3) + _web(2)
+    records = []
+    for i, text in enumerate(docs):
+        tokens = text.split()
+        copies = [
+            text,
+            text.upper(),
+            "\n\n  " + "   ".join(tokens) + " \t",
+            " ".join(t + ("," if j % 7 == 3 else "") for j, t in enumerate(tokens)).replace(".", " ").replace("\u0020", "\u00a0", 3),
+        ]
+        records += [_record("news" if i < 3 else "web", f"doc{i}-copy{c}", t) for c, t in enumerate(copies)]
+        # One substituted word is not an exact copy (it is a near duplicate).
+        records.append(_record("web", f"doc{i}-edited", " ".join(tokens[:50] + ["zebra"] + tokens[51:])))
+    _write_filter(workspace, records, 2)
+    summary = run(workspace.params())
+
+    removed = read_all(workspace.path("data", "dedup", "removed")).to_pylist()
+    by_id = {r["id"]: r for r in removed}
+    for i in range(len(docs)):
+        group = [make_record_id("news" if i < 3 else "web", f"doc{i}-copy{c}") for c in range(4)]
+        keeper = min(group)
+        for rid in group:
+            if rid != keeper:
+                assert by_id[rid]["drop_reason"] == EXACT_DUP
+                assert by_id[rid]["dup_of"] == min(group + [make_record_id("web", f"doc{i}-edited")])
+        edited = make_record_id("web", f"doc{i}-edited")
+        if edited in by_id:
+            assert by_id[edited]["drop_reason"] == NEAR_DUP
+    assert summary[EXACT_DUP] == 3 * len(docs)
+    assert summary[NEAR_DUP] == len(docs)  # the edited copy (or the exact group's smaller representative)
+    assert summary["clusters"] == len(docs)
+    assert summary["records_out"] == len(docs)
+    assert all(json.loads(r["drop_detail"])["dup_of"] == r["dup_of"] for r in removed)
+
+
+def test_near_duplicates_against_exact_jaccard(workspace, near_dup_set):
+    _write_filter(workspace, near_dup_set, 3)
+    summary = run(workspace.params())
+    cluster = _cluster_of(workspace)
+    assert len(cluster) == len(near_dup_set)
+
+    shingles = {r["id"]: _shingles(r["text"]) for r in near_dup_set}
+    truth, predicted, far_merged = set(), set(), []
+    for a, b in combinations(sorted(shingles), 2):
+        j = _jaccard(shingles[a], shingles[b])
+        same = cluster[a] == cluster[b]
+        if j >= 0.8:
+            truth.add((a, b))
+        if same:
+            predicted.add((a, b))
+        if j <= NEGATIVE_LEVEL and same:
+            far_merged.append((a, b, j))
+    assert len(truth) >= 30  # the set really contains near duplicates
+    precision = len(truth & predicted) / len(predicted)
+    recall = len(truth & predicted) / len(truth)
+    assert precision >= 0.95, (precision, len(predicted))
+    assert recall >= 0.90, (recall, len(truth))
+    assert not far_merged, far_merged  # J <= 0.3 (distant edits, Folio vs modern spelling) never merged
+    assert summary["near_dup"] + summary["exact_dup"] == len(near_dup_set) - len(set(cluster.values()))
+    print(f"precision={precision:.3f} recall={recall:.3f} truth_pairs={len(truth)} summary={summary}")
+
+
+def test_keep_policy_is_independent_of_sharding_and_outputs_balance(workspace, near_dup_set, monkeypatch):
+    records = list(near_dup_set)
+    _write_filter(workspace, records, 1)
+    one = run(workspace.params())
+    one_clusters = _cluster_of(workspace)
+
+    random.Random(1).shuffle(records)  # other order, other shards: the same decisions
+    _write_filter(workspace, records, 3)
+    three = run(workspace.params())
+    assert _cluster_of(workspace) == one_clusters
+    assert {k: v for k, v in three.items() if k != "shards"} == {k: v for k, v in one.items() if k != "shards"}
+    for group in set(one_clusters.values()):
+        members = [i for i, k in one_clusters.items() if k == group]
+        assert group == min(members)  # smallest id kept
+
+    out = workspace.path("data", "dedup")
+    kept = read_all(out)
+    removed = read_all(out / "removed")
+    stats = read_shard(out / "_stats.parquet").to_pandas()
+    assert len(stats) == 3 and not list(out.glob("part-00003.parquet"))
+    assert (stats.records_in == stats.records_out + stats.records_dropped).all()
+    assert stats.records_in.sum() == len(records) == kept.num_rows + removed.num_rows
+    assert stats.drop__exact_dup.sum() + stats.drop__near_dup.sum() == removed.num_rows
+    assert set(removed.column("drop_reason").to_pylist()) <= {EXACT_DUP, NEAR_DUP}
+    kept_ids = set(kept.column("id").to_pylist())
+    dup_of = removed.column("dup_of").to_pylist()
+    assert None not in dup_of and set(dup_of) <= kept_ids
+    heads = {i for i, c in zip(kept.column("id").to_pylist(), kept.column("dup_cluster").to_pylist()) if c is not None}
+    assert heads == set(dup_of)
+    assert kept.column("dup_of").null_count == kept.num_rows
+    assert stats.extra__clusters.sum() == three["clusters"] == len(heads)
+    assert {"url", "source", "text"} <= set(removed.column_names)
+
+    # Byte-identical re-run from scratch (other worker count), and a resumed run that changes nothing.
+    before = _snapshot(out)
+    shutil.rmtree(out)
+    monkeypatch.setenv("PIPELINES_WORKERS", "1")
+    assert run(workspace.params()) == three
+    assert _snapshot(out) == before
+    assert run(workspace.params()) == three
+    assert _snapshot(out) == before
+    # Changing a decision-relevant param redoes every shard under the new params hash.
+    old_hash = json.loads((out / "_manifest.json").read_text())["params_hash"]
+    run(workspace.update("dedup.minhash.seed", 2))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["params_hash"] != old_hash
+    assert {s["params_hash"] for s in manifest["shards"].values()} == {manifest["params_hash"]}
+
+
+def test_bad_input_and_params(workspace):
+    params = workspace.params()
+    with pytest.raises(FileNotFoundError, match="data/filter"):
+        run(params)
+    docs = _news(2)
+    _write_filter(workspace, [_record("news", "a", docs[0]), _record("news", "a", docs[1])], 2)
+    with pytest.raises(ValueError, match="occurs more than once"):
+        run(params)
+    with pytest.raises(ValueError, match="dedup.keep"):
+        run(workspace.update("dedup.keep", "longest"))
+    workspace.update("dedup.keep", "smallest_id")
+    with pytest.raises(ValueError, match="dedup.minhash.bands"):
+        run(workspace.update("dedup.minhash.bands", 0))

@@ -1,0 +1,214 @@
+"""mix: held-out split, weighted phase blends, replay, accounting, determinism (real text)."""
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipelines.core.schema import make_record_id
+from pipelines.core.shards import list_shards, read_all, read_shard, write_shard
+
+TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
+
+
+def _wikipedia_docs(limit):
+    """wikitext-2 lines grouped into articles at each top-level ' = Title = ' heading."""
+    docs, cur = [], []
+    for line in (TEXT / "wikipedia" / "wikitext-2_valid.txt").read_text(encoding="utf-8").splitlines():
+        s = line.strip()
+        if s.startswith("= ") and not s.startswith("= =") and cur:
+            docs.append("\n".join(cur).strip())
+            cur = []
+            if len(docs) >= limit:
+                break
+        if s:
+            cur.append(s)
+    return docs
+
+
+def _jsonl(path, fields, limit):
+    out = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            out.append("\n".join(row[k] for k in fields))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def real_docs(per_source: int = 40) -> dict[str, list[str]]:
+    web = _jsonl(next((TEXT / "web_cc").glob("*.jsonl.gz")), ["text"], 3 * per_source)
+    shakespeare = (TEXT / "books" / "tinyshakespeare_input.txt").read_text(encoding="utf-8").split("\n\n")
+    return {
+        "wikipedia": _wikipedia_docs(per_source),
+        "news": (TEXT / "news" / "lee_background.cor").read_text(encoding="utf-8").splitlines()[:per_source],
+        "math": _jsonl(TEXT / "math" / "gsm8k_train_lines0001-3737.jsonl.gz", ["question", "answer"], per_source),
+        "code": _jsonl(TEXT / "code" / "humaneval-x_cpp.jsonl.gz", ["prompt", "canonical_solution"], per_source),
+        "books": ["\n\n".join(shakespeare[i:i + 8]) for i in range(0, 8 * per_source, 8)],
+        "cc-main-2019-30": web[:per_source],
+        "cc-main-2024-22": web[per_source:2 * per_source],
+        "forum": web[2 * per_source:3 * per_source],  # matches no weight pattern: excluded
+    }
+
+
+def build_select(root: Path, per_source: int = 40, n_shards: int = 3) -> pa.Table:
+    """Write `data/select` shards (core schema + quality_score) from real text; returns all records."""
+    rows = []
+    for source, docs in real_docs(per_source).items():
+        for i, text in enumerate(docs):
+            rows.append({"id": make_record_id(source, str(i)), "url": f"https://{source}.example/{i}",
+                         "source": source, "text": text, "lang": "en", "lang_score": 0.99,
+                         "quality_score": float((i * 37 % 100) / 100)})
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(rows))
+    rows = [rows[i] for i in order]
+    out = root / "data" / "select"
+    for k in range(n_shards):
+        write_shard(out / f"part-{k:05d}.parquet", pa.Table.from_pylist(rows[k::n_shards]))
+    return pa.Table.from_pylist(rows)
+
+
+def _run(params):
+    from pipelines.mix.stage import run
+
+    return run(params)
+
+
+def _snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def mixed(workspace):
+    records = build_select(workspace.root)
+    summary = _run(workspace.params())
+    return workspace, records, summary
+
+
+def test_accounting_balances_and_heldout_is_disjoint(mixed):
+    ws, records, summary = mixed
+    mix = ws.path("data", "mix")
+    stats = read_shard(mix / "_stats.parquet").to_pandas()
+    assert (stats.records_in == stats.records_out + stats.records_dropped).all()
+    assert (stats.records_in == stats.drop__heldout + stats.records_out + stats.drop__excluded_source
+            + stats.drop__subsampled).all()
+    assert stats.records_in.sum() == records.num_rows
+    held = read_all(mix / "heldout")
+    assert held.num_rows == stats.drop__heldout.sum() == summary["heldout"]
+    held_ids = set(held.column("id").to_pylist())
+    # Every source got its floor of held-out records, and none of them is trained on.
+    assert Counter(held.column("source").to_pylist()).most_common()[-1][1] >= 2
+    for phase in ("phase1", "phase2"):
+        t = read_all(mix / phase)
+        assert held_ids.isdisjoint(t.column("id").to_pylist())
+        assert {"quality_score", "blend_copy", "url", "source_file"} <= set(t.column_names)
+        # (id, blend_copy) tells repeated rows apart.
+        keys = list(zip(t.column("id").to_pylist(), t.column("blend_copy").to_pylist()))
+        assert len(keys) == len(set(keys))
+    removed = read_all(mix / "removed")
+    assert removed.num_rows == stats.drop__excluded_source.sum() + stats.drop__subsampled.sum()
+    # The unmatched source is excluded (minus its held-out part) and accounted for, whole.
+    forum = [r for r in removed.to_pylist() if r["source"] == "forum"]
+    assert len(forum) == 40 - sum(1 for s in held.column("source").to_pylist() if s == "forum")
+    assert {r["drop_reason"] for r in forum} == {"excluded_source"} and all(r["text"] for r in forum)
+    pool = set(read_all(mix / "phase1").column("id").to_pylist()) | set(read_all(mix / "phase2").column("id").to_pylist())
+    assert len(pool) == stats.records_out.sum()
+    assert pool | held_ids | set(removed.column("id").to_pylist()) == set(records.column("id").to_pylist())
+
+
+def test_weights_and_replay(mixed):
+    ws, records, _ = mixed
+    mix = ws.path("data", "mix")
+    held_ids = set(read_all(mix / "heldout").column("id").to_pylist())
+    trainable = Counter(s for i, s in zip(records.column("id").to_pylist(), records.column("source").to_pylist())
+                        if i not in held_ids)
+    p1 = read_all(mix / "phase1")
+    p1_src = Counter(p1.column("source").to_pylist())
+    assert p1_src["wikipedia"] == trainable["wikipedia"]  # weight 1.0
+    assert "forum" not in p1_src
+    # math has weight 0.5 in phase 1: about half, decided per record.
+    assert 0.25 * trainable["math"] <= p1_src["math"] <= 0.75 * trainable["math"]
+    p2 = read_all(mix / "phase2").to_pandas()
+    own = p2[p2.blend_origin == "phase2"]
+    own_src = own.source.value_counts()
+    assert own_src["wikipedia"] == 3 * trainable["wikipedia"]  # weight 3.0
+    assert own_src["books"] == 2 * trainable["books"]
+    assert not own.source.str.startswith("cc-").any()
+    replay = p2[p2.blend_origin == "replay"]
+    frac = len(replay) / p1.num_rows
+    assert abs(frac - 0.2) < 0.06
+    blend = json.loads((mix / "blend.json").read_text())
+    assert blend["phases"]["phase2"]["replay_rows"] == len(replay)
+    assert blend["phases"]["phase1"]["sources"]["wikipedia"]["records"] == p1_src["wikipedia"]
+    shares = [e["share"] for e in blend["phases"]["phase1"]["sources"].values()]
+    assert abs(sum(shares) - 1) < 1e-9
+    assert blend["excluded"]["forum"]["excluded_source"] > 0
+
+
+def test_weight_two_doubles_rows_and_fraction_is_about_right(workspace):
+    build_select(workspace.root, per_source=60)
+    params = workspace.update("mix.phase1.weights", {"wikipedia": 2.0, "news": 0.3, "*": 1.0})
+    _run(params)
+    p1 = read_all(workspace.path("data", "mix", "phase1")).to_pandas()
+    held = set(read_all(workspace.path("data", "mix", "heldout")).column("id").to_pylist())
+    wiki = p1[p1.source == "wikipedia"]
+    assert len(wiki) == 2 * wiki.id.nunique()
+    assert sorted(wiki.blend_copy.unique()) == [0, 1]
+    news_trainable = 60 - sum(1 for i in held if i in {make_record_id("news", str(k)) for k in range(60)})
+    assert 0.1 * news_trainable <= (p1.source == "news").sum() <= 0.5 * news_trainable
+    stats = read_shard(workspace.path("data", "mix", "_stats.parquet")).to_pandas()
+    # news records that drew no phase-1 copy still train in phase 2 (weight 2.0): nothing subsampled.
+    assert stats.drop__subsampled.sum() == 0
+    # "forum" now matches "*": nothing excluded.
+    assert stats.drop__excluded_source.sum() == 0
+
+
+def test_subsampled_records_are_removed_with_reason(workspace):
+    build_select(workspace.root, per_source=30)
+    workspace.update("mix.phase1.weights", {"math": 0.5, "*": 1.0})
+    params = workspace.update("mix.phase2.weights", {"wikipedia": 1.0})
+    _run(params)
+    removed = read_all(workspace.path("data", "mix", "removed")).to_pandas()
+    sub = removed[removed.drop_reason == "subsampled"]
+    assert len(sub) > 0 and set(sub.source) == {"math"}
+    p1_ids = set(read_all(workspace.path("data", "mix", "phase1")).column("id").to_pylist())
+    assert p1_ids.isdisjoint(sub.id)
+
+
+def test_rerun_is_byte_identical_and_skips(workspace):
+    build_select(workspace.root, per_source=20)
+    params = workspace.update("mix.max_rows_per_shard", 50)
+    first = _run(params)
+    mix = workspace.path("data", "mix")
+    assert len(list_shards(mix / "phase1")) > 1
+    before = _snapshot(mix)
+    assert _run(params)["skipped"] is True
+    shutil.rmtree(mix)
+    second = _run(params)
+    assert second["skipped"] is False and _snapshot(mix) == before
+    assert {k: v for k, v in first.items() if k != "skipped"} == {k: v for k, v in second.items() if k != "skipped"}
+    # A different seed reshuffles and resamples; the held-out split (id hash only) stays.
+    held = read_all(mix / "heldout").column("id").to_pylist()
+    params["seed"] = params["seed"] + 1
+    _run(params)
+    assert _snapshot(mix) != before
+    assert sorted(read_all(mix / "heldout").column("id").to_pylist()) == sorted(held)
+
+
+def test_bad_params_and_missing_input(workspace):
+    with pytest.raises(FileNotFoundError, match="data/select"):
+        _run(workspace.params())
+    build_select(workspace.root, per_source=5)
+    with pytest.raises(ValueError, match="mix.phase1.weights"):
+        _run(workspace.update("mix.phase1.weights", {"wikipedia": -1}))
+    with pytest.raises(ValueError, match="replay_fraction"):
+        params = workspace.update("mix.phase1.weights", {"*": 1})
+        params["mix"]["phase2"]["replay_fraction"] = 1.5
+        _run(params)

@@ -1,0 +1,167 @@
+"""pack: tokenizer, best-fit-decreasing packing, lineage exactness, format round trip, determinism."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.core.shards import read_all
+from pipelines.pack.binpack import best_fit_decreasing, concat_split, split_documents
+from pipelines.pack.format import PackedDataset
+from test_mix import build_select
+
+SEQ_LEN = 128
+
+
+def _prepare(ws, per_source=12, **pack):
+    build_select(ws.root, per_source=per_source)
+    params = ws.params()
+    params["pack"].update({"vocab_size": 512, "seq_len": SEQ_LEN, "tokenizer_sample_chars": 150_000,
+                           "max_seq_per_shard": 64, **pack})
+    ws.set_params(params)
+    from pipelines.mix.stage import run as run_mix
+
+    run_mix(params)
+    return params
+
+
+def _run(params):
+    from pipelines.pack.stage import run
+
+    return run(params)
+
+
+def _snapshot(d):
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _check_phase(ws, phase, tokenizer):
+    """Every invariant of a packed phase, checked against the mix output it came from."""
+    phase_dir = ws.path("data", "pack", phase)
+    ds = PackedDataset(phase_dir)
+    index = json.loads((phase_dir / "index.json").read_text())
+    lineage = pq.read_table(phase_dir / "lineage.parquet").to_pandas()
+    rows = read_all(ws.path("data", "mix", phase)).to_pandas()
+    texts = dict(zip(rows.id, rows.text))
+    # Reference tokenization through the saved tokenizer, as the trainer/evaluator will load it.
+    ref = {rid: tokenizer(t, add_special_tokens=False)["input_ids"] + [ds.eos_id] for rid, t in texts.items()}
+
+    assert len(ds) == index["n_seq"] > 0
+    assert index["dtype"] == "uint16" and len(index["shards"]) > 1
+    covered = np.zeros((len(ds), SEQ_LEN), dtype=np.int32)
+    by_seq = lineage.groupby("seq")
+    pieces: dict[tuple, list] = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item.tokens.shape == (SEQ_LEN,) and item.tokens.dtype == np.uint16
+        assert (item.tokens[item.n_real:] == ds.pad_id).all() and (item.tokens[:item.n_real] != ds.pad_id).all()
+        lin = by_seq.get_group(i).sort_values("start")
+        assert lin.start.tolist() == item.doc_starts.tolist() and item.doc_starts[0] == 0
+        assert lin.end.iloc[-1] == item.n_real
+        for r in lin.itertuples():
+            covered[i, r.start:r.end] += 1
+            piece = item.tokens[r.start:r.end].tolist()
+            assert piece == ref[r.record_id][r.doc_offset:r.doc_offset + (r.end - r.start)]
+            pieces.setdefault((r.record_id, r.blend_copy), []).append((r.doc_offset, piece))
+    # Every non-pad token belongs to exactly one piece; padding to none.
+    tokens = np.stack([ds[i].tokens for i in range(len(ds))])
+    assert np.array_equal(covered, (tokens != ds.pad_id).astype(np.int32))
+    # Each mix row is packed once, whole: its pieces decode back to its text.
+    assert set(pieces) == set(zip(rows.id, rows.blend_copy))
+    for (rid, _), parts in pieces.items():
+        ids = [t for _, p in sorted(parts) for t in p]
+        assert ids == ref[rid]
+        assert tokenizer.decode(ids[:-1]) == texts[rid]
+    # Tokens in = tokens out.
+    tokens_in = sum(len(ref[rid]) for rid in rows.id)
+    assert tokens_in == index["tokens"] == int((tokens != ds.pad_id).sum())
+    assert index["padding"] == len(ds) * SEQ_LEN - tokens_in
+    return lineage, pieces
+
+
+def test_pack_best_fit_round_trips_to_the_original_text(workspace):
+    params = _prepare(workspace)
+    summary = _run(params)
+    assert summary["skipped"] is False
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(workspace.path("data", "pack", "tokenizer")))
+    pack = json.loads(workspace.path("data", "pack", "pack.json").read_text())
+    assert tokenizer.eos_token_id == pack["eos_id"] and tokenizer.pad_token_id == pack["pad_id"]
+    assert pack["vocab_size"] == len(tokenizer) == 512
+    for phase in ("phase1", "phase2"):
+        lineage, pieces = _check_phase(workspace, phase, tokenizer)
+        stats = pack["phases"][phase]
+        # Best fit cuts a document only when it does not fit in one sequence.
+        for (rid, copy), parts in pieces.items():
+            n_tokens = sum(len(p) for _, p in parts)
+            assert (len(parts) > 1) == (n_tokens > SEQ_LEN)
+        assert stats["docs_split"] == stats["docs_longer_than_seq_len"] > 0
+        assert stats["fill_ratio"] > 0.95
+        assert stats["pieces"] == len(lineage)
+        assert abs(sum(stats["token_share"].values()) - 1) < 1e-9
+
+
+def test_concat_mode_is_exact_but_splits_more(workspace):
+    params = _prepare(workspace, per_source=8)
+    _run(params)
+    best = json.loads(workspace.path("data", "pack", "pack.json").read_text())["phases"]["phase1"]
+    params["pack"]["packing"] = "concat"
+    _run(params)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(workspace.path("data", "pack", "tokenizer")))
+    _check_phase(workspace, "phase1", tokenizer)
+    concat = json.loads(workspace.path("data", "pack", "pack.json").read_text())["phases"]["phase1"]
+    assert concat["tokens"] == best["tokens"]
+    assert concat["docs_split"] > best["docs_split"]
+    assert concat["padding"] < SEQ_LEN  # only the last sequence is padded
+
+
+def test_rerun_is_byte_identical_and_skips(workspace):
+    params = _prepare(workspace, per_source=6)
+    _run(params)
+    pack = workspace.path("data", "pack")
+    before = _snapshot(pack)
+    assert _run(params)["skipped"] is True
+    shutil.rmtree(pack)
+    assert _run(params)["skipped"] is False
+    assert _snapshot(pack) == before  # tokenizer training included
+    # A damaged file is noticed and the stage redoes its work.
+    (pack / "phase1" / "lineage.parquet").write_bytes(b"broken")
+    assert _run(params)["skipped"] is False and _snapshot(pack) == before
+
+
+def test_bad_params_and_missing_input(workspace):
+    with pytest.raises(FileNotFoundError, match="run mix first"):
+        _run(workspace.params())
+    params = _prepare(workspace, per_source=3)
+    params["pack"]["packing"] = "first_fit"
+    with pytest.raises(ValueError, match="pack.packing"):
+        _run(params)
+    params["pack"].update(packing="best_fit", vocab_size=100)
+    with pytest.raises(ValueError, match="pack.vocab_size"):
+        _run(params)
+
+
+def test_best_fit_decreasing_is_best_fit():
+    # Capacities 10: pieces 6, 5, 4, 3, 2 -> [6, 4] and [5, 3, 2]: two full sequences.
+    placement = best_fit_decreasing(split_documents(np.array([3, 6, 2, 5, 4]), 10), 10)
+    assert placement.n_seq == 2
+    groups = Counter(placement.seq.tolist())
+    assert sorted(groups.values()) == [2, 3]
+    # 7 goes where it fits tightest (room 8 rather than room 9), leaving room for the 9.
+    placement = best_fit_decreasing(split_documents(np.array([1, 2, 7, 9]), 10), 10)
+    assert placement.n_seq == 2
+    # A long document: seq_len chunks plus its remainder.
+    pieces = split_documents(np.array([25, 3]), 10)
+    assert pieces.length.tolist() == [10, 10, 5, 3] and pieces.offset.tolist() == [0, 10, 20, 0]
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 300, size=2000)
+    bfd = best_fit_decreasing(split_documents(lengths, 128), 128)
+    assert bfd.n_seq <= concat_split(lengths, 128).n_seq + 1
+    assert np.bincount(bfd.seq, weights=bfd.pieces.length).max() <= 128
