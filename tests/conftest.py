@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", "2")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+# Airflow reads its home when first imported: give the test session its own SQLite DB.
+os.environ["AIRFLOW_HOME"] = os.environ.get("PIPELINES_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="airflow-test-")
 
 
 class Workspace:
@@ -59,3 +65,29 @@ def workspace(tmp_path, monkeypatch) -> Workspace:
     monkeypatch.setenv("PIPELINES_WORKERS", "2")
     monkeypatch.chdir(root)
     return Workspace(root)
+
+
+def copy_project(dest: Path) -> Path:
+    """A fresh clone-like copy of the project (tracked + new files, no data/venv) as its own git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split()
+    for rel in files:
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/", "reports/", "dvc.lock")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "fresh clone"], cwd=dest, check=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """Migrate the session's SQLite metadata DB once."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    if not (home / "airflow.db").exists():
+        subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                       capture_output=True, env=dict(os.environ))
+    return home

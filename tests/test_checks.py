@@ -45,15 +45,6 @@ def keep_long(task: ShardTask) -> ShardResult:
     return _drop(table, keep, "too_short", task)
 
 
-def null_first_id(task: ShardTask) -> ShardResult:
-    table = read_shard(task.inputs[0])
-    ids = table.column("id").to_pylist()
-    if task.shard == "part-00001.parquet":
-        ids[0] = None
-    table = table.set_column(table.column_names.index("id"), "id", pa.array(ids, pa.string()))
-    return _drop(table, [True] * table.num_rows, "none", task)
-
-
 def with_near_copy(task: ShardTask) -> ShardResult:
     """A broken dedup: the last shard keeps a copy of an earlier text differing only in case and punctuation."""
     table = read_shard(task.inputs[0])
@@ -81,8 +72,8 @@ def write_inputs(root, records: list[dict]) -> list:
     return list_shards(in_dir)
 
 
-def build_stage(ws, stage: str, process, params: dict | None = None) -> None:
-    inputs = write_inputs(ws.root, news_records())
+def build_stage(ws, stage: str, process, params: dict | None = None, records: list[dict] | None = None) -> None:
+    inputs = write_inputs(ws.root, records or news_records())
     params = dict(params or {}, first_input=str(inputs[0]))
     ph = params_hash(params)
     tasks = [ShardTask(stage=stage, shard=p.name, inputs=[str(p)], out_dir=str(ws.path("data", stage)), params=params,
@@ -157,13 +148,26 @@ def test_gate_fails_on_unbalanced_stats(ws):
 
 
 def test_gate_fails_on_null_id(ws):
-    build_stage(ws, "ingest", null_first_id)
+    # The core writer refuses null ids, so simulate a stage that wrote its shard some other way
+    # (and recorded it honestly in the manifest): only the record check can catch it.
+    build_stage(ws, "ingest", keep_long, {"min_words": 1})
+    shard = ws.path("data", "ingest", "part-00001.parquet")
+    table = read_shard(shard)
+    ids = table.column("id").to_pylist()
+    ids[0] = None
+    table = table.set_column(0, pa.field("id", pa.string(), nullable=True), pa.array(ids, pa.string()))
+    pq.write_table(table, shard)
+    manifest_path = ws.path("data", "ingest", "_manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["shards"][shard.name]["files"][shard.name]["sha256"] = sha256_file(shard)
+    write_json_atomic(manifest_path, manifest)
     params = ws.update("checks.sample_rows", 10_000)  # sample everything so the null row is in it
     with pytest.raises(GateFailed) as err:
         run_gate("ingest", params)
-    assert "expect_column_values_to_not_be_null(column=id)" in str(err.value)
+    assert "expect_column_values_to_not_be_null(column=id) on sample" in str(err.value)
     failed = failed_checks(read_report(ws, "ingest"))
-    assert {(c["type"], c["column"]) for c in failed} == {("expect_column_values_to_not_be_null", "id")}
+    assert [(c["type"], c["column"]) for c in failed] == [("expect_column_values_to_not_be_null", "id")]
+    assert failed[0]["observed"]["unexpected_count"] == 1
 
 
 def test_gate_fails_on_tampered_shard(ws):
@@ -185,14 +189,30 @@ def test_ingest_gate_fails_below_min_records(ws):
         run_gate("ingest", params)
 
 
-def test_dedup_gate_catches_a_normalised_duplicate(ws):
-    build_stage(ws, "dedup", with_near_copy)
+def unique_news() -> list[dict]:
+    """The news lines without their 7 exact repeats: what a correct dedup would keep."""
+    seen, out = set(), []
+    for r in news_records():
+        if r["text"] not in seen:
+            seen.add(r["text"])
+            out.append(r)
+    return out
+
+
+def test_dedup_gate_passes_on_unique_texts_and_catches_duplicates(ws):
+    build_stage(ws, "dedup", keep_long, {"min_words": 1}, records=unique_news())
+    assert run_gate("dedup", ws.params())["success"]
+    build_stage(ws, "dedup", with_near_copy, records=unique_news())
     with pytest.raises(GateFailed) as err:
         run_gate("dedup", ws.params())
     assert "expect_column_values_to_be_unique(column=text_hash) on text_hashes" in str(err.value)
     [failed] = failed_checks(read_report(ws, "dedup"))
-    assert failed["observed"]["unexpected_count"] == 2  # the original and its copy
+    assert failed["observed"]["unexpected_count"] == 2  # the original and its case/punctuation variant
     assert make_record_id("news", "copy") in str(err.value)
+    # The raw news file itself repeats 7 stories: an output that kept them fails too.
+    build_stage(ws, "dedup", keep_long, {"min_words": 1})
+    with pytest.raises(GateFailed, match=r"column=text_hash.*'unexpected_count': 14"):
+        run_gate("dedup", ws.params())
 
 
 def test_select_gate_checks_quality_score(ws):
@@ -291,7 +311,9 @@ def build_pack(ws, fill: int = SEQ_LEN, n_seq: int = 6) -> None:
         pq.write_table(lineage, d / "lineage.parquet")
         summary[phase] = {"n_seq": n_seq, "seq_len": SEQ_LEN, "tokens": n_real, "padding": n_seq * SEQ_LEN - n_real,
                           "fill_ratio": n_real / (n_seq * SEQ_LEN), "docs": 2 * n_seq}
-    write_json_atomic(ws.path("data", "pack", "pack.json"), summary)
+    files = {p.relative_to(ws.path("data", "pack")).as_posix(): sha256_file(p)
+             for p in sorted(ws.path("data", "pack").rglob("*")) if p.is_file() and p.name != "pack.json"}
+    write_json_atomic(ws.path("data", "pack", "pack.json"), {"phases": summary, "files": files})
 
 
 def test_pack_gate_passes_then_fails_on_low_fill(ws):
@@ -315,6 +337,7 @@ def test_pack_gate_fails_on_shape_and_token_count_mismatch(ws):
     msg = str(err.value)
     assert "phase2/tokens-00000.npy: shape [5, 16] != index [6, 16]" in msg
     assert "column=token_mismatch" in msg and "column=lineage_mismatch" in msg
+    assert "data/pack/phase2/tokens-00000.npy: sha256 mismatch" in msg  # pack.json's file list
 
 
 # --- data docs --------------------------------------------------------------------------------------

@@ -192,6 +192,10 @@ def test_exact_copies_with_case_space_punctuation_changes_are_dropped(workspace)
     assert summary["records_out"] == len(docs)
     assert all(json.loads(r["drop_detail"])["dup_of"] == r["dup_of"] for r in removed)
 
+    # Exact dedup alone: the one-word edits survive, the verbatim copies still go.
+    exact_only = run(workspace.update("dedup.minhash.enabled", False))
+    assert (exact_only[EXACT_DUP], exact_only[NEAR_DUP], exact_only["records_out"]) == (3 * len(docs), 0, 2 * len(docs))
+
 
 def test_near_duplicates_against_exact_jaccard(workspace, near_dup_set):
     _write_filter(workspace, near_dup_set, 3)

@@ -58,13 +58,16 @@ def real_docs(per_source: int = 40) -> dict[str, list[str]]:
     }
 
 
-def build_select(root: Path, per_source: int = 40, n_shards: int = 3) -> pa.Table:
-    """Write `data/select` shards (core schema + quality_score) from real text; returns all records."""
+def build_select(root: Path, per_source: int = 40, n_shards: int = 3, max_chars: int = 3000) -> pa.Table:
+    """Write `data/select` shards (core schema + quality_score) from real text; returns all records.
+    Documents are cut to ``max_chars`` to keep the tests fast (wikitext articles run to 30k chars)."""
     rows = []
     for source, docs in real_docs(per_source).items():
         for i, text in enumerate(docs):
+            if not text.strip():
+                continue  # select never passes empty documents
             rows.append({"id": make_record_id(source, str(i)), "url": f"https://{source}.example/{i}",
-                         "source": source, "text": text, "lang": "en", "lang_score": 0.99,
+                         "source": source, "text": text[:max_chars], "lang": "en", "lang_score": 0.99,
                          "quality_score": float((i * 37 % 100) / 100)})
     rng = np.random.default_rng(0)
     order = rng.permutation(len(rows))
@@ -200,6 +203,23 @@ def test_rerun_is_byte_identical_and_skips(workspace):
     _run(params)
     assert _snapshot(mix) != before
     assert sorted(read_all(mix / "heldout").column("id").to_pylist()) == sorted(held)
+
+
+def test_duplicate_ids_are_dropped_and_counted(workspace):
+    records = build_select(workspace.root, per_source=10)
+    extra = records.slice(0, 4)
+    blank = records.slice(4, 1).to_pylist()[0] | {"id": "blank", "text": ""}
+    write_shard(workspace.path("data", "select", "part-00009.parquet"),
+                pa.concat_tables([extra, pa.Table.from_pylist([blank], schema=extra.schema)]))
+    _run(workspace.params())
+    stats = read_shard(workspace.path("data", "mix", "_stats.parquet")).to_pandas()
+    assert stats.drop__duplicate_id.sum() == 4 and stats.drop__empty_text.sum() == 1
+    removed = read_all(workspace.path("data", "mix", "removed")).to_pandas()
+    assert set(removed[removed.drop_reason == "empty_text"].id) == {"blank"}
+    assert stats.set_index("shard").loc["part-00009.parquet", "drop__duplicate_id"] == 4
+    for phase in ("phase1", "phase2"):
+        t = read_all(workspace.path("data", "mix", phase)).to_pandas()
+        assert not t.duplicated(["id", "blend_copy"]).any()
 
 
 def test_bad_params_and_missing_input(workspace):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -148,20 +147,34 @@ def test_bad_params_and_missing_input(workspace):
         _run(params)
 
 
-def test_best_fit_decreasing_is_best_fit():
-    # Capacities 10: pieces 6, 5, 4, 3, 2 -> [6, 4] and [5, 3, 2]: two full sequences.
-    placement = best_fit_decreasing(split_documents(np.array([3, 6, 2, 5, 4]), 10), 10)
-    assert placement.n_seq == 2
-    groups = Counter(placement.seq.tolist())
-    assert sorted(groups.values()) == [2, 3]
-    # 7 goes where it fits tightest (room 8 rather than room 9), leaving room for the 9.
-    placement = best_fit_decreasing(split_documents(np.array([1, 2, 7, 9]), 10), 10)
-    assert placement.n_seq == 2
+def _naive_best_fit_fills(lengths, seq_len):
+    """Reference: scan every open sequence for the tightest fit (O(n * sequences))."""
+    used = []
+    for n in sorted(lengths, reverse=True):
+        fits = [(seq_len - u, k) for k, u in enumerate(used) if seq_len - u >= n]
+        if fits:
+            used[min(fits)[1]] += n
+        else:
+            used.append(n)
+    return sorted(used)
+
+
+def test_best_fit_decreasing_matches_the_naive_reference():
+    # Capacity 10: 6, 5, 4 -> the 4 goes with the 6 (room 4), not the 5 (room 5).
+    placement = best_fit_decreasing(split_documents(np.array([5, 6, 4]), 10), 10)
+    assert placement.seq[2] == placement.seq[1] != placement.seq[0]
     # A long document: seq_len chunks plus its remainder.
     pieces = split_documents(np.array([25, 3]), 10)
     assert pieces.length.tolist() == [10, 10, 5, 3] and pieces.offset.tolist() == [0, 10, 20, 0]
     rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 300, size=2000)
-    bfd = best_fit_decreasing(split_documents(lengths, 128), 128)
+    lengths = rng.integers(1, 300, size=1500)
+    pieces = split_documents(lengths, 128)
+    bfd = best_fit_decreasing(pieces, 128)
+    fills = np.bincount(bfd.seq, weights=pieces.length).astype(int)
+    assert sorted(fills.tolist()) == _naive_best_fit_fills(pieces.length.tolist(), 128)
     assert bfd.n_seq <= concat_split(lengths, 128).n_seq + 1
-    assert np.bincount(bfd.seq, weights=bfd.pieces.length).max() <= 128
+    # Pieces of one sequence do not overlap and stay inside it.
+    for s in range(bfd.n_seq):
+        sel = np.flatnonzero(bfd.seq == s)
+        spans = sorted(zip(bfd.start[sel], bfd.start[sel] + pieces.length[sel]))
+        assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and spans[-1][1] <= 128

@@ -126,3 +126,214 @@ def ws(workspace, built_inputs):
     root, _ = built_inputs
     shutil.copytree(root / "data", workspace.path("data"))
     return workspace
+
+
+def read_curve(path: Path) -> list[dict]:
+    import csv
+
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def tiny_model(vocab: int = 512, seed: int = 0):
+    from pipelines.train.model import build_config, build_model
+
+    torch.manual_seed(seed)
+    cfg = build_config("tiny", vocab, eos_id=0, pad_id=1, overrides={"hidden_size": 64, "num_hidden_layers": 2,
+                                                                     "num_attention_heads": 2, "num_key_value_heads": 2,
+                                                                     "intermediate_size": 176})
+    return build_model(cfg).eval()
+
+
+def token_nll(model, batch) -> torch.Tensor:
+    """Per-position NLL of a Batch (0 where there is no target)."""
+    from pipelines.train.data import IGNORE
+
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids).logits
+    return F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE,
+                           reduction="none").view(batch.labels.shape)
+
+
+# ---------------------------------------------------------------- schedule
+
+def test_wsd_schedule_shape():
+    from pipelines.train.schedule import anneal_steps, wsd_lr
+
+    assert anneal_steps(300, 0.2) == 75 and anneal_steps(100, 0.0) == 0
+    n1, warm, lr, floor = 100, 10, 3e-3, 3e-4
+    n2 = anneal_steps(n1, 0.2)
+    for shape in ("linear", "1-sqrt"):
+        lrs = [wsd_lr(s, lr=lr, min_lr=floor, warmup_steps=warm, phase1_steps=n1, decay_steps=n2, decay_shape=shape)
+               for s in range(n1 + n2)]
+        warmup, stable, decay = lrs[:warm], lrs[warm:n1], lrs[n1:]
+        assert all(a < b for a, b in zip(warmup, warmup[1:])) and 0 < warmup[0] < lr and warmup[-1] == lr
+        assert stable == [lr] * (n1 - warm)
+        assert all(a > b for a, b in zip(decay, decay[1:])) and decay[0] < lr
+        assert decay[-1] == pytest.approx(floor)
+    # 1-sqrt drops faster early in the anneal than linear
+    kw = dict(lr=lr, min_lr=floor, warmup_steps=warm, phase1_steps=n1, decay_steps=n2)
+    assert wsd_lr(n1 + 5, decay_shape="1-sqrt", **kw) < wsd_lr(n1 + 5, decay_shape="linear", **kw)
+    with pytest.raises(ValueError, match="decay_shape"):
+        wsd_lr(0, decay_shape="cosine", **kw)
+    with pytest.raises(ValueError, match="anneal_fraction"):
+        anneal_steps(100, 1.0)
+
+
+# ---------------------------------------------------------------- batches
+
+def _packed(tokens: list[int], starts: list[int], n_real: int) -> PackedSequence:
+    return PackedSequence(tokens=np.array(tokens, dtype=np.uint16), doc_starts=np.array(starts, dtype=np.int32),
+                          n_real=n_real)
+
+
+def test_positions_reset_at_doc_starts_and_padding_and_boundaries_are_not_targets():
+    from pipelines.train.data import IGNORE, make_batch
+
+    toks = [10, 11, 12, 13, 0, 20, 21, 0, 30, 31, 32, 1, 1, 1, 1, 1]  # 3 docs (0 = eos), then padding (1)
+    b = make_batch([_packed(toks, [0, 5, 8], n_real=11)])
+    assert b.position_ids[0].tolist()[:11] == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2]
+    labels = b.labels[0].tolist()
+    # t predicts t+1 inside a document; never across a document start, never a padding token
+    assert labels[:11] == [11, 12, 13, 0, IGNORE, 21, 0, IGNORE, 31, 32, IGNORE]
+    assert set(labels[11:]) == {IGNORE}
+    assert b.n_targets == 8 and b.n_tokens == 11
+    mask = b.attention_mask[0, 0]
+    assert mask[6, 5] and mask[6, 6] and not mask[6, 7]  # causal within the document
+    assert not mask[6, 4] and not mask[9, 2]  # no attention into a previous document
+    assert not mask[10, 12]  # real tokens never see padding
+
+
+def test_padding_does_not_change_the_loss():
+    from pipelines.train.data import make_batch
+
+    model = tiny_model()
+    real = [5, 80, 81, 82, 0, 90, 91, 92, 93]
+    padded = make_batch([_packed(real + [1] * 7, [0, 5], n_real=9)])
+    garbage = make_batch([_packed(real + [300, 301, 302, 303, 304, 305, 306], [0, 5], n_real=9)])
+    assert torch.equal(padded.labels, garbage.labels)
+    assert torch.allclose(token_nll(model, padded).sum(), token_nll(model, garbage).sum(), atol=1e-6)
+
+
+def test_packed_loss_equals_sum_of_per_document_losses():
+    from pipelines.train.data import make_batch
+
+    model = tiny_model()
+    docs = [[7, 40, 41, 42, 43, 0], [8, 50, 51, 0], [9, 60, 61, 62, 63, 64, 0]]
+    flat = [t for d in docs for t in d]
+    starts = [0, 6, 10]
+    packed = token_nll(model, make_batch([_packed(flat + [1] * 4, starts, n_real=len(flat))])).sum()
+    alone = sum(token_nll(model, make_batch([_packed(d, [0], n_real=len(d))])).sum() for d in docs)
+    assert torch.allclose(packed, alone, atol=1e-4), (packed, alone)
+    # without the per-document mask and positions the loss would differ: the test can fail
+    nomask = make_batch([_packed(flat + [1] * 4, [0], n_real=len(flat))])
+    assert not torch.allclose(token_nll(model, nomask)[0, 6:9].sum(), token_nll(model, make_batch(
+        [_packed(docs[1], [0], n_real=4)]))[0, :3].sum(), atol=1e-4)
+
+
+def test_sequence_order_is_a_seeded_permutation_per_epoch():
+    from pipelines.train.data import sequence_order
+
+    first = [sequence_order(10, 3, i) for i in range(10)]
+    second = [sequence_order(10, 3, i) for i in range(10, 20)]
+    assert sorted(first) == list(range(10)) == sorted(second) and first != second
+    assert first == [sequence_order(10, 3, i) for i in range(10)]
+    assert first != [sequence_order(10, 4, i) for i in range(10)]
+
+
+def test_presets_build_with_tokenizer_vocab():
+    from pipelines.train.model import PRESETS, build_config
+
+    for name in PRESETS:
+        cfg = build_config(name, 4096, eos_id=0, pad_id=1)
+        assert cfg.vocab_size == 4096 and cfg.hidden_size % cfg.num_attention_heads == 0
+    with pytest.raises(ValueError, match="preset"):
+        build_config("huge", 4096, eos_id=0, pad_id=1)
+
+
+# ---------------------------------------------------------------- training runs
+
+def test_loss_decreases_on_real_text_and_metrics_are_written(ws):
+    from pipelines.train.stage import run_phase1
+
+    params = tiny_params(ws, phase1_steps=40, checkpoint_every=0)
+    result = run_phase1(params)
+    curve = read_curve(ws.path("metrics/train_phase1.csv"))
+    assert [r["step"] for r in curve] == list(range(1, 41))
+    first, last = np.mean([r["loss"] for r in curve[:5]]), np.mean([r["loss"] for r in curve[-5:]])
+    assert last < first - 0.5, (first, last)
+    assert curve[0]["tokens"] == 4 * 64 and curve[-1]["tokens"] == result["tokens"]  # phase1 rows are full
+    m = json.loads(ws.path("metrics/train_phase1.json").read_text())
+    assert m["steps"] == 40 and m["lr_final"] == 0.003 and m["loss_final"] == curve[-1]["loss"]
+    assert m["tokens_per_s"] > 0
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt"):
+        assert ws.path("models/phase1", f).exists()
+
+
+def test_anneal_starts_from_phase1_checkpoint_and_decays(ws):
+    from safetensors.torch import load_file
+
+    from pipelines.train.loop import train_phase
+    from pipelines.train.stage import run_anneal, run_phase1
+
+    params = tiny_params(ws, phase1_steps=20, checkpoint_every=10, anneal_fraction=0.2)
+    with pytest.raises(RuntimeError, match="phase-1"):
+        run_anneal(params)  # nothing to anneal from yet
+    run_phase1(params)
+    train_phase(params, "phase2", stop_after=0)  # step 0 of the anneal, checkpointed
+    w1 = load_file(ws.path("models/phase1/model.safetensors"))
+    w2 = load_file(ws.path("models/phase2/model.safetensors"))
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    s1 = torch.load(ws.path("models/phase1/trainer_state.pt"), weights_only=True)
+    s2 = torch.load(ws.path("models/phase2/trainer_state.pt"), weights_only=True)
+    assert s2["step"] == s1["step"] == 20
+    assert torch.equal(s1["optimizer"]["state"][0]["exp_avg"], s2["optimizer"]["state"][0]["exp_avg"])
+
+    result = run_anneal(params)
+    curve = read_curve(ws.path("metrics/train_phase2.csv"))
+    assert [r["step"] for r in curve] == [21, 22, 23, 24, 25]  # 20 * 0.2 / 0.8 = 5 anneal steps
+    lrs = [r["lr"] for r in curve]
+    assert lrs[0] < 0.003 and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(0.0003)
+    assert result["steps"] == 5 and result["step_final"] == 25
+    assert curve[0]["tokens"] > s1["tokens"]  # the token count continues from phase 1
+    w3 = load_file(ws.path("models/phase2/model.safetensors"))
+    assert not all(torch.equal(w1[k], w3[k]) for k in w1)
+
+
+def test_interrupted_run_resumes_exactly(ws):
+    from safetensors.torch import load_file
+
+    from pipelines.train.loop import train_phase
+    from pipelines.train.stage import run_phase1
+
+    params = tiny_params(ws, phase1_steps=16, checkpoint_every=6)
+    run_phase1(params)
+    straight = ws.path("metrics/train_phase1.csv").read_text()
+    straight_w = load_file(ws.path("models/phase1/model.safetensors"))
+
+    import shutil
+
+    shutil.rmtree(ws.path("models"))
+    shutil.rmtree(ws.path("metrics"))
+    assert train_phase(params, "phase1", stop_after=9)["step"] == 9  # "killed" after step 9 (not a checkpoint step)
+    assert torch.load(ws.path("models/phase1/trainer_state.pt"), weights_only=True)["step"] == 9
+    assert not ws.path("metrics/train_phase1.csv").exists()
+    run_phase1(params)
+    assert ws.path("metrics/train_phase1.csv").read_text() == straight  # identical loss curve
+    resumed_w = load_file(ws.path("models/phase1/model.safetensors"))
+    assert all(torch.equal(straight_w[k], resumed_w[k]) for k in straight_w)
+
+    # A finished, matching checkpoint is reused; a params change that alters the run starts over.
+    assert run_phase1(params)["loss_final"] == read_curve(ws.path("metrics/train_phase1.csv"))[-1]["loss"]
+    changed = tiny_params(ws, phase1_steps=16, checkpoint_every=6, lr=0.001)
+    run_phase1(changed)
+    assert ws.path("metrics/train_phase1.csv").read_text() != straight
+    assert not list(ws.path("models").glob(".tmp-*"))  # no temp dirs left behind
+
+
+def test_seq_len_mismatch_is_a_clear_error(ws):
+    from pipelines.train.stage import run_phase1
+
+    with pytest.raises(ValueError, match="seq_len"):
+        run_phase1(tiny_params(ws, seq_len=128))

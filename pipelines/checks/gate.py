@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipelines.checks.gx_runner import validate
+from pipelines.checks.gx_runner import import_gx, validate
 from pipelines.checks.suites import build_plan, sample_rows, stage_checks
 from pipelines.config import workspace
 from pipelines.core.atomic import write_json_atomic
@@ -33,6 +33,7 @@ def report_path(stage: str, root: Path | None = None) -> Path:
 
 
 def run_gate(stage: str, params: dict) -> dict:
+    import_gx()  # slow (5-15 s) once per process; timed apart from the gate itself
     started = time.monotonic()
     root = workspace()
     plan = build_plan(stage, params, root)

@@ -19,8 +19,10 @@ PARTIAL_UNEXPECTED = 10  # failing values/rows reported per expectation
 
 
 def import_gx():
-    """Import GX with its usage analytics off (no network calls; must be set before the import)."""
+    """Import GX quietly: usage analytics off (no network calls; must be set before the import) and
+    its INFO chatter (hundreds of lines per import) kept out of the stage logs."""
     os.environ["GX_ANALYTICS_ENABLED"] = "False"
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
 
     return gx

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from pipelines.core.hashing import sha256_file
 from pipelines.core.manifest import MANIFEST
 from pipelines.core.shards import count_rows, iter_batches, list_shards
 from pipelines.core.stage import STATS
+from pipelines.dedup.normalize import normalize_text
 
 # Columns that do not help a validation and that pandas/GX handle poorly (lists).
 _STATS_DROP = ["len_hist"]
@@ -107,27 +107,17 @@ def _take_rows(path: Path, local: np.ndarray) -> pa.Table:
     return table.take(pa.array(idx, pa.int64()))
 
 
-_NON_WORD = re.compile(r"[^\w\s]", re.UNICODE)
-_SPACES = re.compile(r"\s+", re.UNICODE)
-
-
-def normalise_text(text: str, lowercase: bool = True, strip_punctuation: bool = True) -> str:
-    """The exact-duplicate key: optional lowercase / punctuation strip, whitespace collapsed."""
-    if lowercase:
-        text = text.lower()
-    if strip_punctuation:
-        text = _NON_WORD.sub(" ", text)
-    return _SPACES.sub(" ", text).strip()
-
-
 def text_hash_frame(stage_dir: Path, lowercase: bool = True, strip_punctuation: bool = True) -> pd.DataFrame:
-    """``id`` and a hash of the normalised text of every record of the stage (not a sample)."""
+    """``id`` and a hash of the normalised text of every record of the stage (not a sample).
+
+    The normalisation is the dedup stage's own, so "duplicate" means what dedup promised to remove.
+    """
     ids, hashes = [], []
     for path in list_shards(stage_dir):
         for batch in iter_batches(path, columns=["id", "text"]):
             ids.extend(batch.column("id").to_pylist())
             for text in batch.column("text").to_pylist():
-                key = normalise_text(text or "", lowercase, strip_punctuation)
+                key = normalize_text(text or "", lowercase=lowercase, strip_punctuation=strip_punctuation)
                 hashes.append(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest())
     return pd.DataFrame({"id": pd.Series(ids, dtype=object), "text_hash": pd.Series(hashes, dtype=object)})
 
@@ -177,6 +167,19 @@ def verify_manifest(stage_dir: Path, root: Path) -> CheckResult:
                 problems.append(f"{rel(shard, root)}: not in manifest")
     return CheckResult(batch="files", type="manifest_matches_files", column=None, kwargs={"manifest": label},
                        success=not problems, observed={"files_checked": checked, "problems": problems})
+
+
+def verify_file_hashes(base: Path, files: dict, label: str, root: Path) -> CheckResult:
+    """``{relative path: sha256}`` (as pack.json records its outputs) against the files on disk."""
+    problems = []
+    for name, digest in sorted(files.items()):
+        f = base / name
+        if not f.is_file():
+            problems.append(f"{rel(f, root)}: missing")
+        elif sha256_file(f) != digest:
+            problems.append(f"{rel(f, root)}: sha256 mismatch")
+    return CheckResult(batch="files", type="summary_files_match", column=None, kwargs={"summary": label},
+                       success=not problems, observed={"files_checked": len(files), "problems": problems})
 
 
 def file_exists(path: Path, root: Path) -> CheckResult:

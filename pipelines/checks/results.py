@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,6 @@ class CheckResult:
     kwargs: dict
     success: bool
     observed: Any = None
-    details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return jsonable({
@@ -45,8 +44,13 @@ class CheckResult:
     def describe(self) -> str:
         """``expect_x(column=c, min_value=0.2) on stats: observed 0.05`` for the failure message."""
         args = [f"column={self.column}"] if self.column else []
-        args += [f"{k}={v}" for k, v in sorted(self.kwargs.items()) if k != "column"]
+        args += [f"{k}={_number(v)}" for k, v in sorted(self.kwargs.items()) if k != "column"]
         return f"{self.type}({', '.join(args)}) on {self.batch}: observed {_short(self.observed)}"
+
+
+def _number(value: Any) -> Any:
+    """GX stores bounds as floats; print 0.0 as 0 so the message reads like the params."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _short(observed: Any, limit: int = 300) -> str:

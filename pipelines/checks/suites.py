@@ -17,6 +17,7 @@ from pipelines.checks.blend import blend_rows
 from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.packed import measure_phase, phase_summaries
 from pipelines.checks.results import CheckResult
+from pipelines.core.manifest import MANIFEST
 from pipelines.core.stage import STATS
 
 STANDARD_STAGES = ("ingest", "filter", "dedup", "select")
@@ -155,13 +156,20 @@ def mix_plan(params: dict, root: Path) -> GatePlan:
     plan.file_checks.append(inputs.file_exists(mix_dir / "blend.json", root))
     split_dirs = {s: mix_dir / s for s in MIX_SPLITS}
     present = {s: d for s, d in split_dirs.items() if d.is_dir()}
+    if (mix_dir / MANIFEST).exists():
+        plan.file_checks.append(inputs.verify_manifest(mix_dir, root))
     for split, d in split_dirs.items():
         plan.file_checks.append(inputs.verify_manifest(d, root) if d.is_dir() else inputs.file_exists(d, root))
 
+    # data/mix/_stats.parquet: the accounting of every input record (pool + heldout + excluded).
     stats = _readable(plan, "stats", mix_dir / STATS, root, lambda: inputs.stats_frame(mix_dir))
     if stats is not None:
-        # Shard names may repeat across phases here, so no uniqueness check on them.
-        plan.batches.append(Batch("stats", stats, stats_expectations(unique_shards=False), ["shard"]))
+        plan.batches.append(Batch("stats", stats, stats_expectations(), ["shard"]))
+    for split, d in sorted(present.items()):  # each split is a stage directory with its own stats
+        if (d / STATS).exists():
+            split_stats = _readable(plan, "stats", d / STATS, root, lambda d=d: inputs.stats_frame(d))
+            if split_stats is not None:
+                plan.batches.append(Batch(f"stats_{split}", split_stats, stats_expectations(), ["shard"]))
 
     splits = pd.DataFrame([
         {"split": s, "records": inputs.count_records(d),
@@ -212,7 +220,11 @@ def pack_plan(params: dict, root: Path) -> GatePlan:
     pack_dir = root / "data" / "pack"
     plan = GatePlan()
     plan.file_checks.append(inputs.file_exists(pack_dir / "pack.json", root))
-    summaries = phase_summaries(inputs.load_json(pack_dir / "pack.json"))
+    summary = inputs.load_json(pack_dir / "pack.json")
+    if isinstance(summary, dict) and isinstance(summary.get("files"), dict):
+        # pack.json lists every output file with its sha256: pack's manifest.
+        plan.file_checks.append(inputs.verify_file_hashes(pack_dir, summary["files"], inputs.rel(pack_dir / "pack.json", root), root))
+    summaries = phase_summaries(summary)
     phase_rows, shard_rows = [], []
     for phase in PACK_PHASES:
         row, shards = measure_phase(pack_dir / phase, phase, summaries.get(phase))

@@ -35,21 +35,36 @@ def fmix64(x: np.ndarray) -> np.ndarray:
 
 
 def _fold61(x: np.ndarray) -> np.ndarray:
-    """x mod p for any uint64 x whose fold stays below 2p (2^61 = 1 mod p: high bits fold onto low ones)."""
-    x = (x & P61) + (x >> _U64(61))
-    return np.where(x >= P61, x - P61, x)
+    """x mod p, in place, for any uint64 x (2^61 = 1 mod p: the high bits fold onto the low ones)."""
+    high = x >> _U64(61)
+    x &= P61
+    x += high  # now x < p + 8 < 2p
+    return np.minimum(x, x - P61, out=x)  # x - p wraps to a huge value unless x >= p
 
 
-def mulmod61(a: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """(a * x) mod (2^61 - 1) for a, x < 2^61, exact; broadcasts like a * x."""
+def _mulmod61_unreduced(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A value < 2^62.6 congruent to a * x mod (2^61 - 1), for a, x < 2^61; broadcasts like a * x."""
     a_hi, a_lo = a >> _U64(32), a & _MASK32
     x_hi, x_lo = x >> _U64(32), x & _MASK32
     hi = a_hi * x_hi  # < 2^58, weight 2^64 = 8 (mod p)
-    mid = a_hi * x_lo + a_lo * x_hi  # < 2^62, weight 2^32
+    mid = a_hi * x_lo  # mid = a_hi*x_lo + a_lo*x_hi < 2^62, weight 2^32
+    mid += a_lo * x_hi
     lo = a_lo * x_lo  # < 2^64, weight 1
-    # mid * 2^32 = (mid >> 29) * 2^61 + (mid & (2^29-1)) * 2^32 = (mid >> 29) + (mid & ...) << 32 (mod p)
-    total = (hi << _U64(3)) + (mid >> _U64(29)) + ((mid & _MASK29) << _U64(32)) + (lo & P61) + (lo >> _U64(61))
-    return _fold61(total)  # total < 3 * 2^61 + 2^34 < 2^63
+    # mid * 2^32 = (mid >> 29) * 2^61 + (mid & (2^29-1)) * 2^32 = (mid >> 29) + ((mid & (2^29-1)) << 32) (mod p)
+    total = hi << _U64(3)
+    total += mid >> _U64(29)
+    mid &= _MASK29
+    mid <<= _U64(32)
+    total += mid
+    total += lo >> _U64(61)
+    lo &= P61
+    total += lo
+    return total  # < 3 * 2^61 + 2^34
+
+
+def mulmod61(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(a * x) mod (2^61 - 1) for a, x < 2^61, exact (numpy has no 128-bit integers)."""
+    return _fold61(_mulmod61_unreduced(a, x))
 
 
 def _utf8(s: str) -> bytes:
@@ -116,11 +131,13 @@ class MinHasher:
         sig = np.full((len(docs), self.num_perm), P61, dtype=np.uint64)
         if not len(docs):
             return sig
-        x = _fold61(hashes)  # a residue mod p
+        x = _fold61(hashes)  # shingle hashes as residues mod p
         owner = np.repeat(np.arange(len(docs)), counts)
         for start in range(0, len(x), CHUNK_SHINGLES):
             stop = min(start + CHUNK_SHINGLES, len(x))
-            permuted = _fold61(mulmod61(self.a[None, :], x[start:stop, None]) + self.b[None, :])
+            permuted = _mulmod61_unreduced(self.a[None, :], x[start:stop, None])
+            permuted += self.b[None, :]  # < 2^63: one fold reduces it
+            _fold61(permuted)
             chunk_owner = owner[start:stop]
             cuts = np.flatnonzero(np.r_[True, chunk_owner[1:] != chunk_owner[:-1]])
             mins = np.minimum.reduceat(permuted, cuts, axis=0)

@@ -85,7 +85,7 @@ def shard_contexts(shard_hashes: list[tuple], names: list[str]) -> dict[str, dic
     for name, hashes in zip(names, shard_hashes):
         stop = start + len(hashes[0])
         drops, heads = {}, {}
-        for i in range(start, stop):
+        for i in start + np.flatnonzero(decisions.cluster_size[start:stop] > 1):  # singletons need no entry
             size = int(decisions.cluster_size[i])
             if decisions.reason[i] is not None:
                 drops[str(ids[i])] = (decisions.reason[i], str(ids[decisions.kept_index[i]]), size)

@@ -31,11 +31,29 @@ class WordSplitter:
         self.specials: dict[str, list[str]] = rules["specials"]
         # Special cases that contain affixes are split by the affix rules first and merged afterwards.
         self.merges: dict[tuple[str, ...], list[str]] = {tuple(k): v for k, v in rules["merges"]}
-        self.max_merge = max((len(k) for k in self.merges), default=0)
-        self.first_of_merge = frozenset(k[0] for k in self.merges)
+        self.merge_lengths: dict[str, list[int]] = {}
+        for k in self.merges:
+            self.merge_lengths.setdefault(k[0], []).append(len(k))
         self.chunk = lru_cache(maxsize=200_000)(self._chunk)
 
     def split(self, text: str) -> list[str]:
+        chunk = self.chunk
+        tokens = [t for c in text.split() for t in chunk(c)]
+        # Whitespace tokens only matter for special-case merges; without them runs only get
+        # longer, so when no merge matches here none matches in the exact pass either.
+        if self._has_merge_candidate(tokens):
+            return self._split_exact(text)
+        return tokens
+
+    def _has_merge_candidate(self, tokens: list[str]) -> bool:
+        lengths, merges = self.merge_lengths, self.merges
+        for i in [i for i, t in enumerate(tokens) if t in lengths]:
+            for length in lengths[tokens[i]]:
+                if tuple(tokens[i:i + length]) in merges:
+                    return True
+        return False
+
+    def _split_exact(self, text: str) -> list[str]:
         tokens: list[str] = []  # "" stands for a whitespace token
         chunk_of: list[int] = []  # which whitespace-separated chunk each token came from
         after_token = False
@@ -51,8 +69,7 @@ class WordSplitter:
                 tokens.append("")
                 chunk_of.append(n)
             after_token = False
-        if self.first_of_merge and not self.first_of_merge.isdisjoint(tokens):
-            tokens = self._merge_specials(tokens, chunk_of)
+        tokens = self._merge_specials(tokens, chunk_of)
         return [t for t in tokens if t]  # datatrove drops whitespace tokens
 
     def _chunk(self, string: str) -> tuple[str, ...]:
@@ -133,10 +150,9 @@ class WordSplitter:
         n = len(tokens)
         matches = []
         for i, tok in enumerate(tokens):
-            if tok in self.first_of_merge:
-                for length in range(1, min(self.max_merge, n - i) + 1):
-                    if tuple(tokens[i:i + length]) in self.merges:
-                        matches.append((i, i + length))
+            for length in self.merge_lengths.get(tok, ()):
+                if i + length <= n and tuple(tokens[i:i + length]) in self.merges:
+                    matches.append((i, i + length))
         matches.sort(key=lambda m: (m[0] - m[1], m[0]))
         seen: set[int] = set()
         taken = []

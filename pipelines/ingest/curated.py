@@ -27,7 +27,8 @@ from pipelines.ingest.extract import UndecodableError, decode_text
 from pipelines.ingest.items import Candidate, Skipped, dropped, with_text
 
 KINDS = ("wikipedia_xml", "text_file", "lines", "jsonl")
-_BLANK_RUNS = re.compile(r"\n\s*\n\s*(\n\s*)+")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+_SPACE_RUNS = re.compile(r"[ \t]{2,}")
 # Wikilinks to media and categories carry captions/markup, not article prose.
 _NON_PROSE_LINKS = ("file:", "image:", "media:", "category:")
 _NON_PROSE_TAGS = ("ref", "references", "gallery", "math", "score", "timeline", "syntaxhighlight")
@@ -129,23 +130,24 @@ def read_jsonl(stream: BinaryIO, name: str, cfg: dict, max_bytes: int, min_chars
 
 def wikitext_to_text(wikitext: str) -> str:
     import mwparserfromhell
+    from mwparserfromhell.nodes import Tag, Wikilink
 
     code = mwparserfromhell.parse(wikitext)
-    for link in code.filter_wikilinks():
-        if str(link.title).strip().lower().startswith(_NON_PROSE_LINKS):
-            _remove(code, link)
-    for tag in code.filter_tags():
-        if str(tag.tag).strip().lower() in _NON_PROSE_TAGS:
-            _remove(code, tag)
+    # One pass over the top level (where media links, categories and refs sit): removing
+    # nodes one by one with Wikicode.remove searches the whole tree each time.
+    code.nodes = [n for n in code.nodes if not _non_prose(n, Tag, Wikilink)]
     text = code.strip_code(normalize=True, collapse=True)
+    # Removed templates leave double spaces and padded headings behind.
+    text = "\n".join(_SPACE_RUNS.sub(" ", line).strip() for line in text.splitlines())
     return _BLANK_RUNS.sub("\n\n", text).strip()
 
 
-def _remove(code, node) -> None:
-    try:
-        code.remove(node)
-    except ValueError:
-        pass  # already gone with an enclosing node
+def _non_prose(node, Tag, Wikilink) -> bool:
+    if isinstance(node, Wikilink):
+        return str(node.title).strip().lower().startswith(_NON_PROSE_LINKS)
+    if isinstance(node, Tag):
+        return str(node.tag).strip().lower() in _NON_PROSE_TAGS
+    return False
 
 
 def _local(tag: str) -> str:

@@ -21,7 +21,6 @@ re-run resumes); only corrupt *content* is a counted skip.
 """
 from __future__ import annotations
 
-import bz2
 import gzip
 import logging
 import os
@@ -176,6 +175,8 @@ def run(params: dict) -> dict:
         for i, f in enumerate(inputs)
     ]
     shard_sources = {t.shard: t.context["input"].source for t in tasks}
+    if (params.get("executor") or {}).get("start_method", "fork") == "fork":
+        langid.identifier()  # load the model (~1.5 s) once here: forked workers inherit it
     manifest = run_shard_stage(STAGE, tasks, process_shard, executor_params=params.get("executor"),
                                known_reasons=DROP_REASONS, extra_manifest={"shard_sources": shard_sources})
     return summarize(out_dir, manifest, shard_sources)

@@ -104,10 +104,18 @@ def _date(record) -> str | None:
     return d.date().isoformat() if d is not None else None
 
 
+def _target_uri(headers) -> str | None:
+    uri = (headers.get("WARC-Target-URI") or "").strip()
+    # Some writers (WARC 1.1 draft style, e.g. dolma's sample) wrap the URI in <...>.
+    if uri.startswith("<") and uri.endswith(">"):
+        uri = uri[1:-1].strip()
+    return uri or None
+
+
 def _candidate(record) -> Candidate:
     headers = record.headers
     return Candidate(key=record.record_id or headers.get("WARC-Record-ID") or f"@{record.stream_pos}",
-                     url=headers.get("WARC-Target-URI"), crawl_date=_date(record), offset=record.stream_pos)
+                     url=_target_uri(headers), crawl_date=_date(record), offset=record.stream_pos)
 
 
 def _read_body(record, cand: Candidate, max_bytes: int) -> tuple[bytes | None, bool]:
@@ -162,8 +170,13 @@ def read_archive(stream: BinaryIO, extractor: Extractor, max_bytes: int, min_cha
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     tap = IntegrityTap(stream)
-    # One record of look-ahead: the last record is only trusted once the input has ended cleanly.
+    # One record of look-ahead: the last record is only trusted once the input has ended cleanly,
+    # or when it lies inside gzip members that ended properly.
     pending: tuple[Candidate | Skipped, int, bool] | None = None
+
+    def trusted(pos: int, whole: bool) -> bool:
+        return whole and (tap.error is None or (bool(tap.gzip) and pos < tap.complete_upto))
+
     try:
         for record in ArchiveIterator(tap, record_types=WarcRecordType.any_type, parse_http=True):
             if pending is not None:
@@ -175,17 +188,12 @@ def read_archive(stream: BinaryIO, extractor: Extractor, max_bytes: int, min_cha
     except OSError as e:
         if isinstance(e, (ConnectionError, TimeoutError)):
             raise  # network trouble is not corrupt content: fail, a re-run resumes
-        if pending is not None and pending[2] and tap.error is None:
-            yield pending[0]  # fastwarc failed on the header after it: this one was whole
-        raise CorruptInput(f"malformed WARC after byte {tap.pos}: {e}") from e
-    if pending is None:
-        if tap.error:
-            raise CorruptInput(tap.error)
-        return
-    item, pos, whole = pending
-    if tap.error is None and whole:
-        yield item
-        return
-    if whole and tap.gzip and pos < tap.complete_upto:
-        yield item  # it lies in gzip members that ended properly
-    raise CorruptInput(tap.error or f"record at byte {pos} is cut short")
+        if pending is not None and trusted(pending[1], pending[2]):
+            yield pending[0]  # fastwarc failed on the header after it
+        raise CorruptInput(f"malformed WARC after byte {tap.pos}: {tap.error or e}") from e
+    if pending is not None and trusted(pending[1], pending[2]):
+        yield pending[0]
+    if tap.error:
+        raise CorruptInput(tap.error)
+    if pending is not None and not pending[2]:
+        raise CorruptInput(f"record at byte {pending[1]} is cut short")

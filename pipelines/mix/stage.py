@@ -43,7 +43,8 @@ OUT_DIR = "data/mix"
 PHASES = ("phase1", "phase2")
 HELDOUT = "heldout"
 BLEND = "blend.json"
-DROP_REASONS = ["heldout", "excluded_source", "subsampled"]
+DROP_REASONS = ["heldout", "excluded_source", "subsampled", "duplicate_id", "empty_text"]
+REMOVED_REASONS = DROP_REASONS[1:]  # held-out records are kept, under heldout/
 
 
 # ---------------------------------------------------------------- params
@@ -113,7 +114,20 @@ def plan(table: pa.Table, cfg: dict) -> dict:
     p2_rows, p2_copy, p2_replay = [], [], []
     reasons: list[str | None] = [None] * len(ids)
     details: list[str | None] = [None] * len(ids)
+    lengths = pc.fill_null(pc.utf8_length(table.column("text")), 0)
+    empty = lengths.to_numpy(zero_copy_only=False) == 0  # empty or null text
+    first_row: dict[str, int] = {}
     for i, (rid, src) in enumerate(zip(ids, sources)):
+        if empty[i]:
+            held[i] = False
+            reasons[i] = "empty_text"  # nothing to train on (select should not pass these)
+            continue
+        # Ids are unique after dedup; a repeat would make (id, blend_copy) ambiguous downstream.
+        if first_row.setdefault(rid, i) != i:
+            held[i] = False
+            reasons[i] = "duplicate_id"
+            details[i] = json.dumps({"first_row": first_row[rid]})
+            continue
         if held[i]:
             reasons[i] = "heldout"
             continue
@@ -193,7 +207,7 @@ def write_accounting(out_dir: Path, table: pa.Table, shard_of: np.ndarray, shard
         for reason in DROP_REASONS:
             stats.drops[reason] = int((reasons[rows] == reason).sum())
         pool = rows[reasons[rows] == ""]
-        removed_rows = rows[np.isin(reasons[rows], ["excluded_source", "subsampled"])]
+        removed_rows = rows[np.isin(reasons[rows], REMOVED_REASONS)]
         stats.extra = {"heldout": float(stats.drops["heldout"]), "phase1_rows": float(n1[rows].sum()),
                        "phase2_rows": float(n2[rows].sum()), "replay_rows": float(replay[rows].sum())}
         pool_table = table.take(pa.array(pool, pa.int64()))
@@ -222,7 +236,8 @@ def write_accounting(out_dir: Path, table: pa.Table, shard_of: np.ndarray, shard
 def blend_report(table: pa.Table, decided: dict, phase_tables: dict[str, pa.Table], cfg: dict) -> dict:
     chars = pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64)
     sources = np.asarray(decided["sources"], dtype=object)
-    trainable = ~decided["heldout"]
+    reasons = np.asarray([r or "" for r in decided["reasons"]], dtype=object)
+    trainable = ~decided["heldout"] & ~np.isin(reasons, ["duplicate_id", "empty_text"])
 
     def per_source(rows: np.ndarray, replay: np.ndarray | None = None) -> dict:
         out = {}
@@ -266,9 +281,8 @@ def blend_report(table: pa.Table, decided: dict, phase_tables: dict[str, pa.Tabl
     phases["phase2"]["targets"]["replay_fraction"] = cfg["replay_fraction"]
     phases["phase2"]["replay_rows"] = int(decided["phase2"][2].sum())
     held = np.flatnonzero(decided["heldout"])
-    reasons = np.asarray([r or "" for r in decided["reasons"]], dtype=object)
     excluded = {}
-    for reason in ("excluded_source", "subsampled"):
+    for reason in REMOVED_REASONS:
         rows = np.flatnonzero(reasons == reason)
         for s in sorted(set(sources[rows])):
             excluded.setdefault(s, {})[reason] = int((sources[rows] == s).sum())

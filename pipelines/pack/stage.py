@@ -75,7 +75,8 @@ class Documents:
         texts = table.column("text").to_pylist()
         first: dict[str, int] = {}
         for row, rid in enumerate(self.ids):
-            first.setdefault(rid, row)
+            if first.setdefault(rid, row) != row and texts[row] != texts[first[rid]]:
+                raise ValueError(f"pack: record {rid} appears with two different texts (ids must be unique)")
         unique_rows = list(first.values())  # repeats share one tokenization
         lengths, chunks = [], []
         for b in range(0, len(unique_rows), batch_docs):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from pipelines.config import resolve, section
 from pipelines.core.atomic import write_bytes_atomic, write_json_atomic
@@ -128,6 +129,7 @@ def train_phase(params: dict, name: str, *, stop_after: int | None = None) -> di
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    hf_logging.disable_progress_bar()  # per-checkpoint progress bars drown the training log
     tok_dir = resolve(TOKENIZER_DIR)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     dataset = PackedDataset(phase.data_dir)
@@ -145,7 +147,8 @@ def train_phase(params: dict, name: str, *, stop_after: int | None = None) -> di
         log.warning("%s: existing checkpoint does not match the current params/data; starting over", phase.out_dir)
         state = None
 
-    if state is not None:  # resume this phase
+    resumed = state is not None
+    if resumed:  # resume this phase
         model = load_model(phase.out_dir, device)
         optimizer = make_optimizer(model, tp, device)
         optimizer.load_state_dict(state["optimizer"])
@@ -175,6 +178,7 @@ def train_phase(params: dict, name: str, *, stop_after: int | None = None) -> di
     every = int(tp.get("checkpoint_every", 0)) or phase.end_step
     step, tokens, history = state["step"], state["tokens"], list(state["history"])
     elapsed = float(state["elapsed_s"])
+    saved_step = step if resumed else None  # the step the checkpoint on disk holds
 
     def checkpoint() -> dict:
         snapshot = {"format": STATE_FORMAT, "phase": name, "fingerprint": phase.fingerprint, "step": step,
@@ -219,9 +223,10 @@ def train_phase(params: dict, name: str, *, stop_after: int | None = None) -> di
             log.info("%s step %d loss %.4f lr %.2e", name, step, history[-1]["loss"], lr)
         if step % every == 0 or step == phase.end_step:
             checkpoint()
+            saved_step = step
 
-    if step < phase.end_step:  # stopped early on purpose: the checkpoint of the last step is the resume point
-        if step % every:
+    if step < phase.end_step:  # stopped early on purpose: leave a checkpoint of this step to resume from
+        if saved_step != step:
             checkpoint()
         return {"phase": name, "step": step, "finished": False}
     return write_metrics(name, phase, tokens, elapsed, history, model)

@@ -1,0 +1,1 @@
+"""Filter stage: language ID and Gopher quality/repetition rules over ingested web records."""

@@ -1,0 +1,216 @@
+"""Filter rules, datatrove style: each has a ``name`` and ``check(doc) -> (keep, detail)``.
+
+``detail`` says which sub-check failed and the value it saw, e.g.
+``{"check": "gopher_short_doc", "value": 12}``; it is ``{}`` when the doc passes.
+The Gopher rules follow datatrove 0.10.1's GopherQualityFilter and
+GopherRepetitionFilter (Rae et al. 2021, table A1) check for check, in the
+same order, with the same words (see ``words.py``); a threshold that is
+0/None switches its check off, as in datatrove.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from functools import cached_property
+
+from pipelines.filter.punctuation import PUNCTUATION_SET
+from pipelines.filter.words import split_into_words
+
+STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])
+
+
+class Doc:
+    """The fields rules look at; words are split once and shared by the rules."""
+
+    __slots__ = ("text", "lang", "lang_score", "source", "__dict__")
+
+    def __init__(self, text: str, lang: str | None = None, lang_score: float | None = None, source: str = ""):
+        self.text, self.lang, self.lang_score, self.source = text or "", lang, lang_score, source
+
+    @cached_property
+    def words(self) -> list[str]:
+        return split_into_words(self.text)
+
+
+def _fail(check: str, value) -> tuple[bool, dict]:
+    if isinstance(value, float):
+        value = round(value, 6)
+    return False, {"check": check, "value": value}
+
+
+PASS: tuple[bool, dict] = (True, {})
+
+
+class LanguageRule:
+    name = "language"
+
+    def __init__(self, allowed: list[str], min_score: float = 0.0):
+        if not allowed:
+            raise ValueError("filter.language.allowed must list at least one language code")
+        self.allowed = frozenset(allowed)
+        self.min_score = float(min_score)
+
+    def check(self, doc: Doc) -> tuple[bool, dict]:
+        if doc.lang not in self.allowed:
+            return _fail("lang_not_allowed", doc.lang)
+        score = float(doc.lang_score) if doc.lang_score is not None else 0.0
+        if score < self.min_score:
+            return _fail("lang_score_low", score)
+        return PASS
+
+
+class GopherQualityRule:
+    name = "gopher_quality"
+
+    def __init__(self, min_doc_words=50, max_doc_words=100000, min_avg_word_length=3, max_avg_word_length=10,
+                 max_symbol_word_ratio=0.1, max_bullet_lines_ratio=0.9, max_ellipsis_lines_ratio=0.3,
+                 max_non_alpha_words_ratio=0.8, min_stop_words=2, stop_words=None):
+        self.min_doc_words, self.max_doc_words = min_doc_words, max_doc_words
+        self.min_avg_word_length, self.max_avg_word_length = min_avg_word_length, max_avg_word_length
+        self.max_symbol_word_ratio = max_symbol_word_ratio
+        self.max_bullet_lines_ratio, self.max_ellipsis_lines_ratio = max_bullet_lines_ratio, max_ellipsis_lines_ratio
+        self.max_non_alpha_words_ratio = max_non_alpha_words_ratio  # really a minimum share of alphabetic words
+        self.min_stop_words = min_stop_words
+        self.stop_words = frozenset(stop_words) if stop_words is not None else STOP_WORDS
+
+    def check(self, doc: Doc) -> tuple[bool, dict]:
+        text, words = doc.text, doc.words
+        n_words = len(words)
+        non_symbol_words = [w for w in words if any(ch not in PUNCTUATION_SET for ch in w)]
+        n_non_symbol = len(non_symbol_words)
+        if n_non_symbol == 0:  # datatrove divides by zero here when min_doc_words is off
+            return _fail("gopher_short_doc", 0)
+        if self.min_doc_words and n_non_symbol < self.min_doc_words:
+            return _fail("gopher_short_doc", n_non_symbol)
+        if self.max_doc_words and n_non_symbol > self.max_doc_words:
+            return _fail("gopher_long_doc", n_non_symbol)
+
+        avg_len = sum(len(w) for w in non_symbol_words) / n_non_symbol
+        if self.min_avg_word_length and avg_len < self.min_avg_word_length:
+            return _fail("gopher_below_avg_threshold", avg_len)
+        if self.max_avg_word_length and avg_len > self.max_avg_word_length:
+            return _fail("gopher_above_avg_threshold", avg_len)
+
+        if self.max_symbol_word_ratio:
+            hashes = text.count("#") / n_words
+            if hashes > self.max_symbol_word_ratio:
+                return _fail("gopher_too_many_hashes", hashes)
+            ellipses = (text.count("...") + text.count("…")) / n_words
+            if ellipses > self.max_symbol_word_ratio:
+                return _fail("gopher_too_many_ellipsis", ellipses)
+
+        lines = text.splitlines()
+        if self.max_bullet_lines_ratio:
+            bullets = sum(s.lstrip().startswith(("•", "-")) for s in lines) / len(lines)
+            if bullets > self.max_bullet_lines_ratio:
+                return _fail("gopher_too_many_bullets", bullets)
+        if self.max_ellipsis_lines_ratio:
+            end_ellipsis = sum(s.rstrip().endswith(("...", "…")) for s in lines) / len(lines)
+            if end_ellipsis > self.max_ellipsis_lines_ratio:
+                return _fail("gopher_too_many_end_ellipsis", end_ellipsis)
+
+        if self.max_non_alpha_words_ratio:
+            alpha_share = sum(any(c.isalpha() for c in w) for w in words) / n_words
+            if alpha_share < self.max_non_alpha_words_ratio:
+                return _fail("gopher_below_alpha_threshold", alpha_share)
+
+        if self.min_stop_words:
+            n_stop = len(self.stop_words.intersection(words))
+            if n_stop < self.min_stop_words:
+                return _fail("gopher_enough_stop_words", n_stop)
+        return PASS
+
+
+def _find_duplicates(items: list[str]) -> tuple[int, int]:
+    """(number of repeated items, characters in them), each repeat counted after its first occurrence."""
+    seen: set[str] = set()
+    dup_items = dup_chars = 0
+    for x in items:
+        if x in seen:
+            dup_items += 1
+            dup_chars += len(x)
+        else:
+            seen.add(x)
+    return dup_items, dup_chars
+
+
+def _top_ngram_chars(words: list[str], n: int) -> int:
+    """Characters covered by the most frequent n-gram (its length, spaces included, times its count)."""
+    grams = Counter(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+    if not grams:
+        return 0
+    gram, count = grams.most_common(1)[0]
+    return len(gram) * count
+
+
+def _duplicate_ngram_chars(words: list[str], n: int) -> int:
+    """Characters in n-grams that repeat an earlier one; a repeat skips its n words (no double counting)."""
+    seen: set[str] = set()
+    repeated, i, last = 0, 0, len(words) - n + 1
+    while i < last:
+        gram = "".join(words[i:i + n])
+        if gram in seen:
+            repeated += len(gram)
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return repeated
+
+
+class GopherRepetitionRule:
+    name = "gopher_repetition"
+    _paragraphs = re.compile(r"\n{2,}")
+    _lines = re.compile("\n+")
+
+    def __init__(self, dup_line_frac=0.3, dup_para_frac=0.3, dup_line_char_frac=0.2, dup_para_char_frac=0.2,
+                 top_n_grams=((2, 0.2), (3, 0.18), (4, 0.16)),
+                 dup_n_grams=((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))):
+        self.dup_line_frac, self.dup_para_frac = dup_line_frac, dup_para_frac
+        self.dup_line_char_frac, self.dup_para_char_frac = dup_line_char_frac, dup_para_char_frac
+        self.top_n_grams = [(int(n), float(f)) for n, f in top_n_grams or []]
+        self.dup_n_grams = [(int(n), float(f)) for n, f in dup_n_grams or []]
+
+    def check(self, doc: Doc) -> tuple[bool, dict]:
+        text = doc.text
+        if not text:
+            return _fail("empty", 0)
+        n_chars = len(text)
+
+        paragraphs = self._paragraphs.split(text.strip())
+        dup_paras, dup_para_chars = _find_duplicates(paragraphs)
+        if self.dup_para_frac and dup_paras / len(paragraphs) > self.dup_para_frac:
+            return _fail("dup_para_frac", dup_paras / len(paragraphs))
+        if self.dup_para_char_frac and dup_para_chars / n_chars > self.dup_para_char_frac:
+            return _fail("dup_para_char_frac", dup_para_chars / n_chars)
+
+        lines = self._lines.split(text)
+        dup_lines, dup_line_chars = _find_duplicates(lines)
+        if self.dup_line_frac and dup_lines / len(lines) > self.dup_line_frac:
+            return _fail("dup_line_frac", dup_lines / len(lines))
+        if self.dup_line_char_frac and dup_line_chars / n_chars > self.dup_line_char_frac:
+            return _fail("dup_line_char_frac", dup_line_chars / n_chars)
+
+        words = doc.words
+        for n, max_frac in self.top_n_grams:
+            frac = _top_ngram_chars(words, n) / n_chars
+            if frac > max_frac:
+                return _fail(f"top_{n}_gram", frac)
+        for n, max_frac in self.dup_n_grams:
+            frac = _duplicate_ngram_chars(words, n) / n_chars
+            if frac > max_frac:
+                return _fail(f"duplicated_{n}_n_grams", frac)
+        return PASS
+
+
+def build_rules(section: dict) -> list:
+    """The rules in the order they run, from the ``filter`` params section."""
+    lang = section.get("language") or {}
+    return [
+        LanguageRule(lang.get("allowed") or [], lang.get("min_score", 0.0)),
+        GopherQualityRule(**(section.get("gopher_quality") or {})),
+        GopherRepetitionRule(**(section.get("gopher_repetition") or {})),
+    ]
+
+
+RULE_NAMES = ["language", "gopher_quality", "gopher_repetition"]

@@ -1,0 +1,1 @@
+"""Select stage: a DCLM-style quality classifier (curated text vs raw web) keeps the best web records."""

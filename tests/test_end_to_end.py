@@ -1,0 +1,145 @@
+"""The whole workflow on the real samples, in a fresh copy of the project:
+Airflow runs corpus_refresh then pretrain (dag.test), the data version is tagged and
+pushed, `dvc repro` is then a no-op, a threshold change re-runs only what follows it,
+and a failing gate stops the DAG run there.
+
+One project copy is shared by the tests of this module, which run in order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project
+
+pytestmark = pytest.mark.slow
+
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, airflow_db):
+    root = copy_project(tmp_path_factory.mktemp("e2e") / "project")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    # Short training keeps the suite fast; everything else runs at demo settings.
+    params["train"].update(phase1_steps=12, warmup_steps=4, checkpoint_every=6)
+    params["evaluate"]["max_docs_per_source"] = 5
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run([*git, "commit", "-qam", "test params"], cwd=root, check=True)
+    old = {k: os.environ.get(k) for k in ("PIPELINES_WORKSPACE", "PATH", "AIRFLOW__CORE__DAGS_FOLDER")}
+    os.environ["PIPELINES_WORKSPACE"] = str(root)
+    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(root / "dags")
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _dag(root: Path, dag_id: str):
+    """Parse the project's DAG files and serialize them to the metadata DB (what the dag-processor does)."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = BundleDagBag(dag_folder=str(root / "dags"), bundle_path=root / "dags", bundle_name="dags-folder")
+    assert not bag.import_errors, bag.import_errors
+    sync_bag_to_db(bag, "dags-folder", None)
+    return bag.dags[dag_id]
+
+
+def _states(dagrun) -> dict[str, str]:
+    return {ti.task_id.split(".")[-1]: str(ti.state) for ti in dagrun.get_task_instances()}
+
+
+def _dvc(root: Path, *args: str) -> str:
+    out = subprocess.run([DVC, *args], cwd=root, capture_output=True, text=True, env=dict(os.environ))
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout + out.stderr
+
+
+def test_airflow_runs_corpus_refresh_then_pretrain(project):
+    run = _dag(project, "corpus_refresh").test()
+    states = _states(run)
+    assert str(run.state) == "success", states
+    assert set(states.values()) == {"success"}
+    version = json.loads((project / "reports/data_version.json").read_text())
+    assert version["pushed"] and version["tag"] == f"data/{version['version']}"
+    tags = subprocess.run(["git", "tag"], cwd=project, capture_output=True, text=True).stdout.split()
+    assert version["tag"] in tags
+    assert any((project / ".dvc-remote").rglob("*")), "dvc push wrote nothing to the local remote"
+
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = session.query(AssetEvent).all()
+        assert any((e.extra or {}).get("version") == version["version"] for e in events)
+
+    run = _dag(project, "pretrain").test()
+    assert str(run.state) == "success", _states(run)
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    for phase in ("phase1", "phase2"):
+        bpb = ev[phase]["bpb"]
+        assert bpb and all(0 < v < 20 for v in bpb.values())
+    used = json.loads((project / "reports/pretrain_data_version.json").read_text())
+    assert used["version"] == version["version"]
+
+
+def test_every_stage_output_is_accounted_for(project):
+    import pyarrow.parquet as pq
+
+    for stage in ("filter", "dedup", "select"):
+        stats = pq.read_table(project / "data" / stage / "_stats.parquet").to_pandas()
+        assert (stats.records_in == stats.records_out + stats.records_dropped).all()
+        removed = sum(pq.ParquetFile(p).metadata.num_rows for p in (project / "data" / stage / "removed").glob("*.parquet"))
+        assert removed == stats.records_dropped.sum()
+    prev = json.loads((project / "data/ingest/_manifest.json").read_text())["totals"]["rows"]
+    nxt = pq.read_table(project / "data/filter/_stats.parquet").to_pandas().records_in.sum()
+    assert prev == nxt, "filter must see every record ingest wrote"
+
+
+def test_dvc_repro_right_after_is_a_noop(project):
+    out = _dvc(project, "status")
+    assert "Data and pipelines are up to date" in out, out
+    before = {p: p.stat().st_mtime_ns for p in (project / "data").rglob("*.parquet")}
+    _dvc(project, "repro")
+    after = {p: p.stat().st_mtime_ns for p in (project / "data").rglob("*.parquet")}
+    assert before == after
+
+
+def test_threshold_change_reruns_filter_and_downstream_only(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["filter"]["gopher_quality"]["min_doc_words"] = 80
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = yaml.safe_load(subprocess.run([DVC, "status", "--json"], cwd=project, capture_output=True, text=True).stdout)
+    changed = set(status)
+    assert "filter" in changed
+    assert not changed & {"ingest", "check_ingest"}
+    ingest_mtimes = {p: p.stat().st_mtime_ns for p in (project / "data/ingest").rglob("*")}
+    out = _dvc(project, "repro", "check_filter")
+    assert "Running stage 'filter'" in out and "Running stage 'ingest'" not in out
+    assert {p: p.stat().st_mtime_ns for p in (project / "data/ingest").rglob("*")} == ingest_mtimes
+
+
+def test_failing_gate_stops_the_dag_run(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["checks"]["ingest"]["min_records"] = 10**9  # impossible: the gate must fail
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run = _dag(project, "corpus_refresh").test()
+    states = _states(run)
+    assert str(run.state) == "failed"
+    assert states["check_ingest"] == "failed"
+    assert states["filter"] in ("upstream_failed", "None")
+    assert states["record_version"] in ("upstream_failed", "None")
+    result = json.loads((project / "reports/checks/ingest.json").read_text())
+    assert result["success"] is False
