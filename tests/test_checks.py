@@ -13,8 +13,10 @@ from pipelines.core.atomic import write_json_atomic
 from pipelines.core.hashing import params_hash, sha256_file
 from pipelines.core.schema import make_record_id
 from pipelines.core.shards import list_shards, read_shard, write_shard
-from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
-from pipelines.core.stats import ShardStats
+from pipelines.core.stage import (
+    ShardResult, ShardTask, finalize, finish_stats, removed_table, run_shard_stage, write_shard_outputs,
+)
+from pipelines.core.stats import ShardStats, write_stats
 from pipelines.pack.format import write_index, write_packed_shard
 from tests.conftest import SHARED_DATA
 
@@ -244,17 +246,15 @@ def build_mix(ws, heldout_leak: bool = False) -> None:
         shard = "part-00000.parquet"
         table = pa.Table.from_pylist(rows)
         stats = ShardStats(shard=f"{split}/{shard}", records_in=len(rows), records_out=len(rows))
-        from pipelines.core.stage import finalize, finish_stats, write_shard_outputs
-
         task = ShardTask(stage="mix", shard=shard, inputs=[], out_dir=str(d), params={}, params_hash="x")
         fragment = write_shard_outputs(task, ShardResult(table, None, finish_stats(stats, table)))
         finalize(d, "mix", "x", [fragment], [])
         all_stats.append(stats)
         if split != "heldout":
-            blend_json[split] = {"news": {"records": len(rows), "unique_records": len({r["id"] for r in rows}),
-                                          "chars": sum(len(r["text"]) for r in rows), "share": 1.0, "target_share": 1.0}}
-    from pipelines.core.stats import write_stats
-
+            # The shape pipelines/mix writes: per phase totals plus per-source realised and target shares.
+            news = {"records": len(rows), "unique_records": len({r["id"] for r in rows}),
+                    "chars": sum(len(r["text"]) for r in rows), "share": 1.0, "target_share": 1.0}
+            blend_json[split] = {"rows": len(rows), "sources": {"news": news}}
     write_stats(ws.path("data", "mix", "_stats.parquet"), all_stats)
     write_json_atomic(ws.path("data", "mix", "blend.json"), {"phases": blend_json})
 
@@ -275,7 +275,7 @@ def test_mix_gate_fails_on_share_off_target_and_missing_blend(ws):
     params = ws.update("checks.mix.min_records", 50)
     build_mix(ws)
     blend = json.loads(ws.path("data", "mix", "blend.json").read_text())
-    blend["phases"]["phase1"]["news"]["target_share"] = 0.5
+    blend["phases"]["phase1"]["sources"]["news"]["target_share"] = 0.5
     write_json_atomic(ws.path("data", "mix", "blend.json"), blend)
     with pytest.raises(GateFailed, match=r"column=share_error.*phase1"):
         run_gate("mix", params)

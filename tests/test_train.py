@@ -104,7 +104,7 @@ def build_inputs(root: Path, seq_len: int = 64, n_train: int = 60, n_heldout: in
 def tiny_params(ws, **train) -> dict:
     """The workspace params with a fast tiny trainer (overrides through params, as a user would)."""
     params = ws.params()
-    params["train"].update({"seq_len": 64, "micro_batch": 4, "grad_accum": 1, "phase1_steps": 24, "warmup_steps": 4,
+    params["train"].update({"threads": 1, "seq_len": 64, "micro_batch": 4, "grad_accum": 1, "phase1_steps": 24, "warmup_steps": 4,
                             "anneal_fraction": 0.2, "checkpoint_every": 8, "lr": 0.003, "min_lr": 0.0003,
                             "model": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                                       "num_key_value_heads": 2, "intermediate_size": 176}, **train})

@@ -171,28 +171,26 @@ def mix_plan(params: dict, root: Path) -> GatePlan:
             if split_stats is not None:
                 plan.batches.append(Batch(f"stats_{split}", split_stats, stats_expectations(), ["shard"]))
 
-    splits = pd.DataFrame([
+    splits = _readable(plan, "records", mix_dir, root, lambda: pd.DataFrame([
         {"split": s, "records": inputs.count_records(d),
          "blend_records": inputs.count_records(d) if s in MIX_BLENDS else None}
         for s, d in sorted(present.items())
-    ], columns=["split", "records", "blend_records"])
-    split_checks = [E.ExpectColumnValuesToBeBetween(column="records", min_value=1)]
-    if cfg.get("min_records") is not None:
-        split_checks.append(E.ExpectColumnValuesToBeBetween(column="blend_records", min_value=int(cfg["min_records"])))
-    plan.batches.append(Batch("splits", splits, split_checks, ["split"]))
+    ], columns=["split", "records", "blend_records"]))
+    if splits is not None:
+        split_checks = [E.ExpectColumnValuesToBeBetween(column="records", min_value=1)]
+        if cfg.get("min_records") is not None:
+            split_checks.append(E.ExpectColumnValuesToBeBetween(column="blend_records", min_value=int(cfg["min_records"])))
+        plan.batches.append(Batch("splits", splits, split_checks, ["split"]))
 
-    # Heldout ids must never be trained on: each distinct id listed once per side, then unique overall.
-    blend_ids = inputs.id_frame([present[s] for s in MIX_BLENDS if s in present])
-    heldout_ids = inputs.id_frame([present["heldout"]]) if "heldout" in present else pd.Series([], dtype=object)
-    ids = pd.DataFrame({
-        "id": pd.concat([heldout_ids, blend_ids], ignore_index=True),
-        "side": ["heldout"] * len(heldout_ids) + ["blend"] * len(blend_ids),
-    })
-    plan.batches.append(Batch("heldout_vs_blend_ids", ids, [E.ExpectColumnValuesToBeUnique(column="id")], ["side"]))
+    ids = _readable(plan, "records", mix_dir, root, lambda: _heldout_vs_blend_ids(present))
+    if ids is not None:
+        plan.batches.append(Batch("heldout_vs_blend_ids", ids, [E.ExpectColumnValuesToBeUnique(column="id")], ["side"]))
 
-    sample = inputs.sample_records([present[s] for s in MIX_SPLITS if s in present], sample_rows(params))
-    # A blend may repeat a record (upsampling), so ids need not be unique in its sample.
-    plan.batches.append(Batch("sample", sample, record_expectations(sample.columns, unique_ids=False), ["id"]))
+    sample = _readable(plan, "records", mix_dir, root, lambda: inputs.sample_records(
+        [present[s] for s in MIX_SPLITS if s in present], sample_rows(params)))
+    if sample is not None:
+        # A blend may repeat a record (upsampling), so ids need not be unique in its sample.
+        plan.batches.append(Batch("sample", sample, record_expectations(sample.columns, unique_ids=False), ["id"]))
 
     blend = inputs.load_json(mix_dir / "blend.json")
     rows = blend_rows(blend) if blend is not None else []
@@ -204,6 +202,16 @@ def mix_plan(params: dict, root: Path) -> GatePlan:
             E.ExpectColumnValuesToBeBetween(column="share_error", min_value=0, max_value=tolerance),
         ], ["phase", "source"]))
     return plan
+
+
+def _heldout_vs_blend_ids(present: dict[str, Path]) -> pd.DataFrame:
+    """Heldout ids must never be trained on: each distinct id listed once per side, so a repeat is a leak."""
+    blend_ids = inputs.id_frame([present[s] for s in MIX_BLENDS if s in present])
+    heldout_ids = inputs.id_frame([present["heldout"]]) if "heldout" in present else pd.Series([], dtype=object)
+    return pd.DataFrame({
+        "id": pd.concat([heldout_ids, blend_ids], ignore_index=True),
+        "side": ["heldout"] * len(heldout_ids) + ["blend"] * len(blend_ids),
+    })
 
 
 # --- pack ------------------------------------------------------------------------------------------

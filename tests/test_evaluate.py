@@ -1,0 +1,118 @@
+"""Evaluate: bits-per-byte per source for both checkpoints, on held-out real text."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+# Shared real-text inputs (tokenizer, packs, held-out shard); tests/ is on sys.path under pytest.
+from test_train import built_inputs, tiny_model, tiny_params  # noqa: F401  (built_inputs is a fixture)
+
+
+@pytest.fixture
+def ws(workspace, built_inputs):  # noqa: F811
+    import shutil
+
+    root, heldout = built_inputs
+    shutil.copytree(root / "data", workspace.path("data"))
+    workspace.heldout = heldout
+    return workspace
+
+
+def _tokenizer(ws):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(ws.path("data/pack/tokenizer"))
+
+
+def test_windows_predict_every_token_after_the_first_once():
+    from pipelines.evaluate.bpb import windows
+
+    ids = list(range(10))
+    ws_ = windows(ids, 4)
+    assert all(len(w) <= 4 for w in ws_)
+    predicted = [t for w in ws_ for t in w[1:]]
+    assert predicted == ids[1:]
+    assert windows([5], 4) == [] and windows(ids, 64) == [ids]
+
+
+def test_scores_match_a_direct_computation_and_ignore_batch_padding(ws):
+    from pipelines.evaluate.bpb import score_documents
+
+    tok = _tokenizer(ws)
+    model = tiny_model(vocab=len(tok))
+    texts = ws.heldout["news"][:3]
+    one = score_documents(model, tok, texts, seq_len=4096, max_tokens_per_doc=100_000, batch_size=1)
+    batched = score_documents(model, tok, texts, seq_len=4096, max_tokens_per_doc=100_000, batch_size=3)
+    assert batched.nats == pytest.approx(one.nats, rel=1e-5) and batched.tokens == one.tokens
+    # direct: each document + EOS in one pass, every token after the first predicted
+    nats, tokens = 0.0, 0
+    for t in texts:
+        ids = torch.tensor([tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+        nats += float(F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum"))
+        tokens += ids.shape[1] - 1
+    assert one.nats == pytest.approx(nats, rel=1e-5) and one.tokens == tokens
+    # short windows see less context, so they score worse, but cover the same tokens
+    short = score_documents(model, tok, texts, seq_len=16, max_tokens_per_doc=100_000)
+    assert short.tokens == one.tokens and short.bytes == one.bytes
+    # truncation keeps fewer bytes and tokens
+    cut = score_documents(model, tok, texts, seq_len=4096, max_tokens_per_doc=20)
+    assert cut.tokens == 3 * 19 and 0 < cut.bytes < one.bytes
+
+
+def test_evaluate_writes_bpb_per_source_for_both_phases(ws):
+    from pipelines.evaluate.bpb import score_documents
+    from pipelines.evaluate.stage import heldout_documents, run
+    from pipelines.train.stage import run_anneal, run_phase1
+
+    params = tiny_params(ws, phase1_steps=40, checkpoint_every=0)
+    params["evaluate"].update({"max_docs_per_source": 3, "max_tokens_per_doc": 256})
+    ws.set_params(params)
+    with pytest.raises(FileNotFoundError, match="models/phase1"):
+        run(params)
+    run_phase1(params)
+    run_anneal(params)
+    summary = run(params)
+    result = json.loads(ws.path("metrics/eval.json").read_text())
+    assert set(result) == {"phase1", "phase2", "delta"}
+    sources = {"math", "news", "wikipedia"}
+    for phase in ("phase1", "phase2"):
+        r = result[phase]
+        assert set(r["bpb"]) == sources and r["docs"] == {s: 3 for s in sources}
+        assert all(math.isfinite(v) and 0 < v < 20 for v in r["bpb"].values())
+        assert r["bpb_mean"] == pytest.approx(sum(r["bpb"].values()) / 3)
+        assert all(t <= 3 * 255 for t in r["tokens"].values())  # max_tokens_per_doc applied
+    assert result["phase1"]["step"] == 40 and result["phase2"]["step"] == 50
+    assert result["delta"] == {s: pytest.approx(result["phase2"]["bpb"][s] - result["phase1"]["bpb"][s]) for s in sources}
+    assert summary["bpb_mean"]["phase1"] == result["phase1"]["bpb_mean"]
+
+    # Training helped: an untrained model of the same architecture scores worse on every source.
+    from pipelines.train.checkpoint import load_model
+
+    tok = _tokenizer(ws)
+    trained = load_model(ws.path("models/phase1"))
+    torch.manual_seed(params["seed"])
+    from transformers import LlamaForCausalLM
+
+    untrained = LlamaForCausalLM._from_config(trained.config, attn_implementation="sdpa")
+    docs = heldout_documents(3)
+    for source, texts in docs.items():
+        base = score_documents(untrained, tok, texts, seq_len=64, max_tokens_per_doc=256).bpb
+        assert result["phase1"]["bpb"][source] < base - 0.5, (source, base)
+
+    # Re-running evaluate gives the same file (deterministic on CPU).
+    before = ws.path("metrics/eval.json").read_bytes()
+    run(params)
+    assert ws.path("metrics/eval.json").read_bytes() == before
+
+
+def test_missing_heldout_is_a_clear_error(workspace):
+    from pipelines.evaluate.stage import heldout_documents
+
+    with pytest.raises(FileNotFoundError, match="heldout"):
+        heldout_documents(5)
