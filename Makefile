@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 export HF_HUB_OFFLINE := 1
+export OMP_WAIT_POLICY := PASSIVE
 export DVC_NO_ANALYTICS := 1
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(CURDIR)/.venv/bin:$(PATH)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from pipelines.core.schema import make_record_id
 from pipelines.core.shards import write_shard
-from pipelines.pack.format import PackedDataset, PackedSequence, token_dtype, write_index, write_packed_shard
+from pipelines.pack.format import PackedSequence, token_dtype, write_index, write_packed_shard
 
 TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 EOS, PAD = "<|endoftext|>", "<|pad|>"

@@ -73,14 +73,18 @@ def evaluate_checkpoint(directory: Path, docs: dict[str, list[str]], ep: dict, d
 def run(params: dict) -> dict:
     ep = section(params, "evaluate")
     device = pick_device(ep.get("device", "auto"))
-    if device.type == "cpu":
-        torch.set_num_threads(int(ep.get("threads") or params.get("train", {}).get("threads", 2)))
     hf_logging.disable_progress_bar()
     docs = heldout_documents(int(ep["max_docs_per_source"]))
     result = {}
-    for phase, path in PHASES.items():
-        result[phase] = evaluate_checkpoint(resolve(path), docs, ep, device)
-        log.info("%s: bpb %s", phase, {s: round(v, 4) for s, v in result[phase]["bpb"].items()})
+    threads = torch.get_num_threads()
+    try:
+        if device.type == "cpu":
+            torch.set_num_threads(int(ep.get("threads") or params.get("train", {}).get("threads", 2)))
+        for phase, path in PHASES.items():
+            result[phase] = evaluate_checkpoint(resolve(path), docs, ep, device)
+            log.info("%s: bpb %s", phase, {s: round(v, 4) for s, v in result[phase]["bpb"].items()})
+    finally:
+        torch.set_num_threads(threads)
     result["delta"] = {s: result["phase2"]["bpb"][s] - result["phase1"]["bpb"][s] for s in result["phase1"]["bpb"]}
     write_json_atomic(resolve("metrics/eval.json"), result)
     return {"bpb_mean": {p: result[p]["bpb_mean"] for p in PHASES}, "delta": result["delta"]}

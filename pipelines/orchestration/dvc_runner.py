@@ -24,6 +24,7 @@ def tool_env() -> dict[str, str]:
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting torch threads crawl on a loaded 2-core box
     return env
 
 

@@ -118,17 +118,26 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 def train_phase(params: dict, name: str, *, stop_after: int | None = None) -> dict:
     """Train one phase to its end step (or ``stop_after`` steps of this call, to simulate an interruption)."""
+    device = pick_device(section(params, "train").get("device", "auto"))
+    # Process-wide torch settings, restored afterwards (tests run many stages in one process).
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        if device.type == "cpu":
+            torch.set_num_threads(int(section(params, "train").get("threads", 2)))
+            torch.use_deterministic_algorithms(True)
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        return _train_phase(params, name, device, stop_after)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train_phase(params: dict, name: str, device: torch.device, stop_after: int | None) -> dict:
     tp = section(params, "train")
     seed = int(params.get("seed", 0))
     phase = plan_phase(params, name)
-    device = pick_device(tp.get("device", "auto"))
-    if device.type == "cpu":
-        torch.set_num_threads(int(tp.get("threads", 2)))
-        torch.use_deterministic_algorithms(True)
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
     hf_logging.disable_progress_bar()  # per-checkpoint progress bars drown the training log
     tok_dir = resolve(TOKENIZER_DIR)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
@@ -180,13 +189,12 @@ def train_phase(params: dict, name: str, *, stop_after: int | None = None) -> di
     elapsed = float(state["elapsed_s"])
     saved_step = step if resumed else None  # the step the checkpoint on disk holds
 
-    def checkpoint() -> dict:
+    def checkpoint() -> None:
         snapshot = {"format": STATE_FORMAT, "phase": name, "fingerprint": phase.fingerprint, "step": step,
                     "position": stream.position, "tokens": tokens, "tokens_before": state["tokens_before"],
                     "elapsed_s": elapsed, "history": history, "optimizer": optimizer.state_dict(),
                     "rng": _rng_state(device), "seq_len": seq_len}
         save_checkpoint(phase.out_dir, model, tok_dir, snapshot)
-        return snapshot
 
     model.train()
     done_here = 0
