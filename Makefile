@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: demo test bench venv clean-data
+.PHONY: demo test bench venv clean-data airflow airflow-stop
 
 venv: $(VENV_STAMP)
 
@@ -24,6 +24,14 @@ demo: $(VENV_STAMP)
 
 test: $(VENV_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Local Airflow (api-server, scheduler, dag-processor, triggerer; SQLite; auth on) on
+# AIRFLOW_PORT (8080); the admin password is generated and printed once.
+airflow: $(VENV_STAMP)
+	$(PY) -m pipelines.orchestration.services start
+
+airflow-stop:
+	$(PY) -m pipelines.orchestration.services stop
 
 bench: $(VENV_STAMP)
 	$(PY) -m bench

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from airflow.sdk import DAG, Asset, Param, task
 
-from pipelines.orchestration.dag_factory import DEFAULT_ARGS, project_root, read_params, sinks, sources, stage_tasks
+from pipelines.orchestration.dag_factory import default_args, project_root, read_params, sinks, sources, stage_tasks
 from pipelines.orchestration.run_params import form_schema
 
 PARAMS = read_params()
@@ -22,13 +22,14 @@ with DAG(
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    params={name: Param(None, **schema) for name, schema in form_schema().items()},
+    default_args=default_args(PARAMS),
+    # The trigger form: each field is validated (JSON schema) on UI and REST triggers.
+    params={name: Param(None, **schema) for name, schema in form_schema(PARAMS, project_root()).items()},
     tags=["data", "dvc"],
     doc_md=__doc__,
 ) as dag:
 
-    @task
+    @task(retries=0)
     def apply_run_params(params=None) -> dict:
         from pipelines.orchestration.run_params import apply_form
 

@@ -9,9 +9,10 @@ from datetime import datetime, timezone
 
 from airflow.sdk import DAG, Asset, task
 
-from pipelines.orchestration.dag_factory import DEFAULT_ARGS, project_root, read_params, sources, stage_tasks
+from pipelines.orchestration.dag_factory import default_args, project_root, read_params, sources, stage_tasks
 
-ORCH = read_params().get("orchestration") or {}
+PARAMS = read_params()
+ORCH = PARAMS.get("orchestration") or {}
 CORPUS = Asset(name="corpus", uri=ORCH.get("corpus_asset", "pipelines://corpus"))
 
 with DAG(
@@ -20,7 +21,7 @@ with DAG(
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args=default_args(PARAMS),
     tags=["train", "dvc"],
     doc_md=__doc__,
 ) as dag:

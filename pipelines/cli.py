@@ -19,6 +19,7 @@ COMMANDS = {
     "dedup": "pipelines.dedup.stage:run",
     "select": "pipelines.select.stage:run",
     "mix": "pipelines.mix.stage:run",
+    "mixture_search": "pipelines.mixture.search:run",
     "pack": "pipelines.pack.stage:run",
     "train": "pipelines.train.stage:run_phase1",
     "anneal": "pipelines.train.stage:run_anneal",

@@ -36,9 +36,17 @@ def section(params: dict, name: str) -> dict:
     return params[name] or {}
 
 
-def resolve(path: str | Path) -> Path:
-    """A workspace-relative path; absolute paths must stay inside the workspace."""
+def resolve(path: str | Path, *, allow_outside: bool = False) -> Path:
+    """A workspace-relative path; refuses anything that points outside the workspace.
+
+    The check is on the path as written (normalised, symlinks not followed), so a
+    workspace may link in a samples/ folder that lives elsewhere. ``allow_outside`` is
+    for read-only inputs an operator configures in params.yaml (e.g. a local tokenizer).
+    """
+    import os
+
     root = workspace()
-    p = Path(path)
-    p = (root / p).resolve() if not p.is_absolute() else p.resolve()
-    return p
+    joined = Path(os.path.normpath(root / Path(path)))
+    if not allow_outside and joined != root and root not in joined.parents:
+        raise ValueError(f"path {str(path)!r} is outside the workspace {root}")
+    return joined

@@ -72,6 +72,8 @@ def test_evaluate_writes_bpb_per_source_for_both_phases(ws):
 
     params = tiny_params(ws, phase1_steps=40, checkpoint_every=0)
     params["evaluate"].update({"max_docs_per_source": 3, "max_tokens_per_doc": 256})
+    params["evaluate"]["lm_eval"].update({"limit": 6})
+    params["evaluate"]["contamination"].update({"max_items": 12, "max_tokens": 64})
     ws.set_params(params)
     with pytest.raises(FileNotFoundError, match="models/phase1"):
         run(params)
@@ -105,6 +107,22 @@ def test_evaluate_writes_bpb_per_source_for_both_phases(ws):
         base = score_documents(untrained, tok, texts, seq_len=64, max_tokens_per_doc=256).bpb
         assert result["phase1"]["bpb"][source] < base - 0.5, (source, base)
 
+    # lm-eval-harness ran on the local task files, for both phases, within the limit.
+    lm = json.loads(ws.path("metrics/lm_eval.json").read_text())
+    for phase in ("phase1", "phase2"):
+        csqa, gsm = lm[phase]["local_commonsenseqa"], lm[phase]["local_gsm8k_answer"]
+        assert csqa["n"] == 6 and gsm["n"] == 6
+        assert 0 <= csqa["acc"] <= 1 and 0 <= csqa["acc_norm"] <= 1
+        assert gsm["perplexity"] > 1 and 0 <= gsm["acc"] <= 1
+    assert summary["lm_eval"]["phase1"] == lm["phase1"]
+
+    # The Min-K% audit covers the configured eval sets against the held-out reference.
+    audit_ = json.loads(ws.path("metrics/contamination.json").read_text())
+    assert set(audit_["sets"]) == {"gsm8k", "commonsenseqa"} and audit_["k"] == 0.2
+    assert audit_["reference"]["n"] == 9  # 3 held-out docs x 3 sources
+    for s in audit_["sets"].values():
+        assert s["n"] == 12 and 0 <= s["flagged"] <= 12 and math.isfinite(s["mean"])
+
     # Re-running evaluate gives the same file (deterministic on CPU).
     before = ws.path("metrics/eval.json").read_bytes()
     run(params)
@@ -116,3 +134,38 @@ def test_missing_heldout_is_a_clear_error(workspace):
 
     with pytest.raises(FileNotFoundError, match="heldout"):
         heldout_documents(5)
+
+
+def test_min_k_prob_is_the_mean_of_the_lowest_k_share():
+    import numpy as np
+
+    from pipelines.evaluate.contamination import min_k_prob
+
+    lp = np.array([-0.1, -5.0, -0.2, -3.0, -0.3, -0.4, -0.5, -0.6, -0.7, -0.8])
+    assert min_k_prob(lp, 0.2) == pytest.approx(-4.0)  # the 2 lowest of 10
+    assert min_k_prob(lp, 0.05) == pytest.approx(-5.0)  # at least one token
+    assert min_k_prob(lp, 1.0) == pytest.approx(lp.mean())
+    assert math.isnan(min_k_prob(np.zeros(0), 0.2))
+    with pytest.raises(ValueError, match="k must be"):
+        min_k_prob(lp, 0)
+
+
+def test_min_k_audit_flags_text_the_model_was_trained_on(ws):
+    """Documents of the phase-1 pack score higher Min-K% than held-out text; fresh items do not."""
+    from test_train import real_documents
+
+    from pipelines.evaluate.contamination import audit
+    from pipelines.train.checkpoint import load_model
+    from pipelines.train.stage import run_phase1
+
+    params = tiny_params(ws, phase1_steps=60, checkpoint_every=0)
+    run_phase1(params)
+    tok = _tokenizer(ws)
+    model = load_model(ws.path("models/phase1"))
+    docs = real_documents()
+    seen = docs["news"][4:24]  # in the phase-1 pack (build_inputs trains on docs[4:64])
+    unseen = docs["news"][-20:]  # never packed
+    reference = [t for s in ("news", "wikipedia") for t in ws.heldout[s]]
+    result = audit(model, tok, {"seen": seen, "unseen": unseen}, reference, k=0.2, max_tokens=64)
+    assert result["sets"]["seen"]["mean"] > result["sets"]["unseen"]["mean"]
+    assert result["sets"]["seen"]["mean_minus_reference"] > result["sets"]["unseen"]["mean_minus_reference"]

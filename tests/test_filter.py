@@ -14,6 +14,7 @@ import pytest
 from pipelines.config import load_params
 from pipelines.core.schema import domain_of, make_record_id
 from pipelines.core.shards import read_all, read_shard, write_shard
+from pipelines.filter import quality_model
 from pipelines.filter import stage as filter_stage
 from pipelines.filter.rules import RULE_NAMES, Doc, GopherQualityRule, GopherRepetitionRule, LanguageRule, build_rules
 from tests.conftest import REPO, SHARED_DATA
@@ -124,6 +125,8 @@ def _files(d):
 def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_paragraph, web):
     expected = _write_ingest(workspace, web, good_paragraph)
     params = workspace.params()
+    params["filter"]["quality_model"]["web_keep_fraction"] = 0.4  # low enough to bite after the heuristic rules
+    quality_model.train(params)
     summary = filter_stage.run(params)
 
     inp = read_all(workspace.path("data/ingest"))
@@ -131,7 +134,8 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
     removed = read_all(workspace.path("data/filter/removed"))
     assert out.num_rows + removed.num_rows == inp.num_rows == summary["records_in"]
     assert set(out.column("id").to_pylist()).isdisjoint(removed.column("id").to_pylist())
-    assert out.column_names == inp.column_names  # provenance and core columns survive
+    # Provenance and core columns survive; the stage adds the quality score and the C4 line count.
+    assert out.column_names == inp.column_names + ["quality_fasttext", "c4_lines_removed"]
 
     reason_of = dict(zip(removed.column("id").to_pylist(), removed.column("drop_reason").to_pylist()))
     for rid, reason in expected.items():
@@ -142,22 +146,65 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
     assert curated_ids <= set(out.column("id").to_pylist())
     assert summary["exempt"] == len(curated_ids)
     assert set(removed.column("source").to_pylist()) == {WEB_SOURCE}
+    # Every record is scored; exempt records keep their text, kept web records carry C4's rewrite.
+    assert out.column("quality_fasttext").null_count == removed.column("quality_fasttext").null_count == 0
+    text_in = dict(zip(inp.column("id").to_pylist(), inp.column("text").to_pylist()))
+    for rid, text, src, n_lines in zip(*(out.column(c).to_pylist() for c in ("id", "text", "source", "c4_lines_removed"))):
+        if src in exempt:
+            assert text == text_in[rid] and n_lines == 0
+        else:
+            assert len(text_in[rid].splitlines()) - len(text.splitlines()) == n_lines
     # Every removed record is whole and says why, with the failed sub-check.
-    assert removed.column_names == inp.column_names + ["drop_reason", "drop_detail"]
+    assert removed.column_names == out.column_names + ["drop_reason", "drop_detail"]
     sub_checks = Counter()
     for reason, detail in zip(removed.column("drop_reason").to_pylist(), removed.column("drop_detail").to_pylist()):
-        assert reason in RULE_NAMES
+        assert reason in filter_stage.ALL_REASONS
         d = json.loads(detail)
         assert set(d) == {"check", "value"}
+        if reason == "c4_quality" and d["check"] == "too_few_sentences":
+            assert d["value"] < params["filter"]["c4_quality"]["min_num_sentences"]
         sub_checks[f"{reason}.{d['check']}"] += 1
     assert sum(1 for r in reason_of.values() if r == "language") >= 30  # the sample is multilingual
 
     stats = read_shard(workspace.path("data/filter/_stats.parquet")).to_pandas()
     assert (stats.records_in == stats.records_out + stats.records_dropped).all()
-    for rule in RULE_NAMES:
+    for rule in filter_stage.ALL_REASONS:
         assert stats[f"drop__{rule}"].sum() == sum(1 for r in reason_of.values() if r == rule) == summary["drops"].get(rule, 0)
-    assert {k: int(stats[f"extra__{k}"].sum()) for k in sub_checks} == dict(sub_checks) == summary["checks"]
+    counters = {"c4_quality.docs_modified", "quality_fasttext.web_scored", "quality_fasttext.web_at_or_above_threshold"}
+    drop_checks = {k: v for k, v in summary["checks"].items() if ".lines_removed." not in k and k not in counters}
+    assert {k: int(stats[f"extra__{k}"].sum()) for k in sub_checks} == dict(sub_checks) == drop_checks
+    # C4's line removals in the documents it passed are counted per reason, and they add up to the column.
+    kept_lines = sum(out.column("c4_lines_removed").to_pylist()) + sum(
+        n for n, r in zip(removed.column("c4_lines_removed").to_pylist(), removed.column("drop_reason").to_pylist())
+        if r != "c4_quality")
+    assert sum(v for k, v in summary["checks"].items() if k.startswith("c4_quality.lines_removed.")) == kept_lines > 0
+    # The quality threshold is the percentile over all web input: the achieved keep rate is close to the target.
+    q = summary["quality"]
+    n_web = sum(1 for s in inp.column("source").to_pylist() if s not in exempt)
+    assert q["web_records"] == summary["checks"]["quality_fasttext.web_scored"] == n_web
+    assert abs(q["achieved_keep_fraction"] - q["target_keep_fraction"]) <= 1.5 / n_web + q["rank_error_bound"]
+    scores = inp_scores = quality_model.QualityScorer(workspace.path("models/quality/quality.bin"), 20000).score(
+        [t for t, s in zip(inp.column("text").to_pylist(), inp.column("source").to_pylist()) if s not in exempt])
+    assert sum(x >= q["threshold"] for x in inp_scores) == summary["checks"]["quality_fasttext.web_at_or_above_threshold"]
+    below = [json.loads(d)["value"] for r, d in zip(removed.column("drop_reason").to_pylist(),
+                                                     removed.column("drop_detail").to_pylist()) if r == "quality_fasttext"]
+    assert below and all(v < q["threshold"] for v in below) and len(set(scores)) > 10
+    manifest = json.loads(workspace.path("data/filter/_manifest.json").read_text())
+    assert manifest["quality"] == q
     assert stats["extra__exempt"].sum() == len(curated_ids)
+
+    # The filter gate checks the achieved keep rate against the target (and fails when it is off).
+    from pipelines.checks.gate import GateFailed, run_gate
+
+    assert run_gate("filter", params)["success"]
+    manifest_path = workspace.path("data/filter/_manifest.json")
+    good_manifest = manifest_path.read_bytes()
+    off = dict(manifest, quality=dict(q, achieved_keep_fraction=q["target_keep_fraction"] - 0.05))
+    manifest_path.write_text(json.dumps(off), encoding="utf-8")
+    with pytest.raises(GateFailed, match="achieved_keep_fraction"):
+        run_gate("filter", params)
+    manifest_path.write_bytes(good_manifest)
+    shutil.rmtree(workspace.path("reports"), ignore_errors=True)
 
     before = _files(workspace.path("data/filter"))
     assert filter_stage.run(params) == summary  # resume: complete shards are skipped, same result
@@ -169,6 +216,8 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
 
 def test_bad_params_and_missing_input_fail_clearly(workspace):
     params = workspace.params()
+    with pytest.raises(FileNotFoundError, match="data/ingest"):
+        quality_model.train(params)
     with pytest.raises(FileNotFoundError, match="data/ingest"):
         filter_stage.run(params)
     params["filter"]["language"]["allowed"] = []

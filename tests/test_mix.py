@@ -232,3 +232,39 @@ def test_bad_params_and_missing_input(workspace):
         params = workspace.update("mix.phase1.weights", {"*": 1})
         params["mix"]["phase2"]["replay_fraction"] = 1.5
         _run(params)
+
+
+def test_searched_phase1_realises_domain_shares_and_gate_checks_them(workspace):
+    """phase1.source = searched: the blend follows mixture.json's domain shares (within the gate's
+    tolerance); a blend that misses them fails check_mix naming the domain."""
+    from pipelines.checks.gate import GateFailed, run_gate
+
+    records = build_select(workspace.root, per_source=30)
+    ids, sources = records.column("id").to_pylist(), records.column("source").to_pylist()
+    # Domains: curated sources as themselves, the web split in two "clusters", forum left out (dropped cluster).
+    domain = [s if s in ("news", "math", "wikipedia", "books", "code") else
+              (None if s == "forum" else f"cluster_{int(s.endswith('22'))}") for s in sources]
+    (workspace.root / "data" / "mixture").mkdir(parents=True)
+    write_shard(workspace.path("data/mixture/domains.parquet"),
+                pa.table({"id": ids, "source": sources, "domain": domain}), conform_schema=False)
+    target = {"news": 0.3, "math": 0.25, "wikipedia": 0.1, "books": 0.1, "code": 0.05, "cluster_0": 0.15, "cluster_1": 0.05}
+    workspace.path("data/mixture/mixture.json").write_text(json.dumps({"phase1_weights": target}))
+    workspace.update("checks.mix.share_tolerance", 0.08)
+    params = workspace.update("mix.phase1.source", "searched")
+    _run(params)
+    blend = json.loads(workspace.path("data/mix/blend.json").read_text())
+    got = blend["phases"]["phase1"]["domains"]
+    assert set(got) == set(target)
+    for d, share in target.items():
+        assert abs(got[d]["share"] - share) < 0.08, (d, got[d])
+    p1 = read_all(workspace.path("data/mix/phase1"))
+    assert "forum" not in set(p1.column("source").to_pylist())  # a dropped cluster gets no phase-1 rows
+    assert run_gate("mix", params)["success"]
+    blend["phases"]["phase1"]["domains"]["news"]["target_share"] = 0.9  # the blend misses this target
+    workspace.path("data/mix/blend.json").write_text(json.dumps(blend))
+    with pytest.raises(GateFailed, match="share_error"):
+        run_gate("mix", params)
+    # No searched mixture: a clear error, not a silent fallback.
+    workspace.path("data/mixture/mixture.json").write_text(json.dumps({"phase1_weights": {}}))
+    with pytest.raises(ValueError, match="mixture.enabled"):
+        _run(params)

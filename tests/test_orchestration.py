@@ -1,6 +1,7 @@
 """DAG derivation from dvc.yaml, run-form params, data-version tagging (no stages run here)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -71,7 +72,8 @@ def test_dag_files_import_nothing_heavy():
 
 
 def test_run_form_updates_params_only_when_given(tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"ingest": {"warc": ["a"], "max_files": 0}, "other": 1}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"ingest": {"warc": ["a"], "max_files": 0}, "other": 1,
+                                                          "orchestration": {"allowed_buckets": ["b"]}}))
     assert apply_form(tmp_path, {"warc": None, "max_files": None}) == {}
     changed = apply_form(tmp_path, {"warc": ["s3://b/k.warc.gz"], "max_files": 3})
     assert changed == {"ingest.warc": ["s3://b/k.warc.gz"], "ingest.max_files": 3}
@@ -107,3 +109,139 @@ def test_version_tag_leaves_branch_and_index_alone(tmp_path, monkeypatch):
     assert _git(root, "status", "--porcelain") == "?? dvc.lock"  # index untouched
     assert "dvc.lock" in _git(root, "show", "--name-only", "--format=", tag["tag"])
     assert tag_version(root, v)["created"] is False  # idempotent
+
+
+# ---------------------------------------------------------------- run form (Params) validation
+
+def _form_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("field,value,why", [
+    ("crawl_id", "CC-MAIN-24-1", "does not match"),
+    ("crawl_id", "cc-main-2024-22", "does not match"),
+    ("sources", ["wikipedia", "nope"], "is not one of"),
+    ("sources", [], "should be non-empty"),
+    ("max_files", -1, "less than the minimum"),
+    ("max_files", 1.5, "is not of type"),
+    ("max_record_bytes", 10, "less than the minimum"),
+    ("mixture_preset", "no_such_preset", "is not one of"),
+    ("anneal_fraction", 0.9, "greater than the maximum"),
+    ("anneal_fraction", 0.01, "less than the minimum"),
+    ("warc", ["../outside/*.warc.gz"], "does not match"),
+    ("warc", ["samples/../../etc/*"], "does not match"),
+    ("warc", ["/etc/passwd"], "does not match"),
+    ("wet", ["s3://some-other-bucket/x.wet.gz"], "does not match"),
+    ("wet", ["http://example.com/x.wet.gz"], "does not match"),
+])
+def test_airflow_params_refuse_bad_values(field, value, why, tmp_path):
+    """The DAG's Params (what the trigger form and the REST API validate) refuse each bad value, naming it."""
+    import copy
+
+    from airflow.sdk import Param
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from pipelines.orchestration.run_params import form_schema
+
+    params = ParamsDict({n: Param(None, **s) for n, s in form_schema(_form_params(), tmp_path).items()})
+    params.validate()  # all-null (keep params.yaml) is valid
+    bad = copy.deepcopy(params)
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match=field) as err:
+        bad[field] = value  # ParamsDict validates on assignment
+        bad.validate()
+    assert why in str(err.value), str(err.value)
+
+
+def test_dag_params_form_has_every_field_with_a_schema():
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags["corpus_refresh"]
+    schemas = {k: dag.params.get_param(k).schema for k in dag.params}
+    assert schemas["crawl_id"]["pattern"] == r"^CC-MAIN-\d{4}-\d{2}$"
+    assert set(schemas["sources"]["items"]["enum"]) == set(_form_params()["ingest"]["curated"])
+    assert schemas["mixture_preset"]["enum"][1:] == list(_form_params()["orchestration"]["mixture_presets"])
+    assert (schemas["anneal_fraction"]["minimum"], schemas["anneal_fraction"]["maximum"]) == (0.05, 0.5)
+    assert schemas["max_files"]["type"] == ["null", "integer"]
+
+
+def test_apply_form_writes_every_field_and_refuses_paths_outside(tmp_path):
+    from pipelines.orchestration.run_params import FormError
+
+    params = _form_params()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = apply_form(tmp_path, {"crawl_id": "CC-MAIN-2024-22", "crawl_segment": "1715971057216.39", "max_files": 2,
+                                    "sources": ["wikipedia", "code"], "mixture_preset": "code_math",
+                                    "anneal_fraction": 0.3, "max_record_bytes": 5000})
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert p["ingest"]["warc"] == ["s3://commoncrawl/crawl-data/CC-MAIN-2024-22/segments/1715971057216.39/warc/*.warc.gz"]
+    assert p["ingest"]["wet"][0].endswith("/wet/*.warc.wet.gz")
+    assert sorted(p["ingest"]["curated"]) == ["code", "wikipedia"]
+    assert p["mix"]["phase1"]["weights"] == params["orchestration"]["mixture_presets"]["code_math"]["phase1"]
+    assert p["mix"]["phase2"]["weights"] == params["orchestration"]["mixture_presets"]["code_math"]["phase2"]
+    assert p["train"]["anneal_fraction"] == 0.3 and p["ingest"]["max_files"] == 2 and p["ingest"]["max_record_bytes"] == 5000
+    assert set(changed) >= {"ingest.warc", "ingest.wet", "ingest.curated", "mix.phase1.weights", "train.anneal_fraction"}
+    before = (tmp_path / "params.yaml").read_text()
+    for form, msg in [
+        ({"warc": [str(tmp_path.parent / "elsewhere" / "*.warc.gz")]}, "does not match"),
+        ({"warc": ["samples/../../x"]}, "does not match"),
+        ({"crawl_id": "CC-MAIN-2024-22", "max_files": 0}, "max_files > 0"),
+        ({"crawl_segment": "1715971057216.39"}, "needs 'crawl_id'"),
+        ({"crawl_id": "CC-MAIN-2024-22", "max_files": 1, "warc": ["samples/x"]}, "not both"),
+        ({"no_such_field": 1}, "unknown run-form field"),
+    ]:
+        with pytest.raises(FormError, match=msg):
+            apply_form(tmp_path, form)
+    assert (tmp_path / "params.yaml").read_text() == before  # a refused form changes nothing
+    assert apply_form(tmp_path, {"warc": [str(tmp_path / "samples" / "*.warc.gz")]}) == {
+        "ingest.warc": [str(tmp_path / "samples" / "*.warc.gz")]}  # absolute inside the workspace is fine
+
+
+# ---------------------------------------------------------------- retries, failure callbacks, pools
+
+def test_stages_retry_with_backoff_but_gates_never(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("PIPELINES_USE_POOLS", "1")
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    retries = _form_params()["orchestration"]["retries"]
+    assert retries > 0
+    for dag in (bag.dags["corpus_refresh"], bag.dags["pretrain"]):
+        for t in dag.tasks:
+            if getattr(t, "is_gate", False):
+                assert t.retries == 0, t.task_id
+            elif hasattr(t, "stage"):
+                assert t.retries == retries and t.retry_exponential_backoff, t.task_id
+                assert t.on_failure_callback, t.task_id
+    pools = {t.task_id: t.pool for t in bag.dags["pretrain"].tasks}
+    assert pools["train.train"] == "gpu" and pools["train.anneal"] == "gpu" and pools["evaluate.evaluate"] != "gpu"
+
+
+def test_failure_callback_names_failed_expectation_and_observed_value(tmp_path, caplog):
+    from pipelines.orchestration.dag_factory import DvcStageOperator, report_failure
+
+    (tmp_path / "reports/checks").mkdir(parents=True)
+    (tmp_path / "reports/checks/filter.json").write_text(json.dumps({
+        "stage": "filter", "success": False, "evaluated": 7, "failed": 1, "data_docs": "reports/gx/filter/index.html",
+        "checks": [{"batch": "stats", "type": "expect_column_min_to_be_between", "column": "keep_rate",
+                    "kwargs": {"min_value": 0.2}, "success": False, "observed": 0.0625},
+                   {"batch": "stats", "type": "expect_table_row_count_to_be_between", "column": None,
+                    "kwargs": {"min_value": 1}, "success": True, "observed": 3}]}))
+    gate = DvcStageOperator(task_id="check_filter", stage="check_filter", is_gate=True)
+    import os
+
+    old = os.environ.get("PIPELINES_WORKSPACE")
+    os.environ["PIPELINES_WORKSPACE"] = str(tmp_path)
+    try:
+        with caplog.at_level("ERROR", logger="pipelines.failures"):
+            report_failure({"task": gate, "exception": RuntimeError("gate check_filter failed")})
+    finally:
+        if old is None:
+            os.environ.pop("PIPELINES_WORKSPACE")
+        else:
+            os.environ["PIPELINES_WORKSPACE"] = old
+    text = caplog.text
+    assert "gate check_filter FAILED: 1 of 7" in text
+    assert "expect_column_min_to_be_between(column=keep_rate, min_value=0.2) on stats: observed 0.0625" in text
+    assert "expect_table_row_count" not in text and "not retried" in text

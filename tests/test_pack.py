@@ -167,14 +167,30 @@ def test_best_fit_decreasing_matches_the_naive_reference():
     pieces = split_documents(np.array([25, 3]), 10)
     assert pieces.length.tolist() == [10, 10, 5, 3] and pieces.offset.tolist() == [0, 10, 20, 0]
     rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 300, size=1500)
-    pieces = split_documents(lengths, 128)
-    bfd = best_fit_decreasing(pieces, 128)
-    fills = np.bincount(bfd.seq, weights=pieces.length).astype(int)
-    assert sorted(fills.tolist()) == _naive_best_fit_fills(pieces.length.tolist(), 128)
-    assert bfd.n_seq <= concat_split(lengths, 128).n_seq + 1
-    # Pieces of one sequence do not overlap and stay inside it.
-    for s in range(bfd.n_seq):
-        sel = np.flatnonzero(bfd.seq == s)
-        spans = sorted(zip(bfd.start[sel], bfd.start[sel] + pieces.length[sel]))
-        assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and spans[-1][1] <= 128
+    for seq_len in (128, 97):  # the capacity tree's size is a power of two: test one that is not
+        lengths = rng.integers(1, 300, size=1500)
+        pieces = split_documents(lengths, seq_len)
+        bfd = best_fit_decreasing(pieces, seq_len)
+        fills = np.bincount(bfd.seq, weights=pieces.length).astype(int)
+        assert sorted(fills.tolist()) == _naive_best_fit_fills(pieces.length.tolist(), seq_len)
+        assert bfd.n_seq <= 1.01 * concat_split(lengths, seq_len).n_seq  # padding stays small
+        # Pieces of one sequence do not overlap and stay inside it.
+        for s in range(bfd.n_seq):
+            sel = np.flatnonzero(bfd.seq == s)
+            spans = sorted(zip(bfd.start[sel], bfd.start[sel] + pieces.length[sel]))
+            assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and spans[-1][1] <= seq_len
+
+
+def test_capacity_tree_finds_the_smallest_fitting_capacity():
+    from pipelines.pack.binpack import CapacityTree
+
+    tree = CapacityTree(10)
+    assert tree.smallest_at_least(1) == -1
+    for cap in (3, 7, 7, 10):
+        tree.add(cap, 1)
+    assert [tree.smallest_at_least(n) for n in (0, 3, 4, 7, 8, 10)] == [3, 3, 7, 7, 10, 10]
+    tree.add(7, -1)
+    assert tree.smallest_at_least(4) == 7
+    tree.add(7, -1)
+    tree.add(3, -1)
+    assert tree.smallest_at_least(0) == 10 and tree.smallest_at_least(4) == 10

@@ -337,3 +337,36 @@ def test_seq_len_mismatch_is_a_clear_error(ws):
 
     with pytest.raises(ValueError, match="seq_len"):
         run_phase1(tiny_params(ws, seq_len=128))
+
+
+def test_tensorboard_events_and_anneal_checkpoint_averaging(ws):
+    import shutil
+
+    from safetensors.torch import load_file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipelines.train.loop import train_phase
+    from pipelines.train.stage import run_anneal, run_phase1
+
+    params = tiny_params(ws, phase1_steps=12, checkpoint_every=2, anneal_fraction=0.25)  # 4 anneal steps
+    run_phase1(params)
+    events = EventAccumulator(str(ws.path("models/tb_phase1"))).Reload()
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "train/grad_norm"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 13))
+    curve = read_curve(ws.path("metrics/train_phase1.csv"))
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in curve], rel=1e-5)
+
+    # Plain anneal, stopped at step 14 to read those weights, then resumed to 16.
+    train_phase(params, "phase2", stop_after=2)
+    w14 = load_file(ws.path("models/phase2/model.safetensors"))
+    run_anneal(params)
+    w16 = load_file(ws.path("models/phase2/model.safetensors"))
+    # Averaging the last 2 checkpoints (steps 14 and 16) gives their mean.
+    shutil.rmtree(ws.path("models/phase2"))
+    params["train"]["average_last"] = 2
+    ws.set_params(params)
+    run_anneal(params)
+    avg = load_file(ws.path("models/phase2/model.safetensors"))
+    assert not torch.equal(w14["model.norm.weight"], w16["model.norm.weight"])
+    for k in w16:
+        torch.testing.assert_close(avg[k], (w14[k] + w16[k]) / 2, rtol=1e-5, atol=1e-6)

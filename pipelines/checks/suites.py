@@ -15,7 +15,7 @@ import pyarrow as pa
 from pipelines.checks import inputs
 from pipelines.checks.blend import blend_rows
 from pipelines.checks.gx_runner import import_gx
-from pipelines.checks.packed import measure_phase, phase_summaries
+from pipelines.checks.packed import measure_phase, phase_summaries, token_share_rows
 from pipelines.checks.results import CheckResult
 from pipelines.core.manifest import MANIFEST
 from pipelines.core.stage import STATS
@@ -136,13 +136,67 @@ def standard_plan(stage: str, params: dict, root: Path) -> GatePlan:
             expectations.append(E.ExpectColumnValuesToBeBetween(column=QUALITY_COLUMN, min_value=0, max_value=1))
         plan.batches.append(Batch("sample", sample, expectations, ["id"]))
 
+    if stage == "select":
+        _select_kl_gate(plan, params, stage_dir, root)
+    if stage == "filter":
+        _filter_quality_gate(plan, params, stage_dir, root)
+
     if stage == "dedup":
         exact = ((params.get("dedup") or {}).get("exact")) or {}
         hashes = _readable(plan, "records", stage_dir, root, lambda: inputs.text_hash_frame(
             stage_dir, bool(exact.get("lowercase", True)), bool(exact.get("strip_punctuation", True))))
         if hashes is not None:
             plan.batches.append(Batch("text_hashes", hashes, [E.ExpectColumnValuesToBeUnique(column="text_hash")], ["id"]))
+        decontam = ((params.get("dedup") or {}).get("decontam")) or {}
+        if decontam.get("enabled") and decontam.get("mode", "drop") == "drop":
+            # Every kept record (not a sample) is re-matched against the eval sets: none may be contaminated.
+            from pipelines.dedup.decontam import contaminated_records
+
+            flagged = _readable(plan, "records", stage_dir, root, lambda: contaminated_records(stage_dir, decontam, root))
+            if flagged is not None:
+                plan.batches.append(Batch("contamination", flagged,
+                                          [E.ExpectColumnValuesToBeNull(column="contamination")], ["id"]))
     return plan
+
+
+def _filter_quality_gate(plan: GatePlan, params: dict, stage_dir: Path, root: Path) -> None:
+    """The fastText percentile keeps its target share of the web input: |achieved - target| <= tolerance."""
+    qcfg = ((params.get("filter") or {}).get("quality_model")) or {}
+    tolerance = stage_checks(params, "filter").get("quality_keep_tolerance")
+    if not qcfg.get("enabled", True) or tolerance is None:
+        return
+    gx = import_gx()
+    quality = (inputs.load_json(stage_dir / MANIFEST) or {}).get("quality")
+    if quality is None:
+        return  # output written without the model (no web records, or by another filter): nothing to check
+    if quality.get("achieved_keep_fraction") is None:
+        plan.file_checks.append(CheckResult(batch="files", type="quality_recorded", column=None,
+                                            kwargs={"path": inputs.rel(stage_dir / MANIFEST, root)}, success=False,
+                                            observed="no quality.achieved_keep_fraction in the manifest"))
+        return
+    target = float(quality["target_keep_fraction"])
+    frame = pd.DataFrame([{"rule": "quality_fasttext", "achieved_keep_fraction": float(quality["achieved_keep_fraction"])}])
+    plan.batches.append(Batch("quality_keep", frame, [gx.expectations.ExpectColumnValuesToBeBetween(
+        column="achieved_keep_fraction", min_value=target - float(tolerance), max_value=target + float(tolerance))],
+        ["rule"]))
+
+
+def _select_kl_gate(plan: GatePlan, params: dict, stage_dir: Path, root: Path) -> None:
+    """DSIR must move the selection towards its target: KL reduction > checks.select.min_kl_reduction."""
+    if ((params.get("select") or {}).get("method")) != "dsir":
+        return
+    gx = import_gx()
+    manifest = inputs.load_json(stage_dir / MANIFEST) or {}
+    kl = (manifest.get("selection") or {}).get("kl_reduction")
+    if kl is None:
+        plan.file_checks.append(CheckResult(batch="files", type="selection_recorded", column=None,
+                                            kwargs={"path": inputs.rel(stage_dir / MANIFEST, root)}, success=False,
+                                            observed="no selection.kl_reduction in the manifest"))
+        return
+    floor = float(stage_checks(params, "select").get("min_kl_reduction", 0.0))
+    frame = pd.DataFrame([{"method": "dsir", "kl_reduction": float(kl)}])
+    plan.batches.append(Batch("selection", frame, [gx.expectations.ExpectColumnValuesToBeBetween(
+        column="kl_reduction", min_value=floor, strict_min=True)], ["method"]))
 
 
 # --- mix -------------------------------------------------------------------------------------------
@@ -201,6 +255,15 @@ def mix_plan(params: dict, root: Path) -> GatePlan:
             E.ExpectColumnValuesToBeBetween(column="share", min_value=0, max_value=1),
             E.ExpectColumnValuesToBeBetween(column="share_error", min_value=0, max_value=tolerance),
         ], ["phase", "source"]))
+    # Searched phase 1: realised token (char) shares per domain (curated source / web cluster).
+    domains = ((((blend or {}).get("phases") or {}).get("phase1") or {}).get("domains")) if isinstance(blend, dict) else None
+    if domains:
+        tolerance = float(cfg.get("share_tolerance", DEFAULT_SHARE_TOLERANCE))
+        frame = pd.DataFrame([{"domain": d, "share": float(v["share"]), "target_share": float(v["target_share"]),
+                               "share_error": abs(float(v["share"]) - float(v["target_share"]))}
+                              for d, v in sorted(domains.items())])
+        plan.batches.append(Batch("domain_shares", frame, [
+            E.ExpectColumnValuesToBeBetween(column="share_error", min_value=0, max_value=tolerance)], ["domain"]))
     return plan
 
 
@@ -217,7 +280,9 @@ def _heldout_vs_blend_ids(present: dict[str, Path]) -> pd.DataFrame:
 # --- pack ------------------------------------------------------------------------------------------
 
 PHASE_COLUMNS = ["phase", "problem", "n_seq", "seq_len", "tokens_index", "tokens_counted", "fill_ratio",
-                 "token_mismatch", "n_seq_mismatch", "lineage_mismatch", "summary_token_mismatch", "summary_fill_ratio"]
+                 "token_mismatch", "n_seq_mismatch", "lineage_mismatch", "summary_token_mismatch", "summary_fill_ratio",
+                 "padding_mismatch", "pad_not_tail", "lineage_gaps", "incomplete_docs", "needless_splits"]
+PACK_SHARE_TOLERANCE = 0.1  # token vs character share: sources differ in characters per token
 SHARD_COLUMNS = ["phase", "file", "rows", "cols", "problem"]
 
 
@@ -251,7 +316,18 @@ def pack_plan(params: dict, root: Path) -> GatePlan:
         E.ExpectColumnValuesToBeBetween(column="n_seq_mismatch", min_value=0, max_value=0),
         E.ExpectColumnValuesToBeBetween(column="lineage_mismatch", min_value=0, max_value=0),
         E.ExpectColumnValuesToBeBetween(column="summary_token_mismatch", min_value=0, max_value=0),
+        # tokens in = tokens out + padding; padding only as a tail; lineage tiles every sequence's real tokens;
+        # every document packed whole; no document cut except into seq_len chunks (best fit).
+        *[E.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=0)
+          for c in ("padding_mismatch", "pad_not_tail", "lineage_gaps", "incomplete_docs", "needless_splits")],
     ], ["phase"]))
+    blend = inputs.load_json(root / "data" / "mix" / "blend.json")
+    shares = token_share_rows(pack_dir, PACK_PHASES, blend) if blend is not None else []
+    if shares:
+        tolerance = float(cfg.get("share_tolerance", PACK_SHARE_TOLERANCE))
+        plan.batches.append(Batch("token_shares", pd.DataFrame(shares), [
+            E.ExpectColumnValuesToBeBetween(column="share_error", min_value=0, max_value=tolerance),
+        ], ["phase", "source"]))
     plan.batches.append(Batch("token_shards", shards, [
         E.ExpectTableRowCountToBeBetween(min_value=1),
         E.ExpectColumnValuesToBeNull(column="problem"),

@@ -26,9 +26,13 @@ def atomic_path(final: str | Path):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and str(final) not in str(e):
+            # Disk full, quota, EFBIG, EIO: say which output could not be written (same errno and OSError subclass).
+            msg = f"cannot write {final}: {e.strerror or e}"
+            raise (OSError(e.errno, msg) if e.errno is not None else OSError(msg)) from e
         raise
 
 

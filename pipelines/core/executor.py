@@ -12,6 +12,8 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Sequence, TypeVar
 
+from pipelines.core.faults import fault_point
+
 T = TypeVar("T")
 R = TypeVar("R")
 log = logging.getLogger(__name__)
@@ -25,10 +27,13 @@ class LocalExecutor:
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
         tasks = list(tasks)
         if self.workers == 1 or len(tasks) <= 1:
-            return [fn(t) for t in tasks]
-        ctx = mp.get_context(self.start_method)
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx) as pool:
-            return list(pool.map(fn, tasks))
+            results = [fn(t) for t in tasks]
+        else:
+            ctx = mp.get_context(self.start_method)
+            with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx) as pool:
+                results = list(pool.map(fn, tasks))
+        fault_point(f"map_done.{getattr(fn, '__name__', '')}")
+        return results
 
 
 def get_executor(params: dict | None = None) -> LocalExecutor:

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_path
+from pipelines.core.faults import fault_point
 from pipelines.core.schema import conform
 
 SHARD_GLOB = "part-*.parquet"
@@ -39,6 +40,7 @@ def write_shard(path: str | Path, table: pa.Table, *, conform_schema: bool = Tru
             write_statistics=True,
             store_schema=True,
         )
+        fault_point("shard_write")
 
 
 def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:

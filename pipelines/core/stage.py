@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from pipelines.core.atomic import remove_stale_temps
 from pipelines.core.executor import get_executor
+from pipelines.core.faults import fault_point
 from pipelines.core.manifest import FRAGMENTS, MANIFEST, file_entry, fragment_is_complete, load_fragment, write_fragment, write_manifest
 from pipelines.core.schema import DROP_FIELDS
 from pipelines.core.shards import write_shard
@@ -91,6 +92,7 @@ def write_shard_outputs(task: ShardTask, result: ShardResult) -> dict:
         "stats": stats.to_dict(),
     }
     write_fragment(out, task.shard, fragment)
+    fault_point("shard_done")
     return fragment
 
 

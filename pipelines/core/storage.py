@@ -8,14 +8,27 @@ whole into memory.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob
 import io
+import logging
 import os
+import time
 from pathlib import Path
 from typing import BinaryIO
 
 S3_PREFIX = "s3://"
+log = logging.getLogger(__name__)
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a response body cut off mid-stream (connection reset, read timeout, short read)."""
+    from botocore.exceptions import ConnectionClosedError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+    from urllib3.exceptions import ProtocolError, ReadTimeoutError as Urllib3ReadTimeout
+
+    return (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ConnectionClosedError, ProtocolError,
+            Urllib3ReadTimeout, ConnectionError, TimeoutError)
 
 
 def is_s3(uri: str) -> bool:
@@ -36,8 +49,9 @@ def s3_client():
     from botocore import UNSIGNED
     from botocore.config import Config
 
+    # Throttling (503 SlowDown), 5xx and timeouts are retried with exponential backoff; 4xx are not.
     cfg = dict(retries={"max_attempts": int(os.environ.get("PIPELINES_S3_MAX_ATTEMPTS", 8)), "mode": "adaptive"},
-               connect_timeout=10, read_timeout=60)
+               connect_timeout=10, read_timeout=float(os.environ.get("PIPELINES_S3_READ_TIMEOUT", 60)))
     if os.environ.get("PIPELINES_S3_ANONYMOUS") == "1":
         cfg["signature_version"] = UNSIGNED
     endpoint = os.environ.get("PIPELINES_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None
@@ -88,11 +102,19 @@ def open_input(uri: str) -> BinaryIO:
     """A binary stream over a local file or an S3 object."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
+        client = s3_client()
         try:
-            body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+            obj = client.get_object(Bucket=bucket, Key=key)
         except Exception as e:  # botocore raises many types; name the object in every case
             raise IOError(f"cannot read {uri}: {e}") from e
-        return io.BufferedReader(_StreamingBodyIO(body), buffer_size=1 << 20)
+        etag = obj.get("ETag")
+
+        def reopen(offset: int):
+            # Resume where the dropped connection stopped; If-Match: the same object version or an error.
+            extra = {"IfMatch": etag} if etag else {}
+            return client.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-", **extra)["Body"]
+
+        return io.BufferedReader(_StreamingBodyIO(obj["Body"], reopen, uri), buffer_size=1 << 20)
     return open(uri, "rb")
 
 
@@ -110,16 +132,37 @@ def input_fingerprint(uri: str) -> str:
 class _StreamingBodyIO(io.RawIOBase):
     """Adapts botocore's StreamingBody to a raw stream so it can be buffered."""
 
-    def __init__(self, body):
+    def __init__(self, body, reopen=None, name: str = "", max_retries: int | None = None):
         self._body = body
+        self._reopen = reopen  # offset -> a new body from that byte (a ranged GET), for mid-stream retries
+        self._name = name
+        self._pos = 0
+        self._retries = int(os.environ.get("PIPELINES_S3_STREAM_RETRIES", 5)) if max_retries is None else max_retries
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
-        data = self._body.read(len(b))
+        attempt = 0
+        while True:
+            try:
+                data = self._body.read(len(b))
+                break
+            except _transient_errors() as e:
+                # botocore retries the request, not a body cut off mid-stream: re-request the rest.
+                attempt += 1
+                if self._reopen is None or attempt > self._retries:
+                    raise
+                delay = min(0.2 * 2 ** (attempt - 1), 10.0)
+                log.warning("%s: connection lost at byte %d (%s); retry %d/%d in %.1fs",
+                            self._name, self._pos, type(e).__name__, attempt, self._retries, delay)
+                time.sleep(delay)
+                with contextlib.suppress(Exception):
+                    self._body.close()
+                self._body = self._reopen(self._pos)
         n = len(data)
         b[:n] = data
+        self._pos += n
         return n
 
     def close(self) -> None:

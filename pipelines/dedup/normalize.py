@@ -11,9 +11,17 @@ import re
 import unicodedata
 
 _PUNCT = re.compile(r"[^\w\s]|_")
+# ASCII fast path (most web text): the same mapping as _PUNCT as one str.translate table.
+_ASCII_PUNCT = {c: " " for c in range(128) if (not chr(c).isalnum() and not chr(c).isspace()) or chr(c) == "_"}
 
 
 def normalize_text(text: str, *, lowercase: bool = True, strip_punctuation: bool = True) -> str:
+    if text.isascii():  # NFKC leaves ASCII unchanged
+        if lowercase:
+            text = text.lower()
+        if strip_punctuation:
+            text = text.translate(_ASCII_PUNCT)
+        return " ".join(text.split())
     text = unicodedata.normalize("NFKC", text)
     if lowercase:
         text = text.lower()

@@ -3,7 +3,10 @@
 Reads ``data/mix/heldout`` (records never trained on) and ``models/phase1``,
 ``models/phase2``; writes ``metrics/eval.json``:
 ``{"phase1": {"bpb": {source: x}, "bpb_mean": m, "bpb_all": b, "docs": {...}, "bytes": {...},
-"tokens": {...}}, "phase2": {...}, "delta": {source: phase2 - phase1}}``.
+"tokens": {...}}, "phase2": {...}, "delta": {source: phase2 - phase1}}``;
+``metrics/lm_eval.json`` (lm-eval-harness on local task files, per phase) and
+``metrics/contamination.json`` (Min-K% Prob audit of the final checkpoint on the
+``dedup.decontam`` eval sets, next to the n-gram decontamination drop counts).
 """
 from __future__ import annotations
 
@@ -70,6 +73,58 @@ def evaluate_checkpoint(directory: Path, docs: dict[str, list[str]], ep: dict, d
     }
 
 
+def run_downstream(params: dict, device: torch.device) -> dict:
+    """lm-eval-harness on the local tasks, for each phase's checkpoint -> metrics/lm_eval.json."""
+    from pipelines.evaluate.downstream import run_lm_eval
+
+    cfg = section(params, "evaluate").get("lm_eval") or {}
+    if not cfg.get("enabled", True):
+        return {}
+    limit = cfg.get("limit")
+    result = {"limit": limit, "tasks": list(cfg["tasks"])}
+    for phase, path in PHASES.items():
+        directory = resolve(path)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+        model = load_model(directory, device)
+        result[phase] = run_lm_eval(model, tokenizer, list(cfg["tasks"]), limit=int(limit) if limit else None,
+                                    batch_size=int(cfg.get("batch_size", 8)), seed=int(params.get("seed", 0)))
+        log.info("%s: lm-eval %s", phase, result[phase])
+    write_json_atomic(resolve("metrics/lm_eval.json"), result)
+    return result
+
+
+def run_contamination(params: dict, docs: dict[str, list[str]], device: torch.device) -> dict:
+    """Min-K% Prob of the final checkpoint on the eval sets vs held-out text -> metrics/contamination.json."""
+    from pipelines.dedup.decontam import load_items
+    from pipelines.evaluate.contamination import audit, decontam_stats
+
+    cfg = section(params, "evaluate").get("contamination") or {}
+    if not cfg.get("enabled", True):
+        return {}
+    sets = ((params.get("dedup") or {}).get("decontam") or {}).get("sets") or {}
+    names = cfg.get("sets") or sorted(sets)
+    max_items = int(cfg.get("max_items", 100))
+    items = {}
+    for name in names:
+        if name not in sets:
+            raise ValueError(f"evaluate.contamination.sets: {name!r} is not in dedup.decontam.sets ({sorted(sets)})")
+        items[name] = load_items(resolve(sets[name]["path"]), sets[name]["format"])[:max_items]
+    # Reference: held-out corpus text (never trained on, not an eval item), round-robin over sources.
+    pools = [texts for _, texts in sorted(docs.items())]
+    reference = [t for group in zip(*pools) for t in group] if pools else []
+    reference = (reference or [t for p in pools for t in p])[:max_items]
+    directory = resolve(cfg.get("checkpoint", PHASES["phase2"]))
+    model = load_model(directory, device)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+    result = audit(model, tokenizer, items, reference, k=float(cfg.get("k", 0.2)),
+                   max_tokens=int(cfg.get("max_tokens", 256)), device=device)
+    result["checkpoint"] = str(cfg.get("checkpoint", PHASES["phase2"]))
+    result["decontam_drops"] = decontam_stats(resolve("data/dedup"))
+    write_json_atomic(resolve("metrics/contamination.json"), result)
+    log.info("contamination audit: %s", {n: round(s["flagged_share"], 3) for n, s in result["sets"].items()})
+    return result
+
+
 def run(params: dict) -> dict:
     ep = section(params, "evaluate")
     device = pick_device(ep.get("device", "auto"))
@@ -83,8 +138,12 @@ def run(params: dict) -> dict:
         for phase, path in PHASES.items():
             result[phase] = evaluate_checkpoint(resolve(path), docs, ep, device)
             log.info("%s: bpb %s", phase, {s: round(v, 4) for s, v in result[phase]["bpb"].items()})
+        downstream = run_downstream(params, device)
+        contamination = run_contamination(params, docs, device)
     finally:
         torch.set_num_threads(threads)
     result["delta"] = {s: result["phase2"]["bpb"][s] - result["phase1"]["bpb"][s] for s in result["phase1"]["bpb"]}
     write_json_atomic(resolve("metrics/eval.json"), result)
-    return {"bpb_mean": {p: result[p]["bpb_mean"] for p in PHASES}, "delta": result["delta"]}
+    return {"bpb_mean": {p: result[p]["bpb_mean"] for p in PHASES}, "delta": result["delta"],
+            "lm_eval": {p: downstream.get(p) for p in PHASES} if downstream else None,
+            "contamination": {n: s["flagged_share"] for n, s in contamination.get("sets", {}).items()}}

@@ -13,8 +13,9 @@ import re
 from collections import Counter
 from functools import cached_property
 
-from pipelines.filter.punctuation import PUNCTUATION_SET
-from pipelines.filter.words import split_into_words
+from pipelines.filter.punctuation import PUNCTUATION_SET, TERMINAL_PUNCTUATION
+from pipelines.filter.url_filter import URLFilterRule
+from pipelines.filter.words import count_sentences, split_into_words
 
 STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])
 
@@ -22,10 +23,16 @@ STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])
 class Doc:
     """The fields rules look at; words are split once and shared by the rules."""
 
-    __slots__ = ("text", "lang", "lang_score", "source", "__dict__")
+    __slots__ = ("text", "lang", "lang_score", "source", "url", "__dict__")
 
-    def __init__(self, text: str, lang: str | None = None, lang_score: float | None = None, source: str = ""):
-        self.text, self.lang, self.lang_score, self.source = text or "", lang, lang_score, source
+    def __init__(self, text: str, lang: str | None = None, lang_score: float | None = None, source: str = "",
+                 url: str | None = None):
+        self.text, self.lang, self.lang_score, self.source, self.url = text or "", lang, lang_score, source, url
+
+    def replace_text(self, text: str) -> None:
+        """A line-level rule (C4) rewrote the text: later rules see the new text and its words."""
+        self.text = text
+        self.__dict__.pop("words", None)
 
     @cached_property
     def words(self) -> list[str]:
@@ -203,14 +210,132 @@ class GopherRepetitionRule:
         return PASS
 
 
+_CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+_END_PUNCTUATION = (".", "?", "!", '"', "'")
+_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+
+
+class C4QualityRule:
+    """datatrove 0.10.1's C4QualityFilter (split_paragraph=True), line for line.
+
+    Line level (the line goes, the document stays): a word longer than ``max_word_length``,
+    no terminal punctuation (or ending in "..."), fewer than ``min_words_per_line`` words,
+    "javascript", a policy/cookie phrase. Wikipedia-style citations are cut from kept lines.
+    Document level: "lorem ipsum" or "{" in a line that survived the earlier line checks,
+    fewer than ``min_num_sentences`` sentences in the kept lines. A kept document's text
+    becomes its kept lines; ``last_line_counts`` holds the lines removed per reason.
+    """
+
+    name = "c4_quality"
+    LINE_CHECKS = ("too_long_word", "no_terminal_punc", "too_few_words", "javascript", "policy")
+
+    def __init__(self, remove_citations=True, filter_no_terminal_punct=True, min_num_sentences=5,
+                 min_words_per_line=3, max_word_length=1000, filter_lorem_ipsum=True, filter_javascript=True,
+                 filter_curly_bracket=True, filter_policy=True):
+        self.remove_citations, self.filter_no_terminal_punct = remove_citations, filter_no_terminal_punct
+        self.min_num_sentences, self.min_words_per_line = int(min_num_sentences), int(min_words_per_line)
+        self.max_word_length = int(max_word_length)
+        self.filter_lorem_ipsum, self.filter_javascript = filter_lorem_ipsum, filter_javascript
+        self.filter_curly_bracket, self.filter_policy = filter_curly_bracket, filter_policy
+        self.last_line_counts: dict[str, int] = {}
+
+    def check(self, doc: Doc) -> tuple[bool, dict]:
+        removed = dict.fromkeys(self.LINE_CHECKS, 0)
+        self.last_line_counts = removed
+        kept, n_sentences = [], 0
+        for line in doc.text.splitlines():
+            line = line.strip()
+            words = line.split()
+            if self.max_word_length != -1 and any(len(w) > self.max_word_length for w in words):
+                removed["too_long_word"] += 1
+                continue
+            if self.remove_citations:
+                line = _CITATION.sub("", line)
+            if self.filter_no_terminal_punct and (not line.endswith(_END_PUNCTUATION) or line.endswith("...")):
+                removed["no_terminal_punc"] += 1
+                continue
+            if len(words) < self.min_words_per_line:
+                removed["too_few_words"] += 1
+                continue
+            lower = line.lower()
+            if self.filter_lorem_ipsum and "lorem ipsum" in lower:
+                return _fail("lorem_ipsum", 1)
+            if self.filter_javascript and "javascript" in lower:
+                removed["javascript"] += 1
+                continue
+            if self.filter_curly_bracket and "{" in line:
+                return _fail("curly_bracket", 1)
+            if self.filter_policy and any(p in lower for p in _POLICY):
+                removed["policy"] += 1
+                continue
+            if self.min_num_sentences != -1:
+                n_sentences += count_sentences(line)
+            kept.append(line)
+        if n_sentences < self.min_num_sentences:
+            return _fail("too_few_sentences", n_sentences)
+        new_text = "\n".join(kept).strip()
+        if new_text != doc.text:
+            doc.replace_text(new_text)
+        return PASS
+
+
+class FineWebQualityRule:
+    """datatrove 0.10.1's FineWebQualityFilter: share of lines ending in terminal punctuation,
+    share of short lines, duplicated-line characters, newlines per word (list-like pages)."""
+
+    name = "fineweb_quality"
+
+    def __init__(self, line_punct_thr=0.12, line_punct_exclude_zero=False, short_line_thr=0.67,
+                 short_line_length=30, char_duplicates_ratio=0.01, new_line_ratio=0.3, stop_chars=None):
+        self.line_punct_thr, self.line_punct_exclude_zero = float(line_punct_thr), bool(line_punct_exclude_zero)
+        self.short_line_thr, self.short_line_length = float(short_line_thr), int(short_line_length)
+        self.char_duplicates_ratio, self.new_line_ratio = float(char_duplicates_ratio), float(new_line_ratio)
+        self.stop_chars = tuple(stop_chars) if stop_chars is not None else TERMINAL_PUNCTUATION
+
+    def check(self, doc: Doc) -> tuple[bool, dict]:
+        text = doc.text
+        lines = [ln for ln in text.split("\n") if ln.strip() != ""]
+        if not lines:
+            return _fail("empty", 0)
+        ratio = sum(1 for ln in lines if ln.endswith(self.stop_chars)) / len(lines)
+        if ratio < self.line_punct_thr and not (ratio == 0 and self.line_punct_exclude_zero):
+            return _fail("line_punct_ratio", ratio)
+        ratio = sum(1 for ln in lines if len(ln) <= self.short_line_length) / len(lines)
+        if ratio > self.short_line_thr:
+            return _fail("short_line_ratio", ratio)
+        ratio = _find_duplicates(lines)[1] / len(text.replace("\n", ""))
+        if ratio > self.char_duplicates_ratio:
+            return _fail("char_dup_ratio", ratio)
+        n_words = len(doc.words)
+        ratio = text.count("\n") / n_words if n_words else float("inf")
+        if ratio > self.new_line_ratio:
+            return _fail("list_ratio", ratio)
+        return PASS
+
+
 def build_rules(section: dict) -> list:
-    """The rules in the order they run, from the ``filter`` params section."""
+    """The rules in the order they run, from the ``filter`` params section.
+
+    The order follows FineWeb's pipeline (URL, language, Gopher, C4, FineWeb); C4 rewrites the
+    text, so the FineWeb rule sees the kept lines, as in datatrove. A section set to
+    ``{enabled: false}`` switches its rule off.
+    """
+    def cfg(name):
+        c = dict(section.get(name) or {})
+        return None if c.pop("enabled", True) is False else c
+
     lang = section.get("language") or {}
-    return [
-        LanguageRule(lang.get("allowed") or [], lang.get("min_score", 0.0)),
-        GopherQualityRule(**(section.get("gopher_quality") or {})),
-        GopherRepetitionRule(**(section.get("gopher_repetition") or {})),
-    ]
+    rules = []
+    for name, factory in (("url_filter", URLFilterRule), ("language", None), ("gopher_quality", GopherQualityRule),
+                          ("gopher_repetition", GopherRepetitionRule), ("c4_quality", C4QualityRule),
+                          ("fineweb_quality", FineWebQualityRule)):
+        if name == "language":
+            rules.append(LanguageRule(lang.get("allowed") or [], lang.get("min_score", 0.0)))
+            continue
+        c = cfg(name)
+        if c is not None:
+            rules.append(factory(**c))
+    return rules
 
 
-RULE_NAMES = ["language", "gopher_quality", "gopher_repetition"]
+RULE_NAMES = ["url_filter", "language", "gopher_quality", "gopher_repetition", "c4_quality", "fineweb_quality"]

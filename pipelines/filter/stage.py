@@ -1,62 +1,119 @@
-"""Filter stage: ``data/ingest`` -> ``data/filter``, shard to shard.
+"""Filter stage: ``data/ingest`` -> ``data/filter``, shard to shard, in two passes.
 
-Each record goes through the rules in order (language, gopher_quality,
-gopher_repetition); the first rule that fails drops it, with the rule name as
-``drop_reason`` and the failed sub-check with its value as ``drop_detail``.
-Records of ``filter.exempt_sources`` (curated text) skip the rules. Stats:
-``drops`` per rule; ``extra`` counts each sub-check (``gopher_quality.gopher_short_doc``)
-and the exempt records (``exempt``).
+Pass 1 scores every web record of the whole stage input with the fastText quality
+model (``quality_model.py``) and merges per-shard quantile sketches
+(``quantile_sketch.py``) into one; the threshold is the (1 - web_keep_fraction)
+quantile of the web scores. Pass 2 runs the rules in order (url_filter, language,
+gopher_quality, gopher_repetition, c4_quality, fineweb_quality, then
+quality_fasttext: web score below the threshold); the first rule that fails drops the
+record, with the rule name as ``drop_reason`` and the failed sub-check with its value
+as ``drop_detail``. Records of ``filter.exempt_sources`` (curated text) skip the rules.
+Every record gets ``quality_fasttext`` (its score) and ``c4_lines_removed``; kept
+records carry the text C4 left. Stats: ``drops`` per rule; ``extra`` counts each
+sub-check (``gopher_quality.gopher_short_doc``), the lines C4 removed per reason,
+the exempt records, and the web records scored / at or above the threshold (the
+achieved keep rate over the whole input). The manifest's ``quality`` block holds the
+threshold, the target and achieved keep rates and the sketch's rank-error bound.
 """
 from __future__ import annotations
 
 import json
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import resolve, section
+from pipelines.core.executor import get_executor
 from pipelines.core.hashing import params_hash, sha256_file
 from pipelines.core.manifest import load_fragment
 from pipelines.core.shards import list_shards, read_shard
-from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
+from pipelines.core.stage import ShardResult, ShardTask, finalize, removed_table, run_shard_stage
 from pipelines.core.stats import ShardStats, totals
+from pipelines.filter import quality_model
+from pipelines.filter.quantile_sketch import QuantileSketch
 from pipelines.filter.rules import RULE_NAMES, Doc, build_rules
 
 log = logging.getLogger(__name__)
 STAGE = "filter"
 INPUT_DIR = "data/ingest"
 OUTPUT_DIR = "data/filter"
+QUALITY_RULE = "quality_fasttext"
+ALL_REASONS = RULE_NAMES + [QUALITY_RULE]
+SKETCH_K = 4096
 
 
-def filter_table(table: pa.Table, rules: list, exempt: frozenset[str], stats: ShardStats) -> tuple[pa.Table, pa.Table]:
+def _inc(stats: ShardStats, key: str, n: int = 1) -> None:
+    stats.extra[key] = stats.extra.get(key, 0) + n
+
+
+@lru_cache(maxsize=2)
+def _scorer(model_path: str, model_sha: str, max_chars: int) -> quality_model.QualityScorer:
+    return quality_model.QualityScorer(Path(model_path), max_chars)  # one load per worker process and model
+
+
+def _scores(table: pa.Table, q: dict | None) -> list[float | None]:
+    if not q:
+        return [None] * table.num_rows
+    return _scorer(q["model_path"], q["model_sha256"], q["max_chars"]).score(table.column("text").to_pylist())
+
+
+def filter_table(table: pa.Table, rules: list, exempt: frozenset[str], stats: ShardStats,
+                 scores: list[float | None] | None = None, threshold: float | None = None) -> tuple[pa.Table, pa.Table]:
     """Split a record table into (kept, removed-with-reasons), counting into ``stats``."""
+    n = table.num_rows
     texts = table.column("text").to_pylist()
     sources = table.column("source").to_pylist()
-    langs = table.column("lang").to_pylist() if "lang" in table.column_names else [None] * table.num_rows
-    scores = table.column("lang_score").to_pylist() if "lang_score" in table.column_names else [None] * table.num_rows
-    keep = [True] * table.num_rows
+    col = lambda name: table.column(name).to_pylist() if name in table.column_names else [None] * n  # noqa: E731
+    langs, lang_scores, urls = col("lang"), col("lang_score"), col("url")
+    scores = scores if scores is not None else [None] * n
+    keep = [True] * n
     reasons, details = [], []
-    for i, (text, source, lang, score) in enumerate(zip(texts, sources, langs, scores)):
+    new_texts = list(texts)
+    c4_lines = [0] * n
+    for i, (text, source, lang, lscore, url) in enumerate(zip(texts, sources, langs, lang_scores, urls)):
         if source in exempt:
-            stats.extra["exempt"] = stats.extra.get("exempt", 0) + 1
+            _inc(stats, "exempt")
             continue
-        doc = Doc(text, lang, score, source)
+        if threshold is not None and scores[i] is not None:
+            _inc(stats, "quality_fasttext.web_scored")
+            _inc(stats, "quality_fasttext.web_at_or_above_threshold", int(scores[i] >= threshold))
+        doc = Doc(text, lang, lscore, source, url)
+        failed = None
         for rule in rules:
             ok, detail = rule.check(doc)
+            line_counts = getattr(rule, "last_line_counts", None)
+            if line_counts is not None:
+                # C4 removes lines from documents it keeps: count them per reason (audit of the rewrite).
+                c4_lines[i] = sum(line_counts.values())
+                if ok:
+                    for k, v in line_counts.items():
+                        _inc(stats, f"{rule.name}.lines_removed.{k}", v)
+                    _inc(stats, f"{rule.name}.docs_modified", int(c4_lines[i] > 0))
             if not ok:
-                keep[i] = False
-                stats.drop(rule.name)
-                key = f"{rule.name}.{detail['check']}"
-                stats.extra[key] = stats.extra.get(key, 0) + 1
-                reasons.append(rule.name)
-                details.append(json.dumps(detail, sort_keys=True, ensure_ascii=False))
+                failed = (rule.name, detail)
                 break
+        if failed is None and threshold is not None and scores[i] is not None and scores[i] < threshold:
+            failed = (QUALITY_RULE, {"check": "below_percentile", "value": scores[i]})
+        if failed is None:
+            new_texts[i] = doc.text
+            continue
+        name, detail = failed
+        keep[i] = False
+        stats.drop(name)
+        _inc(stats, f"{name}.{detail['check']}")
+        reasons.append(name)
+        details.append(json.dumps(detail, sort_keys=True, ensure_ascii=False))
+    extra_cols = {"quality_fasttext": pa.array(scores, pa.float32()), "c4_lines_removed": pa.array(c4_lines, pa.int32())}
+    # Kept records carry the text the rules left (C4 drops lines); removed records stay as they came in.
+    kept_t = table.set_column(table.column_names.index("text"), "text", pa.array(new_texts, pa.string()))
+    removed_t = table
+    for name, arr in extra_cols.items():
+        kept_t, removed_t = kept_t.append_column(name, arr), removed_t.append_column(name, arr)
     mask = pa.array(keep, pa.bool_())
-    kept = table.filter(mask)
-    removed = removed_table(table.filter(pc.invert(mask)), reasons, details)
-    return kept, removed
+    return kept_t.filter(mask), removed_table(removed_t.filter(pc.invert(mask)), reasons, details)
 
 
 def process_shard(task: ShardTask) -> ShardResult:
@@ -64,21 +121,61 @@ def process_shard(task: ShardTask) -> ShardResult:
     stats = ShardStats(shard=task.shard, records_in=table.num_rows)
     stats.bytes_in = int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0) if table.num_rows else 0
     stats.extra["exempt"] = 0
-    rules = build_rules(task.params)
-    kept, removed = filter_table(table, rules, frozenset(task.params.get("exempt_sources") or []), stats)
+    cfg = {k: v for k, v in task.params.items() if k != "quality_model"}
+    rules = build_rules(cfg)
+    q = task.context.get("quality")
+    kept, removed = filter_table(table, rules, frozenset(task.params.get("exempt_sources") or []), stats,
+                                 _scores(table, q), q["threshold"] if q else None)
     return ShardResult(kept, removed, stats)
+
+
+def _sketch_shard(job: tuple[str, dict, list[str]]) -> dict:
+    """Pass 1: the quality scores of one shard's web records, as a sketch."""
+    path, q, exempt = job
+    table = read_shard(path, columns=["source", "text"])
+    sketch = QuantileSketch(SKETCH_K)
+    for source, score in zip(table.column("source").to_pylist(), _scores(table, q)):
+        if source not in exempt:
+            sketch.add(score)
+    return sketch.to_dict()
+
+
+def quality_threshold(params: dict, shards: list[Path]) -> dict | None:
+    """Pass 1 over the whole input: the score threshold that keeps the top web_keep_fraction of web records."""
+    cfg = section(params, STAGE)
+    qcfg = quality_model.config(cfg)
+    if not qcfg["enabled"]:
+        return None
+    model = resolve(quality_model.MODEL_DIR) / quality_model.MODEL_FILE
+    if not model.exists():
+        raise FileNotFoundError(f"{model}: no quality model (run the quality_model stage first)")
+    q = {"model_path": str(model), "model_sha256": sha256_file(model), "max_chars": int(qcfg["max_chars"])}
+    exempt = list(cfg.get("exempt_sources") or [])
+    sketch = QuantileSketch(SKETCH_K)
+    for d in get_executor(params.get("executor")).map(_sketch_shard, [(str(p), q, exempt) for p in shards]):
+        sketch.merge(QuantileSketch.from_dict(d))
+    if sketch.n == 0:
+        log.info("filter: no web records to score, quality threshold off")
+        return None
+    keep = float(qcfg["web_keep_fraction"])
+    q.update(threshold=sketch.quantile(1.0 - keep), target_keep_fraction=keep, web_records=sketch.n,
+             rank_error_bound=round(sketch.rank_error_bound(), 6))
+    return q
 
 
 def make_tasks(params: dict, in_dir: Path, out_dir: Path) -> list[ShardTask]:
     cfg = section(params, STAGE)
-    build_rules(cfg)  # bad params fail here, once, before any worker starts
-    ph = params_hash(cfg)
+    build_rules({k: v for k, v in cfg.items() if k != "quality_model"})  # bad params fail here, once
+    quality_model.config(cfg)
     shards = list_shards(in_dir)
     if not shards:
         raise FileNotFoundError(f"{in_dir} holds no part-*.parquet shards (run the ingest stage first)")
+    q = quality_threshold(params, shards)
+    # The threshold and the model are inputs of every shard: a new model or threshold re-runs them.
+    ph = params_hash({"params": cfg, "quality": {k: v for k, v in (q or {}).items() if k != "model_path"}})
     return [
         ShardTask(stage=STAGE, shard=p.name, inputs=[str(p)], out_dir=str(out_dir), params=cfg, params_hash=ph,
-                  fingerprints={p.name: sha256_file(p)})
+                  fingerprints={p.name: sha256_file(p)}, context={"quality": q})
         for p in shards
     ]
 
@@ -86,20 +183,36 @@ def make_tasks(params: dict, in_dir: Path, out_dir: Path) -> list[ShardTask]:
 def run(params: dict) -> dict:
     in_dir, out_dir = resolve(INPUT_DIR), resolve(OUTPUT_DIR)
     tasks = make_tasks(params, in_dir, out_dir)
-    manifest = run_shard_stage(STAGE, tasks, process_shard, executor_params=params.get("executor"),
-                               known_reasons=RULE_NAMES)
-    all_stats = [ShardStats.from_dict(load_fragment(out_dir, t.shard)["stats"]) for t in tasks]
+    run_shard_stage(STAGE, tasks, process_shard, executor_params=params.get("executor"), known_reasons=ALL_REASONS)
+    fragments = [load_fragment(out_dir, t.shard) for t in tasks]
+    all_stats = [ShardStats.from_dict(f["stats"]) for f in fragments]
     summary = totals(all_stats)
     checks: dict[str, int] = {}
     for s in all_stats:
         for k, v in s.extra.items():
             checks[k] = checks.get(k, 0) + int(v)
+    quality = None
+    q = tasks[0].context.get("quality")
+    if q:
+        scored = checks.get("quality_fasttext.web_scored", 0)
+        above = checks.get("quality_fasttext.web_at_or_above_threshold", 0)
+        quality = {
+            "model_sha256": q["model_sha256"], "threshold": q["threshold"],
+            "target_keep_fraction": q["target_keep_fraction"], "web_records": q["web_records"],
+            "achieved_keep_fraction": round(above / scored, 6) if scored else None,
+            "rank_error_bound": q["rank_error_bound"],
+        }
+    # The manifest gains the quality block now that the achieved keep rate is known.
+    manifest = finalize(out_dir, STAGE, tasks[0].params_hash, fragments, ALL_REASONS,
+                        {"quality": quality} if quality else None)
     summary.update({
         "stage": STAGE,
         "shards": manifest["totals"]["shards"],
         "exempt": checks.pop("exempt", 0),
         "checks": dict(sorted(checks.items())),
         "keep_rate": round(summary["records_out"] / summary["records_in"], 6) if summary["records_in"] else 0.0,
+        "quality": quality,
     })
-    log.info("filter: %d in, %d out, drops %s", summary["records_in"], summary["records_out"], summary["drops"])
+    log.info("filter: %d in, %d out, drops %s, quality %s", summary["records_in"], summary["records_out"],
+             summary["drops"], quality)
     return summary

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
+
+from pipelines.filter.punctuation import SENTENCE_PUNCT_CHARS
 
 RULES_FILE = Path(__file__).with_name("spacy_en_tokenizer.json")
 _SPANS = re.compile(r"\S+|\s+")
@@ -53,7 +56,7 @@ class WordSplitter:
                     return True
         return False
 
-    def _split_exact(self, text: str) -> list[str]:
+    def _split_exact(self, text: str, keep_spaces: bool = False) -> list[str]:
         tokens: list[str] = []  # "" stands for a whitespace token
         chunk_of: list[int] = []  # which whitespace-separated chunk each token came from
         after_token = False
@@ -70,7 +73,28 @@ class WordSplitter:
                 chunk_of.append(n)
             after_token = False
         tokens = self._merge_specials(tokens, chunk_of)
+        if keep_spaces:
+            return tokens
         return [t for t in tokens if t]  # datatrove drops whitespace tokens
+
+    def count_sentences(self, text: str) -> int:
+        """Sentences spaCy's sentencizer finds in ``text`` (datatrove's English ``split_into_sentences``).
+
+        A sentence ends at a token in SENTENCE_PUNCT_CHARS; the next one starts at the first later
+        token that is neither such a token nor punctuation (whitespace tokens, "", count as starts).
+        """
+        tokens = self._split_exact(text, keep_spaces=True)
+        if not tokens:
+            return 1  # datatrove's splitter returns [text] for a text without tokens
+        sentences, seen_end = 1, False
+        for tok in tokens:
+            is_end = tok in SENTENCE_PUNCT_CHARS
+            if seen_end and not is_end and not _is_punct(tok):
+                sentences += 1
+                seen_end = False
+            elif is_end:
+                seen_end = True
+        return sentences
 
     def _chunk(self, string: str) -> tuple[str, ...]:
         special = self.specials.get(string)
@@ -172,6 +196,11 @@ class WordSplitter:
         return out
 
 
+def _is_punct(token: str) -> bool:
+    """spaCy's lexical ``is_punct``: every character is Unicode punctuation (category P*)."""
+    return bool(token) and all(unicodedata.category(c).startswith("P") for c in token)
+
+
 @lru_cache(maxsize=1)
 def english_splitter() -> WordSplitter:
     return WordSplitter(json.loads(RULES_FILE.read_text(encoding="utf-8")))
@@ -180,6 +209,10 @@ def english_splitter() -> WordSplitter:
 def split_into_words(text: str) -> list[str]:
     """English words as datatrove's ``split_into_words(text, "en")`` returns them."""
     return english_splitter().split(text)
+
+
+def count_sentences(text: str) -> int:
+    return english_splitter().count_sentences(text)
 
 
 def export_spacy_rules() -> dict:

@@ -38,6 +38,7 @@ from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shar
 from pipelines.core.stats import ShardStats
 from pipelines.core.storage import expand_inputs, input_fingerprint, is_s3, open_input
 from pipelines.ingest import langid
+from pipelines.ingest.common_crawl import crawl_files
 from pipelines.ingest.curated import KINDS, READERS
 from pipelines.ingest.extract import get_extractor
 from pipelines.ingest.items import Candidate, CorruptInput, Skipped
@@ -89,6 +90,11 @@ def plan_inputs(cfg: dict, root: Path) -> list[InputFile]:
     for what in ("warc", "wet"):
         for uri in _expand(cfg.get(what), root, max_files, what):
             inputs.append(InputFile(uri, _display_name(uri, root), "archive", crawl_source(uri)))
+    if cfg.get("crawl_id"):
+        # A Common Crawl snapshot on S3: its warc.paths.gz / wet.paths.gz listing names the files.
+        for uri in crawl_files(cfg["crawl_id"], cfg.get("cc_bucket") or "commoncrawl", cfg.get("cc_files") or "warc",
+                               max_files):
+            inputs.append(InputFile(uri, uri, "archive", crawl_source(uri)))
     for source, spec in (cfg.get("curated") or {}).items():
         spec = spec or {}
         kind = spec.get("kind")

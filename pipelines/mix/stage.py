@@ -64,7 +64,11 @@ def _config(params: dict) -> dict:
     max_rows = int(cfg.get("max_rows_per_shard", 20000))
     if max_rows < 1:
         raise ValueError(f"params mix.max_rows_per_shard must be >= 1, got {max_rows}")
+    source = phase1.get("source", "weights")
+    if source not in ("weights", "searched"):
+        raise ValueError(f"params mix.phase1.source must be 'weights' or 'searched', got {source!r}")
     return {
+        "phase1_source": source,
         "seed": params.get("seed", 0),
         "heldout_fraction": frac,
         "min_heldout": min_heldout,
@@ -109,6 +113,7 @@ def plan(table: pa.Table, cfg: dict) -> dict:
     seed, w1s, w2s = cfg["seed"], cfg["weights"]["phase1"], cfg["weights"]["phase2"]
     held = heldout_mask(ids, sources, cfg["heldout_fraction"], cfg["min_heldout"])
     src_w = {s: (weight_for(s, w1s), weight_for(s, w2s)) for s in set(sources)}
+    searched = cfg.get("searched")  # {"record_weight": {id: phase-1 weight}} when phase1.source = searched
 
     p1_rows, p1_copy = [], []
     p2_rows, p2_copy, p2_replay = [], [], []
@@ -132,6 +137,8 @@ def plan(table: pa.Table, cfg: dict) -> dict:
             reasons[i] = "heldout"
             continue
         w1, w2 = src_w[src]
+        if searched is not None:
+            w1 = searched["record_weight"].get(rid, 0.0)
         n1 = copies(w1, seed, rid, "phase1") if w1 else 0
         n2 = copies(w2, seed, rid, "phase2") if w2 else 0
         replayed = [c for c in range(n1) if unit_hash(seed, rid, c, "replay") < cfg["replay_fraction"]]
@@ -255,8 +262,14 @@ def blend_report(table: pa.Table, decided: dict, phase_tables: dict[str, pa.Tabl
     # Intended chars: weight x the source's trainable chars (plus, in phase 2, the replay slice).
     pool_chars = {s: int(chars[trainable & (sources == s)].sum()) for s in sorted(set(sources))}
     p1 = per_source(decided["phase1"][0])
+    if cfg.get("searched") is not None:
+        rw = cfg["searched"]["record_weight"]
+        w1_rec = np.asarray([rw.get(i, 0.0) for i in decided["ids"]], dtype=np.float64)
+        intended_p1 = {s: float((w1_rec * chars)[trainable & (sources == s)].sum()) for s in sorted(set(sources))}
+    else:
+        intended_p1 = {s: (weight_for(s, cfg["weights"]["phase1"]) or 0.0) * c for s, c in pool_chars.items()}
     intended = {
-        "phase1": {s: (weight_for(s, cfg["weights"]["phase1"]) or 0.0) * c for s, c in pool_chars.items()},
+        "phase1": intended_p1,
         "phase2": {s: (weight_for(s, cfg["weights"]["phase2"]) or 0.0) * c
                    + cfg["replay_fraction"] * p1.get(s, {}).get("chars", 0) for s, c in pool_chars.items()},
     }
@@ -278,6 +291,10 @@ def blend_report(table: pa.Table, decided: dict, phase_tables: dict[str, pa.Tabl
                         "target_share": {s: v / want_total for s, v in sorted(want.items()) if v > 0}},
         }
         assert phase_tables[phase].num_rows == len(rows)
+    if cfg.get("searched") is not None:
+        phases["phase1"]["targets"]["source"] = "searched"
+        phases["phase1"]["domains"] = domain_shares(decided["phase1"][0], chars, trainable, decided["ids"],
+                                                    cfg["searched"])
     phases["phase2"]["targets"]["replay_fraction"] = cfg["replay_fraction"]
     phases["phase2"]["replay_rows"] = int(decided["phase2"][2].sum())
     held = np.flatnonzero(decided["heldout"])
@@ -294,6 +311,45 @@ def blend_report(table: pa.Table, decided: dict, phase_tables: dict[str, pa.Tabl
         "phases": phases,
         "excluded": excluded,
     }
+
+
+# ---------------------------------------------------------------- searched phase-1 mixture
+
+MIXTURE_DIR = "data/mixture"
+
+
+def searched_weights(ids: list[str], texts_chars: np.ndarray, trainable: np.ndarray) -> dict:
+    """Per-record phase-1 weights that realise ``mixture.json``'s domain shares (in chars).
+
+    A domain's records are repeated by ``target_share * total / domain_chars``, so the phase-1
+    blend is about the pool's size and each domain holds its searched share; records of a dropped
+    cluster (no domain) are left out.
+    """
+    from pipelines.core.shards import read_shard as _read
+
+    mix_doc = json.loads((resolve(MIXTURE_DIR) / "mixture.json").read_text())
+    target = mix_doc.get("phase1_weights") or {}
+    if not target:
+        raise ValueError("mix.phase1.source is 'searched' but data/mixture/mixture.json holds no phase1_weights "
+                         "(set mixture.enabled: true and run mixture_search)")
+    assign = _read(resolve(MIXTURE_DIR) / "domains.parquet", ["id", "domain"])
+    domain_of = dict(zip(assign.column("id").to_pylist(), assign.column("domain").to_pylist()))
+    doms = np.asarray([domain_of.get(i) or "" for i in ids], dtype=object)
+    total = float(texts_chars[trainable & (doms != "")].sum())
+    factor = {}
+    for d, share in target.items():
+        have = float(texts_chars[trainable & (doms == d)].sum())
+        factor[d] = share * total / have if have else 0.0
+    return {"record_weight": {i: factor.get(d, 0.0) for i, d in zip(ids, doms) if d},
+            "domain": dict(zip(ids, doms)), "target_share": target, "factor": factor}
+
+
+def domain_shares(rows: np.ndarray, chars: np.ndarray, trainable: np.ndarray, ids: list[str], searched: dict) -> dict:
+    doms = np.asarray([searched["domain"].get(i, "") for i in ids], dtype=object)
+    got = {d: int(chars[rows][doms[rows] == d].sum()) for d in searched["target_share"]}
+    total = sum(got.values()) or 1
+    return {d: {"chars": got[d], "share": got[d] / total, "target_share": float(searched["target_share"][d]),
+                "repeat": searched["factor"].get(d, 0.0)} for d in sorted(got)}
 
 
 # ---------------------------------------------------------------- entry point
@@ -334,6 +390,8 @@ def run(params: dict) -> dict:
     if not shards:
         raise FileNotFoundError(f"mix: no shards in {in_dir} (run select first)")
     fingerprints = {p.name: sha256_file(p) for p in shards}
+    if cfg["phase1_source"] == "searched":  # the searched mixture is an input too
+        fingerprints["mixture"] = sha256_file(resolve(MIXTURE_DIR) / "mixture.json")
     ph = params_hash({"seed": cfg["seed"], "mix": section(params, "mix")})
     previous = _up_to_date(out_dir, fingerprints, ph)
     if previous:
@@ -347,6 +405,11 @@ def run(params: dict) -> dict:
             raise ValueError(f"mix: input shard {p} lacks column(s) {missing}")
     shard_of = np.concatenate([np.full(t.num_rows, k, np.int32) for k, t in enumerate(tables)])
     table = pa.concat_tables(tables, promote_options="default")
+    if cfg["phase1_source"] == "searched":
+        chars = pc.fill_null(pc.utf8_length(table.column("text")), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = table.column("id").to_pylist()
+        trainable = ~heldout_mask(ids, table.column("source").to_pylist(), cfg["heldout_fraction"], cfg["min_heldout"])
+        cfg = {**cfg, "searched": searched_weights(ids, chars, trainable)}
     decided = plan(table, cfg)
 
     inputs_hash = sha256_bytes(canonical_json(fingerprints).encode())[:16]

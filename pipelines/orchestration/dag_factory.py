@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator, TaskGroup
 from pipelines.orchestration.graph import StageSpec, load_stages, topological, upstream
 
 DEFAULT_ARGS = {"retries": 0, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
+GPU_POOL_SLOTS = 1  # `make airflow` creates the pools named in dvc.yaml meta.pool with this many slots
 
 
 def project_root() -> Path:
@@ -26,6 +27,31 @@ def project_root() -> Path:
 def read_params(root: Path | None = None) -> dict:
     with open((root or project_root()) / "params.yaml") as f:
         return yaml.safe_load(f) or {}
+
+
+def default_args(params: dict | None = None) -> dict:
+    """Retry policy for stage tasks from params.orchestration (gates override it: never retried)."""
+    orch = (params or {}).get("orchestration") or {}
+    return {
+        "retries": int(orch.get("retries", 0)),
+        "retry_delay": timedelta(seconds=float(orch.get("retry_delay_s", 30))),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(seconds=float(orch.get("max_retry_delay_s", 600))),
+        "on_failure_callback": report_failure,
+    }
+
+
+def report_failure(context) -> None:
+    """Task failure callback: log which stage or gate failed and, for a gate, each failed expectation
+    with its observed value (from reports/checks/<stage>.json, which the gate wrote)."""
+    import logging
+
+    from pipelines.orchestration.failures import failure_summary
+
+    task = context.get("task")
+    stage = getattr(task, "stage", None) or getattr(task, "task_id", "?")
+    message = failure_summary(stage, bool(getattr(task, "is_gate", False)), project_root(), context.get("exception"))
+    logging.getLogger("pipelines.failures").error("%s", message)
 
 
 class DvcStageOperator(BaseOperator):
@@ -63,13 +89,40 @@ def stage_tasks(dag_id: str, dvc_yaml: Path | None = None) -> dict[str, BaseOper
         group = groups.get(spec.group)
         if group is None:
             group = groups[spec.group] = TaskGroup(group_id=spec.group)
-        extra = {"pool": spec.meta["pool"]} if spec.meta.get("pool") and os.environ.get("PIPELINES_USE_POOLS") == "1" else {}
+        extra = resources(spec)
+        if spec.is_gate:
+            extra["retries"] = 0  # a failed gate is a data problem, not a transient one
         tasks[name] = DvcStageOperator(task_id=name, stage=name, is_gate=spec.is_gate, task_group=group, **extra)
     for name, task in tasks.items():
         for up in edges[name]:
             if up in tasks:
                 tasks[up] >> task
     return tasks
+
+
+def resources(spec: StageSpec) -> dict:
+    """Pool / queue of a stage from dvc.yaml meta (e.g. `pool: gpu`).
+
+    Off unless PIPELINES_USE_POOLS=1 (set by `make airflow` and the deployments, which create
+    the pool): a task naming a pool that does not exist would never be scheduled.
+    PIPELINES_GPU_QUEUE routes pooled tasks to a Celery queue served by GPU workers;
+    PIPELINES_GPU_POD_TEMPLATE gives them a KubernetesExecutor pod template.
+    """
+    out: dict = {}
+    pool = spec.meta.get("pool")
+    if pool and os.environ.get("PIPELINES_USE_POOLS") == "1":
+        out["pool"] = pool
+        queue = spec.meta.get("queue") or os.environ.get(f"PIPELINES_{pool.upper()}_QUEUE")
+        if queue:
+            out["queue"] = queue
+        template = os.environ.get(f"PIPELINES_{pool.upper()}_POD_TEMPLATE")
+        if template:  # KubernetesExecutor: run this task from the pool's pod template (GPU node, shared workspace)
+            out["executor_config"] = {"pod_template_file": template}
+    return out
+
+
+def pools(dvc_yaml: Path | None = None) -> list[str]:
+    return sorted({s.meta["pool"] for s in load_stages(dvc_yaml or project_root() / "dvc.yaml").values() if s.meta.get("pool")})
 
 
 def sinks(tasks: dict[str, BaseOperator]) -> list[BaseOperator]:

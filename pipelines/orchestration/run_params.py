@@ -1,12 +1,16 @@
-"""Apply the values of an Airflow run's Params form to params.yaml before the stages run.
+"""The `corpus_refresh` run form: a JSON-schema per field (Airflow renders and validates
+it in the trigger UI and on REST triggers) and `apply_form`, which re-validates and writes
+the values into params.yaml before the stages run.
 
 The run's knobs become part of the versioned params (DVC tracks params.yaml), so a
 run triggered with other inputs produces, and tags, another data version.
 """
 from __future__ import annotations
 
+import copy
 import logging
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -14,43 +18,158 @@ from pipelines.core.atomic import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
-# Params-form field -> dotted key in params.yaml. Only these can be set from a run.
+CRAWL_ID = r"^CC-MAIN-\d{4}-\d{2}$"
+CRAWL_SEGMENT = r"^\d{13}\.\d{1,3}$"
+CRAWL_BUCKET = "commoncrawl"
+# Local inputs: no `..` segment anywhere (absolute paths are checked against the workspace in apply_form).
+NO_PARENT = r"^(?!.*(^|/)\.\.(/|$)).+$"
+
+
+class FormError(ValueError):
+    """A run-form value was refused; the message names the field and why."""
+
+
+def _orch(params: dict) -> dict:
+    return (params or {}).get("orchestration") or {}
+
+
+def allowed_buckets(params: dict) -> list[str]:
+    """S3 buckets a run may read: orchestration.allowed_buckets, the crawl bucket, and any bucket params.yaml already uses."""
+    buckets = {CRAWL_BUCKET, *(_orch(params).get("allowed_buckets") or [])}
+    ingest = (params or {}).get("ingest") or {}
+    for what in ("warc", "wet"):
+        for uri in ingest.get(what) or []:
+            if str(uri).startswith("s3://"):
+                buckets.add(str(uri)[5:].split("/", 1)[0])
+    return sorted(buckets)
+
+
+def _input_pattern(params: dict, root: Path | None) -> str:
+    """s3:// URIs of allowed buckets, or local paths without `..`: relative, or absolute under the workspace."""
+    buckets = "|".join(re.escape(b) for b in allowed_buckets(params))
+    local_start = "(?!/)" if root is None else rf"(?!/)|{re.escape(str(Path(root).resolve()))}/"
+    return (rf"^(s3://({buckets})/[^\s]+"
+            rf"|(?!s3://)(?![a-zA-Z][a-zA-Z0-9+.-]*://)(?!.*(^|/)\.\.(/|$))({local_start})[^\s]+)$")
+
+
+def form_schema(params: dict | None = None, root: Path | None = None) -> dict:
+    """JSON-schema for each form field; null everywhere means "keep params.yaml".
+
+    ``root`` (the workspace) lets absolute local paths under it through; without it only relative ones pass.
+    """
+    params = params or {}
+    curated = list(((params.get("ingest") or {}).get("curated") or {}).keys())
+    presets = list((_orch(params).get("mixture_presets") or {}).keys())
+    inputs = {"type": ["null", "array"], "items": {"type": "string", "minLength": 1, "pattern": _input_pattern(params, root)}}
+    schema = {
+        "crawl_id": {"type": ["null", "string"], "pattern": CRAWL_ID, "title": "Common Crawl id",
+                     "description": "e.g. CC-MAIN-2024-22: web inputs become that crawl's WARC/WET files on "
+                                    "s3://commoncrawl (needs max_files > 0). Empty = keep params.yaml"},
+        "crawl_segment": {"type": ["null", "string"], "pattern": CRAWL_SEGMENT, "title": "Crawl segment",
+                          "description": "one segment of the crawl, e.g. 1715971057216.39 (empty = all segments)"},
+        "warc": {**inputs, "title": "WARC inputs",
+                 "description": "local globs inside the workspace or s3:// URIs of allowed buckets "
+                                f"({', '.join(allowed_buckets(params))}); empty = keep params.yaml"},
+        "wet": {**inputs, "title": "WET inputs", "description": "like WARC inputs, for WET files"},
+        "sources": {"type": ["null", "array"], "title": "Curated sources",
+                    "items": {"type": "string", "enum": curated}, "uniqueItems": True, "minItems": 1,
+                    "description": "curated sources to ingest (others are left out of this run); empty = all"},
+        "max_files": {"type": ["null", "integer"], "minimum": 0, "maximum": 100000, "title": "File limit",
+                      "description": "at most this many files per input list (0 = all; empty = keep params.yaml)"},
+        "max_record_bytes": {"type": ["null", "integer"], "minimum": 1000, "maximum": 100_000_000,
+                             "title": "Record size limit",
+                             "description": "larger records are dropped as too_large (empty = keep params.yaml)"},
+        "mixture_preset": {"type": ["null", "string"], "enum": [None, *presets], "title": "Mixture preset",
+                           "description": "source weights for the blends, from orchestration.mixture_presets"},
+        "anneal_fraction": {"type": ["null", "number"], "minimum": 0.05, "maximum": 0.5, "title": "Anneal fraction",
+                            "description": "share of training steps spent annealing (0.05..0.5)"},
+    }
+    return schema
+
+
+# Form field -> dotted key in params.yaml, for the fields copied as they are.
 FORM_FIELDS = {
     "warc": "ingest.warc",
     "wet": "ingest.wet",
     "max_files": "ingest.max_files",
+    "max_record_bytes": "ingest.max_record_bytes",
+    "anneal_fraction": "train.anneal_fraction",
 }
 
 
-def form_schema() -> dict:
-    """JSON-schema for each form field (Airflow renders and validates these)."""
-    return {
-        "warc": {"type": ["null", "array"], "items": {"type": "string", "minLength": 1},
-                 "description": "WARC inputs: local globs or s3:// URIs (empty = keep params.yaml)"},
-        "wet": {"type": ["null", "array"], "items": {"type": "string", "minLength": 1},
-                "description": "WET inputs: local globs or s3:// URIs (empty = keep params.yaml)"},
-        "max_files": {"type": ["null", "integer"], "minimum": 0, "maximum": 100000,
-                      "description": "at most this many web files (0 = all; empty = keep params.yaml)"},
-    }
+def validate_form(form: dict, params: dict, root: Path) -> None:
+    """The same JSON-schema Airflow applies, plus what a schema cannot say (paths, field combinations)."""
+    import jsonschema
+
+    schema = form_schema(params, root)
+    unknown = sorted(set(form) - set(schema))
+    if unknown:
+        raise FormError(f"unknown run-form field(s) {unknown}; known: {sorted(schema)}")
+    for name, value in form.items():
+        try:
+            jsonschema.validate(value, schema[name])
+        except jsonschema.ValidationError as e:
+            raise FormError(f"run form field {name!r}: {e.message}") from None
+    root = Path(root).resolve()
+    for what in ("warc", "wet"):
+        for uri in form.get(what) or []:
+            if uri.startswith("s3://"):
+                continue
+            if ".." in PurePosixPath(uri).parts:
+                raise FormError(f"run form field {what!r}: {uri!r} may not contain '..'")
+            if Path(uri).is_absolute() and not Path(uri).resolve().is_relative_to(root):
+                raise FormError(f"run form field {what!r}: {uri!r} is outside the workspace {root}")
+    if form.get("crawl_segment") and not form.get("crawl_id"):
+        raise FormError("run form field 'crawl_segment' needs 'crawl_id'")
+    if form.get("crawl_id"):
+        if form.get("warc") or form.get("wet"):
+            raise FormError("give either 'crawl_id' or explicit 'warc'/'wet' inputs, not both")
+        limit = form.get("max_files")
+        limit = limit if limit is not None else ((params.get("ingest") or {}).get("max_files") or 0)
+        if not limit:
+            raise FormError("'crawl_id' reads a whole Common Crawl crawl: set max_files > 0 to bound it")
+
+
+def crawl_inputs(crawl_id: str, segment: str | None) -> dict[str, list[str]]:
+    base = f"s3://{CRAWL_BUCKET}/crawl-data/{crawl_id}/segments/{segment or '*'}"
+    return {"warc": [f"{base}/warc/*.warc.gz"], "wet": [f"{base}/wet/*.warc.wet.gz"]}
+
+
+def _set(params: dict, dotted: str, value, changed: dict) -> None:
+    node = params
+    *parents, leaf = dotted.split(".")
+    for k in parents:
+        node = node.setdefault(k, {})
+    if node.get(leaf) != value:
+        node[leaf] = value
+        changed[dotted] = value
 
 
 def apply_form(root: Path, form: dict) -> dict:
-    """Write the non-null form values into params.yaml; returns what changed."""
+    """Validate the form, write its non-null values into params.yaml; returns what changed."""
     path = Path(root) / "params.yaml"
     params = yaml.safe_load(path.read_text()) or {}
-    changed = {}
+    form = {k: v for k, v in (form or {}).items() if v is not None and v != []}
+    validate_form(form, params, root)
+    new = copy.deepcopy(params)
+    changed: dict = {}
+    if form.get("crawl_id"):
+        for what, uris in crawl_inputs(form["crawl_id"], form.get("crawl_segment")).items():
+            _set(new, f"ingest.{what}", uris, changed)
     for name, dotted in FORM_FIELDS.items():
-        value = form.get(name)
-        if value is None or value == []:
-            continue
-        node = params
-        *parents, leaf = dotted.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        if node.get(leaf) != value:
-            node[leaf] = value
-            changed[dotted] = value
+        if name in form:
+            _set(new, dotted, form[name], changed)
+    if "sources" in form:
+        curated = (new.get("ingest") or {}).get("curated") or {}
+        kept = {k: v for k, v in curated.items() if k in form["sources"]}
+        if kept != curated:
+            new["ingest"]["curated"] = kept
+            changed["ingest.curated"] = sorted(kept)
+    if "mixture_preset" in form:
+        preset = _orch(params)["mixture_presets"][form["mixture_preset"]]
+        for phase, weights in preset.items():
+            _set(new, f"mix.{phase}.weights", dict(weights), changed)
     if changed:
-        write_bytes_atomic(path, yaml.safe_dump(params, sort_keys=False).encode())
+        write_bytes_atomic(path, yaml.safe_dump(new, sort_keys=False).encode())
         log.info("params.yaml updated from the run form: %s", changed)
     return changed

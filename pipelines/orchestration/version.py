@@ -77,7 +77,9 @@ def tag_version(root: Path, version: str) -> dict:
             head = None
         if head:
             _git(["read-tree", head], root, env)
-        _git(["add", "--", "dvc.lock", "dvc.yaml", "params.yaml"], root, env)
+        # The gate reports are uncached DVC outputs: they travel in git with the lock.
+        gates = sorted(str(p.relative_to(root)) for p in (root / "reports/checks").glob("*.json"))
+        _git(["add", "-f", "--", "dvc.lock", "dvc.yaml", "params.yaml", *gates], root, env)
         tree = _git(["write-tree"], root, env)
         args = ["commit-tree", tree, "-m", f"data version {version}"]
         if head:

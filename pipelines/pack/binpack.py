@@ -3,8 +3,10 @@
 ``best_fit_decreasing``: pieces sorted by length (longest first), each put into
 the open sequence with the least remaining room that still fits it, else a new
 sequence. Remaining capacities are integers in ``1..seq_len-1``, so open
-sequences are bucketed by capacity and the distinct capacities kept in a sorted
-list: a placement is one ``bisect`` over at most ``seq_len`` values.
+sequences are bucketed by capacity (a stack per capacity) and a segment tree
+over the capacities ``0..seq_len`` counts the open sequences under each node:
+"smallest capacity >= n with an open sequence" and each update are
+``O(log seq_len)``, the whole packing ``O(n log n)`` (the sort dominates).
 
 ``concat``: documents back to back in input order, cut every ``seq_len`` tokens
 (the classic concatenate-and-split; cuts documents at arbitrary points).
@@ -13,7 +15,6 @@ Both return a ``Placement``: for every piece its sequence and offset in it.
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,36 @@ def split_documents(doc_lengths: np.ndarray, seq_len: int) -> Pieces:
     return Pieces(doc=doc, offset=offset, length=length)
 
 
+class CapacityTree:
+    """Counts of open sequences per remaining capacity ``0..seq_len``, with a leftmost-nonzero query."""
+
+    def __init__(self, seq_len: int):
+        self.size = 1 << (seq_len + 1).bit_length()
+        self.count = [0] * (2 * self.size)
+
+    def add(self, capacity: int, delta: int) -> None:
+        i = capacity + self.size
+        while i:
+            self.count[i] += delta
+            i >>= 1
+
+    def smallest_at_least(self, n: int) -> int:
+        """The smallest capacity >= ``n`` with an open sequence, or -1."""
+        count, i = self.count, n + self.size
+        if count[i]:
+            return n
+        while i > 1:  # climb until a right sibling holds something
+            if not i & 1 and count[i + 1]:
+                i += 1
+                break
+            i >>= 1
+        else:
+            return -1
+        while i < self.size:  # descend to its leftmost non-empty leaf
+            i = 2 * i if count[2 * i] else 2 * i + 1
+        return i - self.size
+
+
 def best_fit_decreasing(pieces: Pieces, seq_len: int) -> Placement:
     if len(pieces) and pieces.length.max() > seq_len:
         raise ValueError(f"a piece is longer than seq_len={seq_len}: split documents first")
@@ -59,32 +90,24 @@ def best_fit_decreasing(pieces: Pieces, seq_len: int) -> Placement:
     seq = np.empty(len(pieces), dtype=np.int64)
     start = np.empty(len(pieces), dtype=np.int64)
     used: list[int] = []  # tokens used per sequence
-    caps: list[int] = []  # sorted distinct remaining capacities that have an open sequence
-    open_at: dict[int, list[int]] = {}  # capacity -> open sequences with exactly that room
-    for p in order.tolist():
-        n = int(pieces.length[p])
-        i = bisect.bisect_left(caps, n)
-        if i == len(caps):
+    tree = CapacityTree(seq_len)
+    open_at: list[list[int]] = [[] for _ in range(seq_len + 1)]  # capacity -> open sequences with that room
+    for p, n in zip(order.tolist(), pieces.length[order].tolist()):
+        room = tree.smallest_at_least(n)
+        if room < 0:
             s = len(used)
             used.append(0)
             room = seq_len
         else:
-            room = caps[i]
-            bucket = open_at[room]
-            s = bucket.pop()
-            if not bucket:
-                del open_at[room]
-                del caps[i]
+            s = open_at[room].pop()
+            tree.add(room, -1)
         seq[p] = s
         start[p] = used[s]
         used[s] += n
         room -= n
         if room > 0:
-            bucket = open_at.get(room)
-            if bucket is None:
-                open_at[room] = bucket = []
-                bisect.insort(caps, room)
-            bucket.append(s)
+            open_at[room].append(s)
+            tree.add(room, 1)
     return Placement(pieces=pieces, seq=seq, start=start, n_seq=len(used))
 
 

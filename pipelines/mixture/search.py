@@ -1,0 +1,250 @@
+"""The search, as four functions the dvc stage and the Airflow DAG share.
+
+``prepare`` (domains, token streams, held-out docs) -> per round: ``propose``
+(candidates) -> ``run_proxy`` per candidate (a process pool under ``dvc repro``,
+mapped tasks in the ``mixture_search`` DAG) -> ``finalize`` (fit the LightGBM
+predictor and the RegMix-style linear baseline, write ``mixture.json``).
+Round 1 samples a Dirichlet over the domains; later rounds sample many
+candidates around the predicted best and run the ones the predictor ranks best.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.config import resolve, section
+from pipelines.core.atomic import write_json_atomic
+from pipelines.core.shards import read_all, write_shard
+from pipelines.mixture import domains as dom
+from pipelines.mixture.proxy import train_and_score
+
+log = logging.getLogger(__name__)
+IN_DIR = "data/select"
+OUT_DIR = "data/mixture"
+MIXTURE = "mixture.json"
+ASSIGN = "domains.parquet"  # id -> domain (curated source name or cluster_<k>)
+DEFAULTS = {
+    "enabled": False, "embedder": "tfidf", "clusters": 6, "min_cluster_quality": 0.0, "curated_sources":
+    ["wikipedia", "books", "news", "code", "math"], "rounds": 2, "candidates_per_round": 8, "dirichlet_alpha": 1.0,
+    "local_concentration": 20.0, "pool_samples": 2000, "vocab_size": 2048, "max_stream_tokens": 400000,
+    "heldout_docs_per_source": 16, "eval_tokens_per_doc": 256,
+    "proxy": {"preset": "tiny", "steps": 40, "seq_len": 128, "micro_batch": 8, "lr": 0.003, "threads": 1},
+}
+
+
+def config(params: dict) -> dict:
+    cfg = {**DEFAULTS, **(params.get("mixture") or {})}
+    cfg["proxy"] = {**DEFAULTS["proxy"], **(cfg.get("proxy") or {}), "eval_tokens_per_doc": cfg["eval_tokens_per_doc"]}
+    cfg["seed"] = int(params.get("seed", 0))
+    cfg["heldout_fraction"] = float(section(params, "mix").get("heldout_fraction", 0.05))
+    cfg["min_heldout"] = int(section(params, "mix").get("min_heldout_per_source", 0))
+    if int(cfg["rounds"]) < 1 or int(cfg["candidates_per_round"]) < 2:
+        raise ValueError("mixture.rounds must be >= 1 and mixture.candidates_per_round >= 2")
+    return cfg
+
+
+def work_dir() -> Path:
+    return resolve(OUT_DIR) / "work"
+
+
+# ---------------------------------------------------------------- prepare
+
+def prepare(params: dict) -> dict:
+    """Domains per record, a tokenizer, one token stream per domain, held-out docs per source."""
+    from pipelines.mix.stage import heldout_mask
+    from pipelines.pack.tokenizer import save_tokenizer, train_tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    cfg = config(params)
+    table = read_all(resolve(IN_DIR), ["id", "source", "text", "quality_score"])
+    if not table.num_rows:
+        raise FileNotFoundError(f"{resolve(IN_DIR)} holds no records (run select first)")
+    ids, sources = table.column("id").to_pylist(), table.column("source").to_pylist()
+    texts = table.column("text").to_pylist()
+    quality = pc.fill_null(table.column("quality_score"), 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
+    held = heldout_mask(ids, sources, cfg["heldout_fraction"], cfg["min_heldout"])
+    curated = set(cfg["curated_sources"])
+    domain = np.asarray([s if s in curated else "" for s in sources], dtype=object)
+    web = np.flatnonzero(domain == "")
+    clusters = {}
+    if len(web):
+        emb = dom.embed([texts[i] for i in web], cfg["embedder"], seed=cfg["seed"])
+        labels, clusters = dom.cluster(emb, quality[web], cfg["clusters"], float(cfg["min_cluster_quality"]), cfg["seed"])
+        domain[web] = [f"cluster_{c}" if c >= 0 else "" for c in labels]
+    out = resolve(OUT_DIR)
+    write_shard(out / ASSIGN, pa.table({"id": ids, "source": sources, "domain": [d or None for d in domain]}),
+                conform_schema=False)
+    wd = work_dir()
+    wd.mkdir(parents=True, exist_ok=True)
+    train_rows = [i for i in np.argsort(np.asarray(ids, dtype=object).astype(str)) if not held[i] and domain[i]]
+    sample, budget = [], 3_000_000
+    for i in train_rows:  # tokenizer sample: id order, capped
+        if budget <= 0:
+            break
+        sample.append(texts[i][:budget])
+        budget -= len(sample[-1])
+    save_tokenizer(train_tokenizer(sample, int(cfg["vocab_size"])), wd / "tokenizer")
+    tok = PreTrainedTokenizerFast.from_pretrained(str(wd / "tokenizer"))
+    streams, natural = {}, {}
+    for d in sorted(set(domain[train_rows]) - {""}):
+        rows = [i for i in train_rows if domain[i] == d]
+        enc = tok([texts[i] for i in rows], add_special_tokens=False)["input_ids"]
+        natural[d] = int(sum(len(e) + 1 for e in enc))  # the pool's own token share
+        toks = np.fromiter((t for e in enc for t in (*e, tok.eos_token_id)), dtype=np.int32)
+        streams[d] = toks[: int(cfg["max_stream_tokens"])]
+    np.savez(wd / "streams.npz", **streams)
+    heldout: dict[str, list[str]] = {}
+    for i in sorted(np.flatnonzero(held), key=lambda i: (sources[i], ids[i])):
+        docs = heldout.setdefault(sources[i], [])
+        if texts[i] and len(docs) < int(cfg["heldout_docs_per_source"]):
+            docs.append(texts[i])
+    info = {"domains": sorted(streams), "natural_tokens": natural, "clusters": clusters,
+            "heldout_docs": {s: len(v) for s, v in heldout.items()}}
+    write_json_atomic(wd / "heldout.json", heldout)
+    write_json_atomic(wd / "prepared.json", info)
+    log.info("mixture: %d domains, %s", len(streams), natural)
+    return info
+
+
+def load_work() -> dict:
+    wd = work_dir()
+    with np.load(wd / "streams.npz") as z:
+        streams = {k: z[k] for k in z.files}
+    return {"streams": streams, "heldout": json.loads((wd / "heldout.json").read_text()),
+            "tokenizer_dir": str(wd / "tokenizer"), **json.loads((wd / "prepared.json").read_text())}
+
+
+# ---------------------------------------------------------------- candidates
+
+def _normalise(w: np.ndarray) -> np.ndarray:
+    w = np.maximum(w, 0)
+    return w / w.sum()
+
+
+def propose(params: dict, round_index: int, results: list[dict]) -> list[dict]:
+    """Candidates of one round (dicts with name, weights, seed)."""
+    cfg = config(params)
+    info = json.loads((work_dir() / "prepared.json").read_text())
+    names = info["domains"]
+    rng = np.random.default_rng([cfg["seed"], round_index])
+    n = int(cfg["candidates_per_round"])
+    if round_index == 0 or not results:
+        W = rng.dirichlet(np.full(len(names), float(cfg["dirichlet_alpha"])), size=n)
+    else:
+        model = fit_lightgbm(results, names)
+        best = np.asarray([results[int(np.argmin([r["bpb_mean"] for r in results]))]["weights"][d] for d in names])
+        pool = rng.dirichlet(float(cfg["local_concentration"]) * _normalise(best) + 0.1, size=int(cfg["pool_samples"]))
+        pred = model.predict(pool)
+        W = pool[np.argsort(pred)[:n]]
+    return [{"name": f"r{round_index}_c{j}", "round": round_index, "seed": cfg["seed"],
+             "weights": {d: float(x) for d, x in zip(names, w)}} for j, w in enumerate(W)]
+
+
+def run_proxy(params: dict, candidate: dict) -> dict:
+    """Train and score one candidate: the unit of work of the pool and of each mapped task."""
+    cfg = config(params)
+    score = train_and_score(load_work(), candidate["weights"], cfg["proxy"], int(candidate.get("seed", cfg["seed"])))
+    return {**candidate, **score}
+
+
+# ---------------------------------------------------------------- predictors
+
+def _xy(results: list[dict], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray([[r["weights"][d] for d in names] for r in results], dtype=np.float64)
+    return X, np.asarray([r["bpb_mean"] for r in results], dtype=np.float64)
+
+
+def fit_lightgbm(results: list[dict], names: list[str]):
+    import lightgbm as lgb
+
+    X, y = _xy(results, names)
+    return lgb.LGBMRegressor(n_estimators=200, learning_rate=0.05, num_leaves=7, min_child_samples=2,
+                             min_data_in_bin=1, verbose=-1, random_state=0).fit(X, y)
+
+
+def fit_linear(results: list[dict], names: list[str]):
+    """RegMix's linear baseline: score ~ a + b . weights (ridge, tiny alpha)."""
+    from sklearn.linear_model import Ridge
+
+    X, y = _xy(results, names)
+    return Ridge(alpha=1e-3).fit(X, y)
+
+
+def compare_predictors(results: list[dict], names: list[str]) -> dict:
+    """Leave-one-out predictions of both predictors; Spearman rank correlation with the measured scores."""
+    from scipy.stats import spearmanr
+
+    if len(results) < 4:
+        return {}
+    out = {}
+    for name, fit in (("lightgbm", fit_lightgbm), ("linear_regmix", fit_linear)):
+        preds = []
+        for i in range(len(results)):
+            m = fit(results[:i] + results[i + 1:], names)
+            preds.append(float(m.predict(_xy([results[i]], names)[0])[0]))
+        rho = spearmanr(preds, [r["bpb_mean"] for r in results]).statistic
+        out[name] = {"spearman_loo": float(rho), "loo_predictions": preds}
+    return out
+
+
+# ---------------------------------------------------------------- finalize / entry point
+
+def finalize(params: dict, results: list[dict]) -> dict:
+    cfg = config(params)
+    info = json.loads((work_dir() / "prepared.json").read_text())
+    names = info["domains"]
+    results = sorted(results, key=lambda r: (r["round"], r["name"]))
+    model = fit_lightgbm(results, names)
+    X, _ = _xy(results, names)
+    for r, p in zip(results, model.predict(X)):
+        r["predicted_bpb_mean"] = float(p)
+    best = min(results, key=lambda r: r["bpb_mean"])
+    comparison = compare_predictors(results, names)
+    natural_total = sum(info["natural_tokens"].values()) or 1
+    doc = {
+        "target": "bpb_mean over held-out sources (lower is better)",
+        "phase1_weights": best["weights"],
+        "best_candidate": best["name"],
+        "natural_weights": {d: info["natural_tokens"][d] / natural_total for d in names},
+        "domains": names,
+        "clusters": info["clusters"],
+        "candidates": results,
+        "predictor": {"kind": "lightgbm.LGBMRegressor", "features": names, "trained_on": len(results),
+                      "comparison": {k: {"spearman_loo": v["spearman_loo"]} for k, v in comparison.items()}},
+        "config": {k: cfg[k] for k in ("embedder", "clusters", "rounds", "candidates_per_round", "proxy")},
+    }
+    write_json_atomic(resolve(OUT_DIR) / MIXTURE, doc)
+    log.info("mixture: best %s bpb %.4f", best["name"], best["bpb_mean"])
+    return doc
+
+
+def run(params: dict) -> dict:
+    """``dvc repro``: the whole search with the proxies in a process pool."""
+    from pipelines.core.executor import get_executor
+
+    cfg = config(params)
+    out = resolve(OUT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg["enabled"]:
+        # Search off (the fast demo): an empty result that mix.phase1.source = weights ignores.
+        doc = {"enabled": False, "phase1_weights": {}, "candidates": []}
+        write_json_atomic(out / MIXTURE, doc)
+        return {"stage": "mixture_search", "enabled": False}
+    prepare(params)
+    executor = get_executor(params.get("executor"))
+    results: list[dict] = []
+    for r in range(int(cfg["rounds"])):
+        cands = propose(params, r, results)
+        results += executor.map(_proxy_job, [(params, c) for c in cands])
+    doc = finalize(params, results)
+    return {"stage": "mixture_search", "enabled": True, "best": doc["best_candidate"],
+            "candidates": len(results), "predictor": doc["predictor"]["comparison"]}
+
+
+def _proxy_job(job: tuple[dict, dict]) -> dict:
+    return run_proxy(*job)

@@ -1,0 +1,204 @@
+"""What the "Data versions" page shows, read from files the pipeline already wrote.
+
+Versions come from the git tags ``data/<version>`` (each points at a commit holding that
+version's dvc.lock) plus the workspace's current build. For the current version the
+workspace files are read (manifests, gate reports, blend.json, pack.json, metrics/); for an
+older tag the stage manifests, blend.json and pack.json are read from the DVC cache via the
+tag's dvc.lock, when the cache still holds them. No database, nothing written.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+FUNNEL_STAGES = ["ingest", "filter", "dedup", "select"]
+PHASES = ["phase1", "phase2"]
+GATE_ORDER = ["ingest", "filter", "dedup", "select", "mix", "pack"]
+
+
+def _json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class Files:
+    """Reads a version's files: from the workspace, or from the DVC cache through a dvc.lock."""
+
+    def __init__(self, root: Path, lock: dict | None = None):
+        self.root = Path(root)
+        self.lock = lock  # None: the workspace itself
+
+    def json(self, rel: str):
+        if self.lock is None:
+            return _json(self.root / rel)
+        return self._cached_json(rel)
+
+    def _cache_file(self, md5: str) -> Path:
+        return self.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+    def _cached_json(self, rel: str):
+        for stage in (self.lock.get("stages") or {}).values():
+            for out in stage.get("outs") or []:
+                path, md5 = str(out.get("path", "")).rstrip("/"), str(out.get("md5", ""))
+                if rel == path and md5 and not md5.endswith(".dir"):
+                    return _json(self._cache_file(md5))
+                if rel.startswith(path + "/") and md5.endswith(".dir"):
+                    listing = _json(self._cache_file(md5)) or []
+                    inner = rel[len(path) + 1:]
+                    for entry in listing:
+                        if entry.get("relpath") == inner:
+                            return _json(self._cache_file(entry["md5"]))
+        return None
+
+
+def funnel(files: Files) -> dict:
+    """Records per stage (manifests) and per blend, tokens and sequences per packed phase."""
+    records = []
+    for stage in FUNNEL_STAGES:
+        m = files.json(f"data/{stage}/_manifest.json")
+        if m:
+            records.append({"stage": stage, "records": int(m["totals"]["rows"])})
+    for phase in [*PHASES, "heldout"]:
+        m = files.json(f"data/mix/{phase}/_manifest.json")
+        if m:
+            records.append({"stage": f"mix/{phase}", "records": int(m["totals"]["rows"])})
+    tokens = []
+    for phase, p in pack_phases(files.json("data/pack/pack.json")).items():
+        if "tokens" in p:
+            tokens.append({"phase": phase, "tokens": int(p["tokens"]), "sequences": p.get("n_seq")})
+    return {"records": records, "tokens": tokens}
+
+
+def pack_phases(pack) -> dict:
+    if not isinstance(pack, dict):
+        return {}
+    phases = pack.get("phases") if isinstance(pack.get("phases"), dict) else pack
+    return {k: v for k, v in phases.items() if k in PHASES and isinstance(v, dict)}
+
+
+def blend_shares(blend) -> dict:
+    """phase -> source -> {share, target_share} from data/mix/blend.json."""
+    out = {}
+    for phase, p in ((blend or {}).get("phases") or {}).items():
+        out[phase] = {s: {"share": float(e.get("share", 0.0)), "target_share": e.get("target_share")}
+                      for s, e in sorted((p.get("sources") or {}).items())}
+    return out
+
+
+def token_shares(pack) -> dict:
+    """phase -> source -> share of the phase's tokens (when pack.json counts tokens per source),
+    else phase -> {"tokens": n} so the page can still compare the phases."""
+    out = {}
+    for phase, p in pack_phases(pack).items():
+        per_source = p.get("tokens_by_source") or p.get("token_share")
+        if isinstance(per_source, dict) and per_source:
+            counts = {s: (v.get("tokens") if isinstance(v, dict) else v) for s, v in per_source.items()}
+            counts = {s: int(v) for s, v in counts.items() if isinstance(v, (int, float))}
+            total = sum(counts.values()) or 1
+            out[phase] = {s: c / total for s, c in sorted(counts.items())}
+    return out
+
+
+def gates(root: Path) -> list[dict]:
+    """Gate results from reports/checks/<stage>.json (workspace only: they are not cached)."""
+    out = []
+    reports = {p.stem: _json(p) for p in sorted((Path(root) / "reports" / "checks").glob("*.json"))}
+    for stage in sorted(reports, key=lambda s: (GATE_ORDER.index(s) if s in GATE_ORDER else 99, s)):
+        r = reports[stage] or {}
+        failed = [c for c in r.get("checks") or [] if not c.get("success")]
+        docs = r.get("data_docs")
+        out.append({
+            "stage": stage, "success": bool(r.get("success")), "evaluated": r.get("evaluated"),
+            "failed": [{"type": c.get("type"), "column": c.get("column"), "observed": c.get("observed")} for c in failed],
+            "data_docs": docs if docs and (Path(root) / docs).is_file() else None,
+        })
+    return out
+
+
+def curves(root: Path) -> dict:
+    """phase -> [(step, loss)] from metrics/train_<phase>.csv; eval bits-per-byte from metrics/eval.json."""
+    out: dict = {"loss": {}, "bpb": {}}
+    for phase in PHASES:
+        path = Path(root) / "metrics" / f"train_{phase}.csv"
+        if not path.exists():
+            continue
+        points = []
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    points.append((float(row["step"]), float(row["loss"])))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        if points:
+            out["loss"][phase] = points
+    ev = _json(Path(root) / "metrics" / "eval.json") or {}
+    for phase in PHASES:
+        bpb = (ev.get(phase) or {}).get("bpb")
+        if isinstance(bpb, dict):
+            out["bpb"][phase] = {s: float(v) for s, v in sorted(bpb.items()) if isinstance(v, (int, float))}
+    return out
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+
+
+def tagged_versions(root: Path) -> list[dict]:
+    """[{version, tag, commit, date}] for the data/* tags, newest first."""
+    out = _git(root, "for-each-ref", "--sort=-creatordate", "--format=%(refname:short)\t%(objectname)\t%(creatordate:iso-strict)",
+               "refs/tags/data/") or ""
+    rows = []
+    for line in out.splitlines():
+        tag, commit, date = (line.split("\t") + ["", ""])[:3]
+        rows.append({"version": tag.split("/", 1)[1], "tag": tag, "commit": commit, "date": date})
+    return rows
+
+
+def version_detail(root: Path, version: str | None, lock: dict | None, current: bool) -> dict:
+    files = Files(root, None if current else lock)
+    detail = {
+        "version": version,
+        "current": current,
+        "funnel": funnel(files),
+        "mixture": blend_shares(files.json("data/mix/blend.json")),
+        "token_shares": token_shares(files.json("data/pack/pack.json")),
+    }
+    if current:
+        detail["gates"] = gates(root)
+        detail["curves"] = curves(root)
+        used = _json(Path(root) / "reports" / "pretrain_data_version.json") or {}
+        detail["trained"] = used.get("version") == version and bool(detail["curves"]["loss"])
+    else:
+        detail.update(gates=[], curves={"loss": {}, "bpb": {}}, trained=False)
+    return detail
+
+
+def collect(root: Path) -> list[dict]:
+    """Every known data version, the workspace's current one first."""
+    root = Path(root)
+    current = (_json(root / "reports" / "data_version.json") or {}).get("version")
+    versions = []
+    tags = tagged_versions(root)
+    if current or (root / "data").exists():
+        d = version_detail(root, current, None, current=True)
+        d.update(next(({"tag": t["tag"], "commit": t["commit"], "date": t["date"]} for t in tags if t["version"] == current),
+                      {"tag": None, "commit": None, "date": None}))
+        versions.append(d)
+    for t in tags:
+        if t["version"] == current:
+            continue
+        lock_text = _git(root, "show", f"{t['commit']}:dvc.lock")
+        lock = yaml.safe_load(lock_text) if lock_text else {}
+        d = version_detail(root, t["version"], lock or {}, current=False)
+        d.update(tag=t["tag"], commit=t["commit"], date=t["date"])
+        versions.append(d)
+    return versions

@@ -1,0 +1,17 @@
+"""Airflow 3 plugin: the "Data versions" page (funnel, gates, mixture, token shares, curves
+per data version). Thin: the page lives in pipelines.orchestration.data_versions_page."""
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+
+from pipelines.orchestration.data_versions_page import create_app
+
+URL_PREFIX = "/data-versions"
+
+
+class DataVersionsPlugin(AirflowPlugin):
+    name = "data_versions"
+    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Data versions"}]
+    # A menu entry in the UI's Browse menu; the page opens inside the UI at /plugin/data-versions.
+    external_views = [{"name": "Data versions", "href": URL_PREFIX + "/", "url_route": "data-versions",
+                       "destination": "nav", "category": "browse"}]
