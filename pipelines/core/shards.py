@@ -27,6 +27,14 @@ def list_shards(directory: str | Path) -> list[Path]:
     return sorted(directory.glob(SHARD_GLOB))
 
 
+def require_shards(directory: str | Path, previous_stage: str) -> list[Path]:
+    """The input shards of a stage; a missing or empty input is a clear error naming it."""
+    shards = list_shards(directory)
+    if not shards:
+        raise FileNotFoundError(f"{directory} holds no part-*.parquet shards (run the {previous_stage} stage first)")
+    return shards
+
+
 def write_shard(path: str | Path, table: pa.Table, *, conform_schema: bool = True) -> None:
     """Write one shard atomically. Same table -> same bytes (no timestamps, fixed row groups)."""
     if conform_schema:

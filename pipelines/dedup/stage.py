@@ -28,7 +28,7 @@ from pipelines.config import resolve, section
 from pipelines.core.executor import get_executor
 from pipelines.core.hashing import params_hash, sha256_file
 from pipelines.core.manifest import fragment_is_complete, load_fragment
-from pipelines.core.shards import iter_batches, list_shards, read_shard
+from pipelines.core.shards import iter_batches, read_shard, require_shards
 from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
 from pipelines.core.stats import ShardStats
 from pipelines.dedup import decontam, keep, spill
@@ -198,9 +198,7 @@ def apply_decisions(task: ShardTask) -> ShardResult:
 def run(params: dict) -> dict:
     cfg = dedup_config(params)
     in_dir, out_dir = resolve(INPUT_DIR), resolve(OUTPUT_DIR)
-    inputs = list_shards(in_dir)
-    if not inputs:
-        raise FileNotFoundError(f"{STAGE}: no shards in {in_dir}")
+    inputs = require_shards(in_dir, "filter")
     # Any input can change any shard's decisions: every output shard fingerprints all inputs.
     fingerprints = {p.name: sha256_file(p) for p in inputs}
     # The eval sets decide drops too: their content is part of the params hash.

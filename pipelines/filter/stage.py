@@ -29,7 +29,7 @@ from pipelines.config import resolve, section
 from pipelines.core.executor import get_executor
 from pipelines.core.hashing import params_hash, sha256_file
 from pipelines.core.manifest import load_fragment
-from pipelines.core.shards import list_shards, read_shard
+from pipelines.core.shards import read_shard, require_shards
 from pipelines.core.stage import ShardResult, ShardTask, finalize, removed_table, run_shard_stage
 from pipelines.core.stats import ShardStats, totals
 from pipelines.filter import quality_model
@@ -167,9 +167,7 @@ def make_tasks(params: dict, in_dir: Path, out_dir: Path) -> list[ShardTask]:
     cfg = section(params, STAGE)
     build_rules({k: v for k, v in cfg.items() if k != "quality_model"})  # bad params fail here, once
     quality_model.config(cfg)
-    shards = list_shards(in_dir)
-    if not shards:
-        raise FileNotFoundError(f"{in_dir} holds no part-*.parquet shards (run the ingest stage first)")
+    shards = require_shards(in_dir, "ingest")
     q = quality_threshold(params, shards)
     # The threshold and the model are inputs of every shard: a new model or threshold re-runs them.
     ph = params_hash({"params": cfg, "quality": {k: v for k, v in (q or {}).items() if k != "model_path"}})

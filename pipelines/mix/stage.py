@@ -29,7 +29,7 @@ from pipelines.config import resolve, section
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.hashing import canonical_json, params_hash, sha256_bytes, sha256_file
 from pipelines.core.manifest import MANIFEST, file_entry, load_manifest, write_fragment
-from pipelines.core.shards import list_shards, read_shard, shard_name, write_shard
+from pipelines.core.shards import read_shard, require_shards, shard_name, write_shard
 from pipelines.core.stage import (
     REMOVED, ShardResult, ShardTask, clean_output_dir, finalize, finish_stats, removed_table, write_shard_outputs,
 )
@@ -386,9 +386,7 @@ def _summary(manifest: dict, skipped: bool) -> dict:
 def run(params: dict) -> dict:
     cfg = _config(params)
     in_dir, out_dir = resolve(IN_DIR), resolve(OUT_DIR)
-    shards = list_shards(in_dir)
-    if not shards:
-        raise FileNotFoundError(f"mix: no shards in {in_dir} (run select first)")
+    shards = require_shards(in_dir, "select")
     fingerprints = {p.name: sha256_file(p) for p in shards}
     if cfg["phase1_source"] == "searched":  # the searched mixture is an input too
         fingerprints["mixture"] = sha256_file(resolve(MIXTURE_DIR) / "mixture.json")

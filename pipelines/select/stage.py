@@ -35,7 +35,7 @@ from pipelines.core.atomic import atomic_path, write_json_atomic
 from pipelines.core.executor import get_executor
 from pipelines.core.hashing import params_hash, sha256_file
 from pipelines.core.manifest import load_fragment
-from pipelines.core.shards import list_shards, read_shard
+from pipelines.core.shards import read_shard, require_shards
 from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
 from pipelines.core.stats import ShardStats, totals
 from pipelines.select import dsir
@@ -195,9 +195,7 @@ def process_shard(task: ShardTask) -> ShardResult:
 def run(params: dict) -> dict:
     cfg = _config(params)
     in_dir, out_dir = resolve(INPUT_DIR), resolve(OUTPUT_DIR)
-    shards = list_shards(in_dir)
-    if not shards:
-        raise FileNotFoundError(f"{in_dir} holds no part-*.parquet shards (run the dedup stage first)")
+    shards = require_shards(in_dir, "dedup")
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / MODEL_STEM
 
