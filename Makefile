@@ -7,6 +7,9 @@ export OMP_WAIT_POLICY := PASSIVE
 export DVC_NO_ANALYTICS := 1
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
+# Every stage, DVC and Airflow subprocess re-imports the stack: let Python keep its bytecode cache
+# (.dvcignore keeps __pycache__ out of stage dependency hashes).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test bench venv clean-data airflow airflow-stop
 

@@ -6,6 +6,11 @@ the parquet shards to writing the deduplicated output; peak RSS is the largest s
 tree (parent + workers), sampled every 50 ms. Ours runs with decontamination off (dedup only, as
 the others) and 2 workers; datatrove with 2 workers; datasketch is single-process (it has no
 parallel mode). A memory curve runs ours alone at 1x, 4x, 16x input with a fixed shard size.
+CPU seconds (the process tree's, from RUSAGE_CHILDREN) are reported next to wall time, so rates
+stay comparable on a loaded machine; ours also reports its phase breakdown (pipelines.dedup.timing).
+
+Scale knobs: ``--n`` / BENCH_DEDUP_N (default 50000 records) and ``--curve-base`` /
+BENCH_DEDUP_CURVE_BASE (default 4000: curve at 4k, 16k, 64k records).
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import resource
 
 import psutil
 import pyarrow as pa
@@ -52,8 +59,10 @@ def child_ours(root: Path) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["dedup"]["decontam"]["enabled"] = False
     params["dedup"]["minhash"].update(ngram=NGRAM, bands=BANDS, rows=ROWS)
+    from pipelines.dedup.stage import LAST_TIMINGS
+
     s = run(params)
-    return {"records_out": s["records_out"], "removed": s["exact_dup"] + s["near_dup"]}
+    return {"records_out": s["records_out"], "removed": s["exact_dup"] + s["near_dup"], "phases": dict(LAST_TIMINGS)}
 
 
 def child_datatrove(root: Path) -> dict:
@@ -141,6 +150,7 @@ def measure(system: str, root: Path, timeout: float = 3600) -> dict:
     cmd = [sys.executable, "-m", "bench.bench_dedup", "--child", system, str(root)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
 
@@ -159,29 +169,35 @@ def measure(system: str, root: Path, timeout: float = 3600) -> dict:
     out, err = proc.communicate(timeout=timeout)
     wall = time.perf_counter() - start
     th.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and every worker it reaped
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{system} failed:\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    return {"system": system, "wall_s": round(wall, 2), "peak_rss_mb": round(peak[0] / 2**20, 1), **result}
+    return {"system": system, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak[0] / 2**20, 1),
+            **result}
 
 
 def main(n: int | None = None, curve_base: int | None = None, scales=(1, 4, 16)) -> dict:
-    n = n or int(os.environ.get("BENCH_DEDUP_N", 6000))
-    curve_base = curve_base or int(os.environ.get("BENCH_DEDUP_CURVE_BASE", 2000))
+    n = n or int(os.environ.get("BENCH_DEDUP_N", 50000))
+    curve_base = curve_base or int(os.environ.get("BENCH_DEDUP_CURVE_BASE", 4000))
     tmp = Path(tempfile.mkdtemp(prefix="bench-dedup-"))
+    load_start = os.getloadavg()[0]
     try:
         root = tmp / "cmp"
         avg_chars = write_input(root, n)
         runs = {s: measure(s, root) for s in ("ours", "datatrove", "datasketch")}
         for r in runs.values():
             r["docs_per_s"] = round(n / r["wall_s"], 1)
+            r["docs_per_cpu_s"] = round(n / r["cpu_s"], 1)
         curve = []
         for scale in scales:
             croot = tmp / f"curve{scale}"
             write_input(croot, curve_base * scale, seed=1)
             m = measure("ours", croot)
-            curve.append({"scale": scale, "records": curve_base * scale, "wall_s": m["wall_s"],
-                          "docs_per_s": round(curve_base * scale / m["wall_s"], 1), "peak_rss_mb": m["peak_rss_mb"]})
+            curve.append({"scale": scale, "records": curve_base * scale, "wall_s": m["wall_s"], "cpu_s": m["cpu_s"],
+                          "docs_per_s": round(curve_base * scale / m["wall_s"], 1),
+                          "docs_per_cpu_s": round(curve_base * scale / m["cpu_s"], 1), "peak_rss_mb": m["peak_rss_mb"]})
             shutil.rmtree(croot)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -193,14 +209,21 @@ def main(n: int | None = None, curve_base: int | None = None, scales=(1, 4, 16))
         "anchor": dt["docs_per_s"],
         "anchor_name": "datatrove 0.10.1 MinhashDedupSignature/Buckets/Cluster/Filter, 2 workers",
         "ratio": round(ours["docs_per_s"] / dt["docs_per_s"], 2),
+        "ratio_cpu": round(ours["docs_per_cpu_s"] / dt["docs_per_cpu_s"], 2),
         "ratio_vs_datasketch": round(ours["docs_per_s"] / ds["docs_per_s"], 2),
+        "ratio_cpu_vs_datasketch": round(ours["docs_per_cpu_s"] / ds["docs_per_cpu_s"], 2),
         "input": f"{n} records from real sentences (avg {avg_chars:.0f} chars; 10% exact copies, 10% near copies), "
                  f"word {NGRAM}-grams, {BANDS}x{ROWS} LSH, shards of {SHARD_RECORDS}",
         "peak_rss_mb": ours["peak_rss_mb"],
+        "phases_ours": ours.pop("phases"),
         "runs": runs,
         "memory_curve_ours": curve,
-        "machine": f"{os.cpu_count()} cores, shared (load avg at end {os.getloadavg()[0]:.1f})",
+        "memory_curve_flat": max(c["peak_rss_mb"] for c in curve) <= 1.25 * curve[0]["peak_rss_mb"],
+        "full_scale_command": "python -m bench dedup  (BENCH_DEDUP_N=50000, BENCH_DEDUP_CURVE_BASE=4000)",
+        "machine": f"{os.cpu_count()} cores, shared (load avg at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f})",
     }
+    for c in curve:  # the curve's runs report phases too; keep the JSON small
+        c.pop("phases", None)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "dedup.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -25,6 +25,7 @@ TEXT = SHARED_DATA / "text"
 SHAKESPEARE = TEXT / "books" / "open-shakespeare"
 NGRAM = 5
 POSITIVE_LEVELS = [0.82, 0.88, 0.95]  # target Jaccard of the near-duplicate edits
+HARD_LEVELS = [0.71, 0.74, 0.77]  # hard negatives: LSH often pairs them, verification (0.8) must not merge them
 NEGATIVE_LEVEL = 0.3
 
 
@@ -105,6 +106,8 @@ def near_dup_set() -> list[dict]:
         level = POSITIVE_LEVELS[i % len(POSITIVE_LEVELS)]
         records.append(_record(source, f"near-{i}", _edit_to_jaccard(text, level, rng, vocab, above=True)))
         records.append(_record(source, f"far-{i}", _edit_to_jaccard(text, NEGATIVE_LEVEL, rng, vocab, above=False)))
+        if i % 2 == 0:  # J in [0.7, 0.8): near the threshold, on the wrong side
+            records.append(_record(source, f"hard-{i}", _edit_to_jaccard(text, HARD_LEVELS[i // 2 % 3], rng, vocab, above=True)))
     # First Folio spelling of the same play: natural related documents (J ~ 0.1-0.2), not duplicates.
     records += [_record("books", f"folio-{i}", t) for i, t in enumerate(_scenes("macbeth", True)[:10])]
     return records
@@ -155,6 +158,34 @@ def test_normalisation_and_short_documents():
         MinHasher(rows=0)
 
 
+def test_vectorised_word_hashing_tokenises_exactly_like_words():
+    """The stage hashes code points with numpy; its words must be normalize.words()' words, hash-equal iff equal."""
+    from pipelines.dedup.minhash import text_word_hashes
+
+    rng = random.Random(5)
+    alphabet = "abcAB é_-,.!?\u00a0\u2019\u2014\ufb01\uff11\u216b\u00b2\u00df \u0130\t\n\u65e5\u672c\U0001F600\x00\ud800"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40))) for _ in range(400)]
+    texts += _news(2) + ["", "   ", "word"]
+    hashes, counts = text_word_hashes(texts)
+    expected = [words(t) for t in texts]
+    assert counts.tolist() == [len(w) for w in expected]
+    flat = [w for ws in expected for w in ws]
+    first = {}
+    for w, h in zip(flat, hashes.tolist()):
+        assert first.setdefault(w, h) == h  # the same word always hashes alike
+    assert len(set(first.values())) == len(first)  # distinct words, distinct hashes
+    # Blocks (BLOCK_CHARS) do not change anything.
+    import pipelines.dedup.minhash as minhash
+
+    small = text_word_hashes.__globals__["BLOCK_CHARS"]
+    try:
+        minhash.BLOCK_CHARS = 50
+        h2, c2 = text_word_hashes(texts)
+    finally:
+        minhash.BLOCK_CHARS = small
+    assert (h2 == hashes).all() and (c2 == counts).all()
+
+
 # ---------------------------------------------------------------- stage
 
 def test_exact_copies_with_case_space_punctuation_changes_are_dropped(workspace):
@@ -197,14 +228,9 @@ def test_exact_copies_with_case_space_punctuation_changes_are_dropped(workspace)
     assert (exact_only[EXACT_DUP], exact_only[NEAR_DUP], exact_only["records_out"]) == (3 * len(docs), 0, 2 * len(docs))
 
 
-def test_near_duplicates_against_exact_jaccard(workspace, near_dup_set):
-    _write_filter(workspace, near_dup_set, 3)
-    summary = run(workspace.params())
-    cluster = _cluster_of(workspace)
-    assert len(cluster) == len(near_dup_set)
-
-    shingles = {r["id"]: _shingles(r["text"]) for r in near_dup_set}
-    truth, predicted, far_merged = set(), set(), []
+def _pair_scores(records: list[dict], cluster: dict[str, str]) -> dict:
+    shingles = {r["id"]: _shingles(r["text"]) for r in records}
+    truth, predicted, far_merged, hard, hard_merged = set(), set(), [], 0, []
     for a, b in combinations(sorted(shingles), 2):
         j = _jaccard(shingles[a], shingles[b])
         same = cluster[a] == cluster[b]
@@ -214,14 +240,52 @@ def test_near_duplicates_against_exact_jaccard(workspace, near_dup_set):
             predicted.add((a, b))
         if j <= NEGATIVE_LEVEL and same:
             far_merged.append((a, b, j))
-    assert len(truth) >= 30  # the set really contains near duplicates
-    precision = len(truth & predicted) / len(predicted)
-    recall = len(truth & predicted) / len(truth)
-    assert precision >= 0.95, (precision, len(predicted))
-    assert recall >= 0.90, (recall, len(truth))
-    assert not far_merged, far_merged  # J <= 0.3 (distant edits, Folio vs modern spelling) never merged
+        if 0.7 <= j < 0.8:
+            hard += 1
+            if same:
+                hard_merged.append((a, b, j))
+    return {"truth": truth, "predicted": predicted, "far_merged": far_merged, "hard": hard, "hard_merged": hard_merged,
+            "precision": len(truth & predicted) / max(len(predicted), 1), "recall": len(truth & predicted) / len(truth)}
+
+
+def test_near_duplicates_against_exact_jaccard(workspace, near_dup_set):
+    _write_filter(workspace, near_dup_set, 3)
+    params = workspace.params()
+    assert params["dedup"]["minhash"]["verify_threshold"] == 0.8
+    summary = run(params)
+    cluster = _cluster_of(workspace)
+    assert len(cluster) == len(near_dup_set)
+    score = _pair_scores(near_dup_set, cluster)
+    assert len(score["truth"]) >= 30  # the set really contains near duplicates
+    assert score["hard"] >= 15  # and hard negatives (J in [0.7, 0.8))
+    assert score["precision"] >= 0.95, (score["precision"], len(score["predicted"]))
+    assert score["recall"] >= 0.90, (score["recall"], len(score["truth"]))
+    assert not score["hard_merged"], score["hard_merged"]  # below the verification threshold: never merged
+    assert not score["far_merged"], score["far_merged"]  # J <= 0.3 (distant edits, Folio vs modern spelling) never merged
     assert summary["near_dup"] + summary["exact_dup"] == len(near_dup_set) - len(set(cluster.values()))
-    print(f"precision={precision:.3f} recall={recall:.3f} truth_pairs={len(truth)} summary={summary}")
+    print(f"precision={score['precision']:.3f} recall={score['recall']:.3f} truth_pairs={len(score['truth'])} "
+          f"hard_pairs={score['hard']} summary={summary}")
+
+    # Without verification the LSH (14x8: P(J=0.75) ~ 0.77) merges hard pairs: the hard cases really test it.
+    run(workspace.update("dedup.minhash.verify_threshold", None))
+    loose = _pair_scores(near_dup_set, _cluster_of(workspace))
+    assert loose["hard_merged"] and loose["precision"] < score["precision"]
+
+
+def test_url_dedup_normalises_urls_and_keeps_by_policy(workspace):
+    docs = _news(4)
+    variants = ["https://www.Example.org/a/b/?y=2&x=1#top", "http://example.org/a/b?x=1&y=2", "https://example.org:443/a/b/"]
+    records = [{**_record("news", f"u{i}", docs[i]), "url": u} for i, u in enumerate(variants)]
+    records.append({**_record("news", "other", docs[3]), "url": "https://example.org/a/c"})
+    _write_filter(workspace, records, 2)
+    assert run(workspace.params())["duplicate_url"] == 0  # off by default: different texts all stay
+    summary = run(workspace.update("dedup.exact.url", True))
+    removed = read_all(workspace.path("data", "dedup", "removed")).to_pylist()
+    same = sorted(r["id"] for r in records[:2])  # u2 has no query string: another page
+    assert {r["id"]: (r["drop_reason"], r["dup_of"]) for r in removed} == {same[1]: ("duplicate_url", same[0])}
+    assert summary["duplicate_url"] == 1 and summary["records_out"] == 3
+    with pytest.raises(ValueError, match="dedup.exact.url"):
+        run(workspace.update("dedup.exact.url", "yes"))
 
 
 def test_keep_policy_is_independent_of_sharding_and_outputs_balance(workspace, near_dup_set, monkeypatch):

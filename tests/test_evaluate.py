@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 # Shared real-text inputs (tokenizer, packs, held-out shard); tests/ is on sys.path under pytest.
-from test_train import built_inputs, tiny_model, tiny_params  # noqa: F401  (built_inputs is a fixture)
+from test_train import built_inputs, tiny_model, trained_phase1  # noqa: F401  (built_inputs is a fixture)
 
 
 @pytest.fixture
@@ -65,19 +65,18 @@ def test_scores_match_a_direct_computation_and_ignore_batch_padding(ws):
     assert cut.tokens == 3 * 19 and 0 < cut.bytes < one.bytes
 
 
-def test_evaluate_writes_bpb_per_source_for_both_phases(ws):
+def test_evaluate_writes_bpb_per_source_for_both_phases(ws, tmp_path_factory):
     from pipelines.evaluate.bpb import score_documents
     from pipelines.evaluate.stage import heldout_documents, run
-    from pipelines.train.stage import run_anneal, run_phase1
+    from pipelines.train.stage import run_anneal
 
-    params = tiny_params(ws, phase1_steps=40, checkpoint_every=0)
+    with pytest.raises(FileNotFoundError, match="models/phase1"):
+        run(ws.params())
+    params, _ = trained_phase1(ws, tmp_path_factory, steps=60)  # 60 steps, shared with test_train.py
     params["evaluate"].update({"max_docs_per_source": 3, "max_tokens_per_doc": 256})
     params["evaluate"]["lm_eval"].update({"limit": 6})
     params["evaluate"]["contamination"].update({"max_items": 12, "max_tokens": 64})
     ws.set_params(params)
-    with pytest.raises(FileNotFoundError, match="models/phase1"):
-        run(params)
-    run_phase1(params)
     run_anneal(params)
     summary = run(params)
     result = json.loads(ws.path("metrics/eval.json").read_text())
@@ -89,7 +88,7 @@ def test_evaluate_writes_bpb_per_source_for_both_phases(ws):
         assert all(math.isfinite(v) and 0 < v < 20 for v in r["bpb"].values())
         assert r["bpb_mean"] == pytest.approx(sum(r["bpb"].values()) / 3)
         assert all(t <= 3 * 255 for t in r["tokens"].values())  # max_tokens_per_doc applied
-    assert result["phase1"]["step"] == 40 and result["phase2"]["step"] == 50
+    assert result["phase1"]["step"] == 60 and result["phase2"]["step"] == 75  # 60 * 0.2 / 0.8 = 15 anneal steps
     assert result["delta"] == {s: pytest.approx(result["phase2"]["bpb"][s] - result["phase1"]["bpb"][s]) for s in sources}
     assert summary["bpb_mean"]["phase1"] == result["phase1"]["bpb_mean"]
 
@@ -150,16 +149,14 @@ def test_min_k_prob_is_the_mean_of_the_lowest_k_share():
         min_k_prob(lp, 0)
 
 
-def test_min_k_audit_flags_text_the_model_was_trained_on(ws):
+def test_min_k_audit_flags_text_the_model_was_trained_on(ws, tmp_path_factory):
     """Documents of the phase-1 pack score higher Min-K% than held-out text; fresh items do not."""
     from test_train import real_documents
 
     from pipelines.evaluate.contamination import audit
     from pipelines.train.checkpoint import load_model
-    from pipelines.train.stage import run_phase1
 
-    params = tiny_params(ws, phase1_steps=60, checkpoint_every=0)
-    run_phase1(params)
+    trained_phase1(ws, tmp_path_factory, steps=60)
     tok = _tokenizer(ws)
     model = load_model(ws.path("models/phase1"))
     docs = real_documents()

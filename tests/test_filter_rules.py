@@ -120,13 +120,29 @@ def test_url_rule_blocks_listed_domains_words_and_subwords(web):
 
 def test_url_rule_lists_are_configurable_and_missing_lists_fail_clearly(tmp_path):
     blocklist = tmp_path / "domains.txt"
-    blocklist.write_text("# comment\nnews.example.org\n", encoding="utf-8")
+    blocklist.write_text("# comment\nnews.example.org\nexample.net\n", encoding="utf-8")
     rule = URLFilterRule(domains_file=str(blocklist), banned_words_file=None, soft_banned_words_file=None,
                          banned_subwords_file=None)
-    assert rule.check(Doc("t", url="http://a.news.example.org/x"))[0] is False
+    assert rule.check(Doc("t", url="http://news.example.org/x")) == (False, {"check": "subdomain", "value": "news.example.org"})
+    assert rule.check(Doc("t", url="http://a.b.example.net/x")) == (False, {"check": "domain", "value": "example.net"})
+    # datatrove semantics: a listed host matches itself, a listed registered domain all its hosts.
+    assert rule.check(Doc("t", url="http://a.news.example.org/x"))[0] is True
     assert rule.check(Doc("t", url="http://example.org/2g1c"))[0] is True
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         URLFilterRule(domains_file=str(tmp_path / "nope.txt"))
     section = load_params(REPO / "params.yaml")["filter"]
     section["fineweb_quality"] = {"enabled": False}
     assert "fineweb_quality" not in [r.name for r in build_rules(section)]
+
+
+def test_fast_word_split_equals_the_exact_pass(web):
+    """split() skips the exact (whitespace-token) pass on lines without a special-case merge candidate:
+    the words must equal the exact pass's, with newlines, runs of spaces, tabs and merge cases mixed in."""
+    from pipelines.filter.words import english_splitter
+
+    splitter = english_splitter()
+    texts = [d["text"] for d in web[:150]]
+    texts += [t.replace(" ", sep, 40) for t, sep in zip(texts, ["  ", "\t", "\n", " \n ", "\u00a0", "\n\n"] * 25)]
+    texts += ["Mr. Smith at 10a.m. :) ok\n  (a) b.\n\nc'mon ... :-)", "a.m. \n:)\t:)", " \n\u2028x.y :-) 8-)"]
+    assert sum(splitter._has_merge_candidate(splitter.split(t)) for t in texts) >= 20  # the slow path is exercised
+    assert [splitter.split(t) for t in texts] == [splitter._split_exact(t) for t in texts]

@@ -171,3 +171,64 @@ def test_bad_crawl_ids_and_missing_listings_fail_clearly(workspace, moto_cc):
     params["ingest"]["cc_files"] = "wat"
     with pytest.raises(ValueError, match="cc_files"):
         run(params)
+
+
+def _put_listing(kind: str, keys: list[str]) -> None:
+    import boto3
+
+    boto3.client("s3").put_object(Bucket="commoncrawl", Key=f"crawl-data/{CRAWL}/{kind}.paths.gz",
+                                  Body=gzip.compress(("\n".join(keys) + "\n").encode(), mtime=0))
+
+
+def test_listed_key_missing_from_the_bucket_fails_before_any_work_naming_it(workspace, moto_cc):
+    seg = f"crawl-data/{CRAWL}/segments/1715971057494.65/warc"
+    missing = f"{seg}/CC-MAIN-20240517-00009.warc.gz"
+    _put_listing("warc", sorted(k for k in FILES.values() if "/warc/" in k) + [missing])
+    params = workspace.params()
+    params["ingest"].update(warc=[], wet=[], curated={}, crawl_id=CRAWL, cc_files="warc", max_files=0)
+    with pytest.raises(FileNotFoundError, match=rf"s3://commoncrawl/{missing}"):
+        run(params)
+    assert not list(workspace.path("data/ingest").glob("*.parquet"))  # nothing half-written
+
+
+def test_truncated_and_empty_objects_on_s3_are_counted_and_the_rest_is_ingested(workspace, moto_cc):
+    """Objects cut mid gzip member / empty, read through S3: the records before the cut are kept, the error is
+    counted per file, the other files of the listing are ingested, exactly as for the same bytes on disk."""
+    import boto3
+
+    good = "samples/warc/dolma_sample-0000.warc.gz"
+    raw = workspace.path(good).read_bytes()
+    seg = f"crawl-data/{CRAWL}/segments/1715971058009.13/warc"
+    bodies = {f"{seg}/CC-MAIN-20240518-00010.warc.gz": raw[: len(raw) // 2],   # cut inside a gzip member
+              f"{seg}/CC-MAIN-20240518-00011.warc.gz": b"",                    # zero-length object
+              f"{seg}/CC-MAIN-20240518-00012.warc.gz": raw[:100] + b"\x00" * 500}  # header, then garbage
+    s3 = boto3.client("s3")
+    for key, body in bodies.items():
+        s3.put_object(Bucket="commoncrawl", Key=key, Body=body)
+    good_key = FILES[good]
+    _put_listing("warc", sorted([good_key, *bodies]))
+    inputs = workspace.path("inputs")
+    inputs.mkdir()
+    for key, body in bodies.items():
+        (inputs / key.rsplit("/", 1)[1]).write_bytes(body)
+    local = {}
+    for key in bodies:
+        rows = _local_run(workspace, [f"inputs/{key.rsplit('/', 1)[1]}"])
+        local[f"s3://commoncrawl/{key}"] = [r["text"] for r in rows]
+    expected_good = [r["text"] for r in _local_run(workspace, [good])]
+
+    params = workspace.params()
+    params["ingest"].update(warc=[], wet=[], curated={}, crawl_id=CRAWL, cc_files="warc", max_files=0)
+    summary = run(params)
+    rows = read_all(workspace.path("data/ingest")).to_pylist()
+    by_file: dict[str, list[str]] = {}
+    for r in rows:
+        by_file.setdefault(r["source_file"], []).append(r["text"])
+    assert summary["files"] == 4
+    assert by_file[f"s3://commoncrawl/{good_key}"] == expected_good and len(expected_good) > 10
+    cut = f"s3://commoncrawl/{seg}/CC-MAIN-20240518-00010.warc.gz"
+    assert 0 < len(by_file[cut]) < len(expected_good) and by_file[cut] == local[cut]
+    assert by_file[cut] == expected_good[: len(by_file[cut])]  # the whole records before the cut
+    for key in bodies:
+        assert by_file.get(f"s3://commoncrawl/{key}", []) == local[f"s3://commoncrawl/{key}"]
+    assert summary["skipped"]["read_errors"] == 2 and summary["skipped"]["empty_files"] == 1

@@ -143,7 +143,15 @@ def test_weights_and_replay(mixed):
     own_src = own.source.value_counts()
     assert own_src["wikipedia"] == 3 * trainable["wikipedia"]  # weight 3.0
     assert own_src["books"] == 2 * trainable["books"]
-    assert not own.source.str.startswith("cc-").any()
+    # Web records enter phase 2 only as the top-quality slice (top 10% of quality_score, weight 2.0).
+    blend = json.loads((mix / "blend.json").read_text())
+    tq = blend["phases"]["phase2"]["targets"]["top_quality"]
+    web = records.to_pandas()
+    web = web[web.source.str.startswith("cc-") & ~web.id.isin(held_ids)]
+    top = set(web[web.quality_score >= tq["threshold"]].id)
+    assert 0 < len(top) == tq["records"] <= 0.2 * len(web)
+    own_web = own[own.source.str.startswith("cc-")]
+    assert set(own_web.id) == top and (own_web.id.value_counts() == 2).all()
     replay = p2[p2.blend_origin == "replay"]
     frac = len(replay) / p1.num_rows
     assert abs(frac - 0.2) < 0.06
@@ -250,6 +258,7 @@ def test_searched_phase1_realises_domain_shares_and_gate_checks_them(workspace):
     target = {"news": 0.3, "math": 0.25, "wikipedia": 0.1, "books": 0.1, "code": 0.05, "cluster_0": 0.15, "cluster_1": 0.05}
     workspace.path("data/mixture/mixture.json").write_text(json.dumps({"phase1_weights": target}))
     workspace.update("checks.mix.share_tolerance", 0.08)
+    workspace.update("mix.phase2.clusters", {"top": 1, "weight": 1.0})
     params = workspace.update("mix.phase1.source", "searched")
     _run(params)
     blend = json.loads(workspace.path("data/mix/blend.json").read_text())
@@ -259,7 +268,36 @@ def test_searched_phase1_realises_domain_shares_and_gate_checks_them(workspace):
         assert abs(got[d]["share"] - share) < 0.08, (d, got[d])
     p1 = read_all(workspace.path("data/mix/phase1"))
     assert "forum" not in set(p1.column("source").to_pylist())  # a dropped cluster gets no phase-1 rows
+    # Every blend row carries its domain (the cluster id for web records).
+    domain_of = dict(zip(ids, domain))
+    for phase in ("phase1", "phase2"):
+        t = read_all(workspace.path("data/mix", phase)).to_pandas()
+        assert (t.mix_domain.fillna("") == t.id.map(domain_of).fillna("")).all()
+    # Phase 2: cluster_0 (the web cluster the search weighted most; clusters.top = 1) is upsampled
+    # by clusters.weight on top of the top-quality slice; cluster_1 only gets its top-quality slice.
+    p2 = read_all(workspace.path("data/mix/phase2")).to_pandas()
+    own = p2[p2.blend_origin == "phase2"]
+    held = set(read_all(workspace.path("data/mix/heldout")).column("id").to_pylist())
+    tq = blend["phases"]["phase2"]["targets"]["top_quality"]
+    assert blend["phases"]["phase2"]["targets"]["clusters"]["upsampled"] == ["cluster_0"]
+    rec = records.to_pandas().assign(domain=domain)
+    for cl, bonus in (("cluster_0", 1), ("cluster_1", 0)):
+        members = rec[(rec.domain == cl) & ~rec.id.isin(held)]
+        want = {i: bonus + 2 * (q >= tq["threshold"]) for i, q in zip(members.id, members.quality_score)}
+        got = own[own.mix_domain == cl].id.value_counts().to_dict()
+        assert got == {i: n for i, n in want.items() if n}, cl
+    # Realised vs target per domain in phase 2 too (upsampled slices + replay), within tolerance.
+    d2 = blend["phases"]["phase2"]["domains"]
+    assert {"cluster_0", "cluster_1", "wikipedia"} <= set(d2)
+    assert sum(e["share"] for e in d2.values()) == pytest.approx(1.0)
+    for d, e in d2.items():
+        assert abs(e["share"] - e["target_share"]) < 0.08, (d, e)
     assert run_gate("mix", params)["success"]
+    off = json.loads(json.dumps(blend))
+    off["phases"]["phase2"]["domains"]["cluster_0"]["share"] += 0.2  # realised share off its target
+    workspace.path("data/mix/blend.json").write_text(json.dumps(off))
+    with pytest.raises(GateFailed, match="cluster_0"):
+        run_gate("mix", params)
     blend["phases"]["phase1"]["domains"]["news"]["target_share"] = 0.9  # the blend misses this target
     workspace.path("data/mix/blend.json").write_text(json.dumps(blend))
     with pytest.raises(GateFailed, match="share_error"):

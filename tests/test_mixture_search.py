@@ -17,6 +17,7 @@ from tests.conftest import REPO
 from tests.test_dsir import TEXT, _jsonl, _lines
 
 TOY = {"enabled": True, "clusters": 2, "rounds": 2, "candidates_per_round": 2, "pool_samples": 200,
+       "anchors": ["uniform"], "final": {"method": "top_k_mean", "k": 3},
        "vocab_size": 300, "heldout_docs_per_source": 3, "eval_tokens_per_doc": 64,
        "curated_sources": ["news", "math"],
        "proxy": {"preset": "tiny", "steps": 3, "seq_len": 32, "micro_batch": 2, "lr": 0.003, "threads": 1,
@@ -25,6 +26,10 @@ TOY = {"enabled": True, "clusters": 2, "rounds": 2, "candidates_per_round": 2, "
 
 @pytest.fixture
 def toy(workspace):
+    return build_toy(workspace)
+
+
+def build_toy(workspace):
     texts = {"news": _lines(TEXT / "news" / "lee_background.cor", 60),
              "math": _jsonl(TEXT / "math" / "gsm8k_train_lines0001-3737.jsonl.gz", 60, ["question", "answer"]),
              "web": _jsonl(TEXT / "web_cc" / "dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz", 60, ["text"])}
@@ -41,9 +46,13 @@ def _check(doc):
     for c in doc["candidates"]:
         assert sum(c["weights"].values()) == pytest.approx(1.0)
         assert 0 < c["bpb_mean"] < 20 and "predicted_bpb_mean" in c
-    best = min(doc["candidates"], key=lambda c: c["bpb_mean"])
-    assert doc["phase1_weights"] == best["weights"]
-    assert set(doc["predictor"]["comparison"]) == {"lightgbm", "linear_regmix"}
+    # Round 0 starts from the uniform anchor; phase 1 = mean of the 3 best measured (final: top_k_mean).
+    r0 = [c for c in doc["candidates"] if c["round"] == 0]
+    assert r0[0]["weights"] == pytest.approx({d: 0.25 for d in doc["domains"]})
+    top = sorted(doc["candidates"], key=lambda c: c["bpb_mean"])[:3]
+    mean = {d: sum(c["weights"][d] for c in top) / 3 for d in doc["domains"]}
+    assert doc["phase1_weights"] == pytest.approx(mean)
+    assert set(doc["predictor"]["comparison"]) == {"lightgbm", "linear_regmix", "mixing_law"}
 
 
 def test_disabled_search_writes_empty_mixture(workspace):
@@ -72,3 +81,32 @@ def test_pool_and_mapped_tasks_run_the_same_search(toy, airflow_db, monkeypatch)
     for a, b in zip(doc["candidates"], again["candidates"]):
         assert a["weights"] == pytest.approx(b["weights"])
         assert a["bpb_mean"] == pytest.approx(b["bpb_mean"], rel=1e-4)
+
+
+def test_predictors_rank_a_known_mixing_law_and_final_rules():
+    """On scores that follow a data-mixing law exactly, every predictor ranks held-out candidates
+    nearly right; the final rules pick the best / the top-k mean as documented."""
+    import numpy as np
+
+    names = ["a", "b", "c"]
+    rng = np.random.default_rng(0)
+    t = np.array([-1.0, 0.5, 1.5])
+
+    def cand(j, w):
+        return {"name": f"c{j}", "round": 0, "weights": dict(zip(names, w)), "bpb_mean": float(3 + np.exp(w @ t))}
+
+    W = rng.dirichlet(np.ones(3), size=36)
+    train, test = [cand(j, w) for j, w in enumerate(W[:24])], [cand(j, w) for j, w in enumerate(W[24:])]
+    rho = search.holdout_spearman(train, test, names)
+    assert set(rho) == {"lightgbm", "linear_regmix", "mixing_law"}
+    assert rho["mixing_law"]["spearman"] > 0.95 and rho["linear_regmix"]["spearman"] > 0.8
+    assert rho["lightgbm"]["spearman"] > 0.6
+    cfg = {"final": {"method": "best", "k": 2}, "seed": 0, "local_concentration": 20.0, "pool_samples": 100}
+    best = min(train, key=lambda c: c["bpb_mean"])
+    assert search.final_weights(cfg, train, names, None) == pytest.approx(best["weights"])
+    top2 = sorted(train, key=lambda c: c["bpb_mean"])[:2]
+    cfg["final"]["method"] = "top_k_mean"
+    assert search.final_weights(cfg, train, names, None) == pytest.approx(
+        {d: (top2[0]["weights"][d] + top2[1]["weights"][d]) / 2 for d in names})
+    with pytest.raises(ValueError, match="mixture.final"):
+        search.config({"mixture": {"final": {"method": "oracle"}}, "mix": {}})

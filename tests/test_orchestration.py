@@ -245,3 +245,45 @@ def test_failure_callback_names_failed_expectation_and_observed_value(tmp_path, 
     assert "gate check_filter FAILED: 1 of 7" in text
     assert "expect_column_min_to_be_between(column=keep_rate, min_value=0.2) on stats: observed 0.0625" in text
     assert "expect_table_row_count" not in text and "not retried" in text
+
+
+# ---------------------------------------------------------------- GPU stages as Kubernetes pods
+
+def test_pretrain_gpu_stages_become_kubernetes_pods_when_configured(monkeypatch):
+    """orchestration.train_launcher: kubernetes -> train/anneal are KubernetesPodOperator tasks from infra/'s pod template.
+
+    Rendered with a dry run (no cluster here): the pod must carry the GPU request and the `dvc repro` command."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    local = DagBag(dag_folder=str(REPO / "dags")).dags["pretrain"]
+    assert not any(isinstance(t, KubernetesPodOperator) for t in local.tasks)  # default: local
+
+    monkeypatch.setenv("PIPELINES_TRAIN_LAUNCHER", "kubernetes")
+    monkeypatch.setenv("PIPELINES_TRAIN_IMAGE", "registry.example/pipelines:1.2")
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.dags["pretrain"]
+    pods = {t.task_id: t for t in dag.tasks if isinstance(t, KubernetesPodOperator)}
+    assert set(pods) == {"train.train", "train.anneal"}
+    assert not isinstance(dag.get_task("evaluate.evaluate"), KubernetesPodOperator)  # CPU stage stays local
+    assert "train.train" in pods["train.anneal"].upstream_task_ids  # same edges as the local DAG
+    for stage, op in (("train", pods["train.train"]), ("anneal", pods["train.anneal"])):
+        pod = op.build_pod_request_obj(dry_run=True)
+        (base,) = [c for c in pod.spec.containers if c.name == "base"]
+        assert [*base.command, *base.args] == ["dvc", "repro", "--single-item", stage]
+        assert base.image == "registry.example/pipelines:1.2" and base.working_dir == "/workspace"
+        assert base.resources.requests["nvidia.com/gpu"] == "1" == base.resources.limits["nvidia.com/gpu"]
+        assert {m.mount_path for m in base.volume_mounts} >= {"/workspace"}
+        assert any(v.persistent_volume_claim and v.persistent_volume_claim.claim_name == "pipelines-workspace"
+                   for v in pod.spec.volumes)
+        assert pod.metadata.namespace == "airflow" and pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
+
+    from pipelines.orchestration.dag_factory import gpu_pod_template, kubernetes_launcher
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg = kubernetes_launcher(params)
+    assert gpu_pod_template({**cfg, "gpus": 4}, REPO)["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    monkeypatch.setenv("PIPELINES_TRAIN_LAUNCHER", "slurm")
+    with pytest.raises(ValueError, match="launcher"):
+        kubernetes_launcher(params)

@@ -6,8 +6,11 @@ the stage runs in a child with ``RLIMIT_FSIZE`` (max file size) below its shard 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 import pyarrow.parquet as pq
 
@@ -59,3 +62,36 @@ def test_output_path_that_is_not_a_directory_is_a_clear_error(workspace):
     assert failed.returncode != 0
     assert "data/ingest" in failed.stderr.strip().splitlines()[-1]  # the last line names the path
     assert workspace.path("data/ingest").read_text() == "not a directory\n"  # left untouched
+
+
+def _without_root_override(argv: list[str]) -> list[str]:
+    """Root ignores file modes: run ``argv`` without the capabilities that let it (CAP_DAC_*), so the
+    kernel really answers EACCES (an unprivileged user needs nothing: the mode bits apply)."""
+    if os.getuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.skip("running as root without util-linux setpriv: cannot drop CAP_DAC_OVERRIDE")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--", *argv]
+
+
+def test_permission_denied_on_the_output_dir_fails_clearly_and_writes_nothing(workspace):
+    params = workspace.params()
+    params["ingest"].update(warc=[WARC], wet=[], curated={})
+    workspace.set_params(params)
+    out = workspace.path("data/ingest")
+    out.mkdir(parents=True)
+    out.chmod(0o555)  # a read-only output dir
+    env = {**os.environ, "PIPELINES_WORKSPACE": str(workspace.root), "PIPELINES_WORKERS": "1"}
+    argv = [sys.executable, "-m", "pipelines", "ingest"]
+    denied = subprocess.run(_without_root_override(argv), cwd=workspace.root, env=env, text=True,
+                            capture_output=True, timeout=300)
+    assert denied.returncode != 0
+    last = denied.stderr.strip().splitlines()[-1]
+    assert "Permission denied" in last and ".tmp-" not in last, last  # a clear error naming the output
+    assert f"cannot write {out / 'part-00000.parquet'}" in last, last
+    assert list(out.rglob("*")) == [], "something was written into the read-only output dir"
+    out.chmod(0o755)  # permission restored: the same command completes
+    again = subprocess.run(argv, cwd=workspace.root, env=env, text=True, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "_manifest.json").exists() and list(out.glob("part-*.parquet"))

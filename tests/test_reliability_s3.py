@@ -122,3 +122,14 @@ def test_dvc_push_to_s3_retries_through_faults(tmp_path, s3env, moto_url):
     assert statuses.count(503) == 2 and statuses.count(500) == 2
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="dvc/").get("Contents", [])]
     assert len(keys) == 4  # three files + the directory manifest
+
+
+def test_s3_reads_use_a_backoff_retry_mode(monkeypatch):
+    """The retries above wait between attempts: botocore's `standard`/`adaptive` modes back off
+    exponentially with jitter (`legacy` or max_attempts 1 would retry at once or not at all)."""
+    from pipelines.core.storage import s3_client
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("PIPELINES_S3_MAX_ATTEMPTS", raising=False)
+    retries = s3_client().meta.config.retries
+    assert retries["mode"] in ("standard", "adaptive") and retries["total_max_attempts"] >= 3, retries

@@ -142,6 +142,12 @@ def standard_plan(stage: str, params: dict, root: Path) -> GatePlan:
         _filter_quality_gate(plan, params, stage_dir, root)
 
     if stage == "dedup":
+        # Artifacts beside the shards (the semantic-dedup embedding cache) are covered by the manifest hashes too.
+        artifacts = (inputs.load_json(stage_dir / MANIFEST) or {}).get("artifacts") or {}
+        if artifacts:
+            plan.file_checks.append(inputs.verify_file_hashes(
+                stage_dir, {name: (entry or {}).get("sha256") for name, entry in artifacts.items()},
+                inputs.rel(stage_dir / MANIFEST, root), root))
         exact = ((params.get("dedup") or {}).get("exact")) or {}
         hashes = _readable(plan, "records", stage_dir, root, lambda: inputs.text_hash_frame(
             stage_dir, bool(exact.get("lowercase", True)), bool(exact.get("strip_punctuation", True))))
@@ -255,15 +261,17 @@ def mix_plan(params: dict, root: Path) -> GatePlan:
             E.ExpectColumnValuesToBeBetween(column="share", min_value=0, max_value=1),
             E.ExpectColumnValuesToBeBetween(column="share_error", min_value=0, max_value=tolerance),
         ], ["phase", "source"]))
-    # Searched phase 1: realised token (char) shares per domain (curated source / web cluster).
-    domains = ((((blend or {}).get("phases") or {}).get("phase1") or {}).get("domains")) if isinstance(blend, dict) else None
-    if domains:
+    # Searched mixture: realised (char) shares per domain (curated source / web cluster) in each phase.
+    phases = ((blend or {}).get("phases") or {}) if isinstance(blend, dict) else {}
+    domain_rows = [{"phase": ph, "domain": d, "share": float(v["share"]), "target_share": float(v["target_share"]),
+                    "share_error": abs(float(v["share"]) - float(v["target_share"]))}
+                   for ph, info in sorted(phases.items()) if isinstance(info, dict)
+                   for d, v in sorted((info.get("domains") or {}).items())]
+    if domain_rows:
         tolerance = float(cfg.get("share_tolerance", DEFAULT_SHARE_TOLERANCE))
-        frame = pd.DataFrame([{"domain": d, "share": float(v["share"]), "target_share": float(v["target_share"]),
-                               "share_error": abs(float(v["share"]) - float(v["target_share"]))}
-                              for d, v in sorted(domains.items())])
-        plan.batches.append(Batch("domain_shares", frame, [
-            E.ExpectColumnValuesToBeBetween(column="share_error", min_value=0, max_value=tolerance)], ["domain"]))
+        plan.batches.append(Batch("domain_shares", pd.DataFrame(domain_rows), [
+            E.ExpectColumnValuesToBeBetween(column="share_error", min_value=0, max_value=tolerance)],
+            ["phase", "domain"]))
     return plan
 
 

@@ -19,7 +19,10 @@ def atomic_path(final: str | Path):
     """Yield a temp path next to ``final``; rename it over ``final`` if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent)
+    except OSError as e:  # permission denied, read-only fs: name the output, not the temp name
+        raise OSError(e.errno, f"cannot write {final}: {e.strerror or e}") from e
     os.close(fd)
     try:
         yield Path(tmp)

@@ -9,6 +9,10 @@ byte-identical. Points:
 - ``shard_done``: a shard and its manifest fragment are complete (between shards);
 - ``map_done.<fn>``: an executor map of ``<fn>`` returned (e.g. ``map_done.hash_shard``:
   dedup's global phase, after pass 1 and before any output is written).
+
+``PIPELINES_FAULT_ONCE=<file>`` makes the kill one-shot across processes: it fires only while
+``<file>`` exists, and removes it first, so a retry of the same command (an Airflow retry, a
+re-run) gets past it: a transient crash.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import os
 import signal
 
 ENV = "PIPELINES_FAULT_KILL"
+ONCE_ENV = "PIPELINES_FAULT_ONCE"
 _seen: dict[str, int] = {}
 
 
@@ -28,4 +33,10 @@ def fault_point(name: str) -> None:
         return
     _seen[name] = _seen.get(name, 0) + 1
     if _seen[name] == int(nth):
+        once = os.environ.get(ONCE_ENV)
+        if once:
+            try:
+                os.remove(once)
+            except FileNotFoundError:
+                return  # already fired in an earlier attempt
         os.kill(os.getpid(), signal.SIGKILL)

@@ -24,12 +24,13 @@ from pipelines.dedup import spill
 
 EXACT_DUP = "exact_dup"
 NEAR_DUP = "near_dup"
+DUPLICATE_URL = "duplicate_url"
 
 
 @dataclass
 class Decisions:
     kept_index: np.ndarray  # (n,) index of the record kept for each record's cluster (itself when kept)
-    reason: np.ndarray  # (n,) object: None (kept), EXACT_DUP or NEAR_DUP
+    reason: np.ndarray  # (n,) object: None (kept), EXACT_DUP, DUPLICATE_URL or NEAR_DUP
     cluster_size: np.ndarray  # (n,) members of the record's cluster (1 = singleton)
     candidate_pairs: int = 0  # distinct LSH candidate pairs
     verified_pairs: int = 0  # of those, kept after Jaccard verification (== candidate_pairs when off)
@@ -71,11 +72,12 @@ def _unique_pairs(src: np.ndarray, dst: np.ndarray, n: int) -> tuple[np.ndarray,
 
 def decide(ids: np.ndarray, rank: np.ndarray, work: Path, offsets: np.ndarray, n_shards: int, *,
            exact: bool, bands: int, excluded: np.ndarray | None = None, chunk: int = 1 << 20,
-           verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> Decisions:
+           verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, url: bool = False) -> Decisions:
     """Decisions over the key files in ``work`` (pipelines.dedup.spill layout).
 
     ids/rank: (n,) for all records, global index order; offsets: first global index of each shard;
-    excluded: records that take no part (e.g. dropped as contaminated); verify(src, dst) -> keep mask.
+    excluded: records that take no part (e.g. dropped as contaminated); verify(src, dst) -> keep mask;
+    url: also link records with equal normalised URLs (url key files).
     """
     n = len(ids)
     check_unique_ids(ids)
@@ -89,6 +91,17 @@ def decide(ids: np.ndarray, rank: np.ndarray, work: Path, offsets: np.ndarray, n
             keep = active[idx]
             s, d = _star_edges(keys[keep], idx[keep], rank)
             exact_rep[s] = d
+            src_parts.append(s)
+            dst_parts.append(d)
+    url_rep = nodes.copy()
+    if url and n:
+        files = [spill.url_file(work, s) for s in range(n_shards)]
+        files = [f if f.exists() else None for f in files]  # a shard without any URL writes no file
+        for keys, idx in spill.merged_slices([f for f in files if f is not None],
+                                             offsets[[f is not None for f in files]], chunk):
+            keep = active[idx]
+            s, d = _star_edges(keys[keep], idx[keep], rank)
+            url_rep[s] = d
             src_parts.append(s)
             dst_parts.append(d)
     near_src = near_dst = np.zeros(0, np.int64)
@@ -119,8 +132,10 @@ def decide(ids: np.ndarray, rank: np.ndarray, work: Path, offsets: np.ndarray, n
     size = np.bincount(label, minlength=n_comp)[label] if n else nodes
     reason = np.full(n, None, dtype=object)
     dropped = kept_index != nodes
-    # A verbatim copy of another record is an exact dup; a dropped exact representative is a near dup.
+    # A verbatim copy of another record is an exact dup; else one whose URL another record has is a URL dup;
+    # any other dropped record is a near dup.
     reason[dropped & (exact_rep != nodes)] = EXACT_DUP
-    reason[dropped & (exact_rep == nodes)] = NEAR_DUP
+    reason[dropped & (exact_rep == nodes) & (url_rep != nodes)] = DUPLICATE_URL
+    reason[dropped & (exact_rep == nodes) & (url_rep == nodes)] = NEAR_DUP
     return Decisions(kept_index=kept_index, reason=reason, cluster_size=size,
                      candidate_pairs=candidates, verified_pairs=len(near_src))

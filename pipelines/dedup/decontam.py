@@ -18,8 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipelines.dedup.minhash import MinHasher
-from pipelines.dedup.normalize import words
+from pipelines.dedup.minhash import MinHasher, text_word_hashes
 
 CONTAMINATED = "contaminated"
 MODES = ("drop", "flag")
@@ -79,23 +78,28 @@ class ContaminationIndex:
         self._hasher = MinHasher(ngram=self.ngram, bands=1, rows=1)
 
     def add(self, name: str, texts: list[str]) -> None:
-        docs = [words(t) for t in texts]
-        long_docs = [d for d in docs if len(d) >= self.ngram]
-        hashes, _ = self._hasher.shingle_hashes(long_docs)
+        word_hashes, lengths = text_word_hashes(texts)
+        hashes, counts = self._hasher.shingles_of_words(word_hashes, lengths, texts)
+        long_doc = lengths >= self.ngram
         self.names.append(name)
-        self.grams.append(np.unique(hashes))
-        self.items[name] = len(docs)
-        self.short_items[name] = len(docs) - len(long_docs)
+        self.grams.append(np.unique(hashes[np.repeat(long_doc, counts)]))
+        self.items[name] = len(texts)
+        self.short_items[name] = int((~long_doc).sum())
 
     def match(self, texts: list[str]) -> np.ndarray:
         """(len(texts), len(names)) bool: record i shares an n-gram with benchmark j."""
+        return self.match_words(*text_word_hashes(texts), texts)
+
+    def match_words(self, word_hashes: np.ndarray, lengths: np.ndarray, texts: list[str]) -> np.ndarray:
+        """match() given the texts' minhash.text_word_hashes (the dedup stage computes them once for both)."""
         out = np.zeros((len(texts), len(self.names)), dtype=bool)
-        docs = [words(t) for t in texts]
-        long_rows = [i for i, d in enumerate(docs) if len(d) >= self.ngram]
-        if not long_rows or not self.names:
+        long_doc = lengths >= self.ngram
+        if not long_doc.any() or not self.names:
             return out
-        hashes, counts = self._hasher.shingle_hashes([docs[i] for i in long_rows])
-        owner = np.repeat(np.asarray(long_rows), counts)
+        hashes, counts = self._hasher.shingles_of_words(word_hashes, lengths, texts)
+        owner = np.repeat(np.arange(len(texts)), counts)
+        valid = long_doc[owner]  # a short record's single whole-text shingle is no n-gram
+        hashes, owner = hashes[valid], owner[valid]
         for j, grams in enumerate(self.grams):
             if len(grams):
                 pos = np.searchsorted(grams, hashes).clip(max=len(grams) - 1)

@@ -6,16 +6,60 @@ run with transformers + torch on CPU: mean pooling over tokens, L2-normalised.
 Dedup: k-means on the embeddings; inside each cluster records are visited in
 keep order (pipelines.dedup.keep) and a record is dropped when its cosine
 similarity to an already kept record of the cluster exceeds the threshold.
-Not yet wired into the stage (see the dedup report): a building block with
-its own tests; embeddings are meant to be cached (np.save) for the mix stage.
+The dedup stage runs it after exact + fuzzy dedup when ``dedup.semantic.enabled``
+and caches the embeddings of the records it keeps as ``data/dedup/embeddings.parquet``
+(columns ``id`` string, ``embedding`` fixed_size_list<float32>[384], L2-normalised; sorted
+by id; schema metadata {"model": "all-MiniLM-L6-v2"}) for the mixture stage to reuse.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
 EMBED_DIM = 384
+MODEL_NAME = "all-MiniLM-L6-v2"
+EMBEDDINGS_FILE = "embeddings.parquet"  # not part-*.parquet: never listed as a shard
+SEMANTIC_DUP = "semantic_duplicate"
+DEFAULTS = {"enabled": False, "threshold": 0.95, "clusters": 16, "batch_size": 32, "max_tokens": 256, "seed": 0}
+
+
+def validate(cfg: dict | None) -> dict:
+    cfg = {**DEFAULTS, **(cfg or {})}
+    t = cfg["threshold"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not -1 <= t <= 1:
+        raise ValueError(f"dedup.semantic.threshold must be a cosine similarity in [-1, 1], got {t!r}")
+    for name in ("clusters", "batch_size", "max_tokens"):
+        v = cfg[name]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"dedup.semantic.{name} must be a positive integer, got {v!r}")
+    if not isinstance(cfg["enabled"], bool):
+        raise ValueError(f"dedup.semantic.enabled must be true or false, got {cfg['enabled']!r}")
+    return cfg
+
+
+def embeddings_table(ids: list[str], emb: np.ndarray):
+    """The cache table: rows sorted by id, model named in the schema metadata."""
+    import pyarrow as pa
+
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    flat = pa.array(np.ascontiguousarray(emb[order], dtype=np.float32).reshape(-1), pa.float32())
+    schema = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), EMBED_DIM))],
+                       metadata={"model": MODEL_NAME})
+    return pa.table([pa.array([ids[i] for i in order], pa.string()),
+                     pa.FixedSizeListArray.from_arrays(flat, EMBED_DIM)], schema=schema)
+
+
+def write_embeddings(path: Path, ids: list[str], emb: np.ndarray) -> int:
+    import pyarrow.parquet as pq
+
+    from pipelines.core.atomic import atomic_path
+
+    table = embeddings_table(ids, emb)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", store_schema=True)
+    return table.num_rows
 
 
 def model_dir():

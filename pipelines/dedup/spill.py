@@ -28,14 +28,54 @@ def exact_file(work: Path, shard: int) -> Path:
     return work / f"s{shard:05d}" / "exact.npy"
 
 
+def shingle_file(work: Path, shard: int) -> Path:
+    """Raw little-endian uint64 shingle hashes of the shard's records, concatenated (for Jaccard verification)."""
+    return work / f"s{shard:05d}" / "shingles.u64"
+
+
+def shingle_index_file(work: Path, shard: int) -> Path:
+    """(n + 1,) int64: record i's shingles are entries [idx[i], idx[i+1]) of shingle_file."""
+    return work / f"s{shard:05d}" / "shingles_index.npy"
+
+
+class ShingleWriter:
+    """Appends each batch's shingle hashes to the shard's shingle file: memory holds one batch, not the shard."""
+
+    def __init__(self, work: Path, shard: int):
+        self.path = shingle_file(work, shard)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "wb")
+        self.counts: list[np.ndarray] = []
+
+    def add(self, hashes: np.ndarray, counts: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(hashes, dtype="<u8").tobytes())
+        self.counts.append(np.asarray(counts, dtype=np.int64))
+
+    def close(self, work: Path, shard: int) -> None:
+        self.file.close()
+        counts = np.concatenate(self.counts) if self.counts else np.zeros(0, np.int64)
+        _save(shingle_index_file(work, shard), np.r_[0, np.cumsum(counts)].astype(np.int64))
+
+
+def url_file(work: Path, shard: int) -> Path:
+    return work / f"s{shard:05d}" / "url.npy"
+
+
 def _save(path: Path, arr: np.ndarray) -> None:
     # Scratch files of one run (deleted after pass 2): no atomic rename or fsync needed.
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, arr)
 
 
-def write_shard_keys(work: Path, shard: int, exact: np.ndarray | None, bands: np.ndarray | None) -> None:
-    """exact: (n, 2) uint64 or None; bands: (n, B) uint64 or None. Each written sorted by key, then index."""
+def write_shard_keys(work: Path, shard: int, exact: np.ndarray | None, bands: np.ndarray | None,
+                     url: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """exact: (n, 2) uint64 or None; bands: (n, B) uint64 or None; url: (local indices, (m, 2) uint64) of the
+    records that have a URL, or None. Each written sorted by key, then index."""
+    if url is not None:
+        rows, keys = url
+        rec = np.empty(len(rows), EXACT_DTYPE)
+        rec["k"], rec["k2"], rec["i"] = keys[:, 0], keys[:, 1], rows
+        _save(url_file(work, shard), np.sort(rec, order=["k", "k2", "i"]))
     if exact is not None:
         rec = np.empty(len(exact), EXACT_DTYPE)
         rec["k"], rec["k2"], rec["i"] = exact[:, 0], exact[:, 1], np.arange(len(exact))

@@ -1,16 +1,21 @@
 """Dedup stage: data/filter -> data/dedup.
 
 Pass 1 (parallel, per input shard): read id, text (and the keep-policy
-columns); write each LSH band's and the exact hashes' (hash, index) pairs as
-sorted key files (pipelines.dedup.spill) and return only ids, keep values and
+columns, and url when URL dedup is on); hash every word once (vectorised,
+pipelines.dedup.minhash.text_word_hashes) and derive from those the exact
+key, the MinHash signature and the decontamination n-grams; write each LSH
+band's, the exact hashes' and the URL hashes' (hash, index) pairs as sorted
+key files (pipelines.dedup.spill) and return only ids, keep values and
 benchmark-contamination flags. Pass 2 (global, in this process): merge the
 key files band by band into candidate pairs -> duplicate clusters
-(pipelines.dedup.clusters), optionally verified by true Jaccard. Pass 3
-(parallel, per shard, through the core runner): write kept records with
-``dup_of`` / ``dup_cluster`` / ``contamination`` columns and dropped ones
-under removed/ with their reason. Every output shard depends on every input
-shard (a duplicate may live anywhere), so each shard's fingerprints cover all
-inputs.
+(pipelines.dedup.clusters), optionally verified by true Jaccard; then,
+optionally, semantic dedup of the survivors (pipelines.dedup.semantic), which
+also writes the embedding cache. Pass 3 (parallel, per shard, through the
+core runner): write kept records with ``dup_of`` / ``dup_cluster`` /
+``contamination`` columns and dropped ones under removed/ with their reason.
+Every output shard depends on every input shard (a duplicate may live
+anywhere), so each shard's fingerprints cover all inputs. Phase timings
+(wall + CPU) go to the log and LAST_TIMINGS, never into outputs.
 """
 from __future__ import annotations
 
@@ -27,30 +32,36 @@ import pyarrow.compute as pc
 from pipelines.config import resolve, section
 from pipelines.core.executor import get_executor
 from pipelines.core.hashing import params_hash, sha256_file
-from pipelines.core.manifest import fragment_is_complete, load_fragment
+from pipelines.core.manifest import file_entry, fragment_is_complete, load_fragment
 from pipelines.core.shards import iter_batches, read_shard, require_shards
 from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
 from pipelines.core.stats import ShardStats
-from pipelines.dedup import decontam, keep, spill
-from pipelines.dedup.clusters import EXACT_DUP, NEAR_DUP, decide
+from pipelines.dedup import decontam, keep, semantic, spill
+from pipelines.dedup.clusters import DUPLICATE_URL, EXACT_DUP, NEAR_DUP, decide
 from pipelines.dedup.decontam import CONTAMINATED
-from pipelines.dedup.exact import exact_hashes, hash_normalized
-from pipelines.dedup.minhash import MinHasher
-from pipelines.dedup.normalize import normalize_text, words
-from pipelines.dedup.verify import jaccard_verifier
+from pipelines.dedup.exact import exact_hashes
+from pipelines.dedup.minhash import MinHasher, text_word_hashes, word_sequence_digests
+from pipelines.dedup.semantic import SEMANTIC_DUP
+from pipelines.dedup.timing import PhaseClock
+from pipelines.dedup.urls import url_keys
+from pipelines.dedup.verify import jaccard_verifier, read_text_column
 
 log = logging.getLogger(__name__)
 STAGE = "dedup"
 INPUT_DIR = "data/filter"
 OUTPUT_DIR = "data/dedup"
-REASONS = [EXACT_DUP, NEAR_DUP, CONTAMINATED]
+REASONS = [EXACT_DUP, DUPLICATE_URL, NEAR_DUP, SEMANTIC_DUP, CONTAMINATED]
+# Phase timings of the last run in this process (bench/ reads them; not an output: they vary run to run).
+LAST_TIMINGS: dict = {}
 DUP_COLUMNS = ("dup_of", "dup_cluster", "contamination")
 
 
 def dedup_config(params: dict) -> dict:
     """The validated ``dedup`` section with defaults filled in (all of it decides what is dropped)."""
     cfg = section(params, STAGE)
-    exact = {"enabled": True, "lowercase": True, "strip_punctuation": True, **(cfg.get("exact") or {})}
+    exact = {"enabled": True, "lowercase": True, "strip_punctuation": True, "url": False, **(cfg.get("exact") or {})}
+    if not isinstance(exact["url"], bool):
+        raise ValueError(f"dedup.exact.url must be true or false, got {exact['url']!r}")
     minhash = {"enabled": True, "ngram": 5, "bands": 14, "rows": 8, "seed": 1, "verify_threshold": None,
                **(cfg.get("minhash") or {})}
     policy = keep.parse_keep(cfg.get("keep", "smallest_id"))
@@ -63,46 +74,90 @@ def dedup_config(params: dict) -> dict:
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"dedup.merge_chunk must be a positive integer, got {chunk!r}")
     return {"exact": exact, "minhash": minhash, "keep": [f"{c} {'desc' if d else 'asc'}" for c, d in policy],
-            "merge_chunk": chunk, "decontam": decontam.validate(cfg.get("decontam"))}
+            "merge_chunk": chunk, "decontam": decontam.validate(cfg.get("decontam")),
+            "semantic": semantic.validate(cfg.get("semantic"))}
 
 
-def hash_shard(job: tuple) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Pass 1 for one shard: write its sorted key files; return (ids, keep-column values, contamination (n, sets))."""
+def hash_shard(job: tuple) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, dict]:
+    """Pass 1 for one shard: write its sorted key files; return (ids, keep-column values, contamination (n, sets), timings)."""
     path, shard, cfg, work, index = job
+    clock = PhaseClock()
     exact_cfg, mh_cfg = cfg["exact"], cfg["minhash"]
     hasher = MinHasher(mh_cfg["ngram"], mh_cfg["bands"], mh_cfg["rows"], mh_cfg["seed"]) if mh_cfg["enabled"] else None
     present = set(pq_columns(path))
     value_cols = [c for c in keep.value_columns(keep.parse_keep(cfg["keep"])) if c in present]
-    ids, exact, bands, contam = [], [], [], []
+    use_url = exact_cfg["url"]
+    if use_url and "url" not in present:
+        raise ValueError(f"dedup.exact.url is on but {path} has no url column")
+    # With the default exact settings the exact key is the word sequence MinHash reads: hash words once for all.
+    shared = exact_cfg["lowercase"] and exact_cfg["strip_punctuation"]
+    need_words = hasher is not None or index is not None or (exact_cfg["enabled"] and shared)
+    ids, exact, bands, contam, url_rows, url_hashes = [], [], [], [], [], []
     values: dict[str, list] = {c: [] for c in value_cols}
-    for batch in iter_batches(path, columns=["id", "text", *value_cols]):
-        texts = batch.column("text").to_pylist()
-        ids.extend(batch.column("id").to_pylist())
+    # Jaccard verification reads the shingles back from scratch files instead of re-reading the texts.
+    verifying = hasher is not None and mh_cfg["verify_threshold"] is not None
+    shingle_out = spill.ShingleWriter(Path(work), shard) if verifying else None
+    batches = iter_batches(path, columns=["id", "text", *value_cols, *(["url"] if use_url else [])])
+    while True:
+        with clock("read"):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            texts = batch.column("text").to_pylist()
+            if use_url:
+                urls = batch.column("url").to_pylist()
         for c in value_cols:
             try:
                 values[c].append(batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64))
             except (TypeError, ValueError) as e:
                 raise ValueError(f"dedup.keep: column {c!r} of {path} is not numeric ({e})") from None
-        # MinHash words are the fully normalised text split: with the default exact settings, normalise once.
-        shared = exact_cfg["lowercase"] and exact_cfg["strip_punctuation"]
-        normalized = [normalize_text(t) for t in texts] if shared and (exact_cfg["enabled"] or hasher is not None) else None
+        if use_url:
+            with clock("url"):
+                rows, keys = url_keys(urls)
+                url_rows.append(rows + len(ids))
+                url_hashes.append(keys)
+        ids.extend(batch.column("id").to_pylist())
+        if need_words:
+            with clock("words"):
+                word_hashes, lengths = text_word_hashes(texts)
         if exact_cfg["enabled"]:
-            exact.append(hash_normalized(normalized) if shared else exact_hashes(
-                texts, lowercase=exact_cfg["lowercase"], strip_punctuation=exact_cfg["strip_punctuation"]))
+            with clock("exact"):
+                exact.append(word_sequence_digests(word_hashes, lengths) if shared else exact_hashes(
+                    texts, lowercase=exact_cfg["lowercase"], strip_punctuation=exact_cfg["strip_punctuation"]))
         if hasher is not None:
-            docs = [t.split() for t in normalized] if shared else [words(t) for t in texts]
-            bands.append(hasher.band_hashes(hasher.signatures(docs)))
+            with clock("minhash"):
+                shingles, counts = hasher.shingles_of_words(word_hashes, lengths, texts)
+                bands.append(hasher.band_hashes(hasher.signatures_of_shingles(shingles, counts)))
+            if shingle_out is not None:
+                with clock("spill"):
+                    shingle_out.add(shingles, counts)
         if index is not None:
-            contam.append(index.match(texts))
+            with clock("decontam"):
+                contam.append(index.match_words(word_hashes, lengths, texts))
     n_bands = mh_cfg["bands"] if hasher is not None else 0
-    spill.write_shard_keys(
-        Path(work), shard,
-        (np.concatenate(exact) if exact else np.zeros((0, 2), np.uint64)) if exact_cfg["enabled"] else None,
-        (np.concatenate(bands) if bands else np.zeros((0, n_bands), np.uint64)) if hasher is not None else None,
-    )
+    with clock("spill"):
+        if shingle_out is not None:
+            shingle_out.close(Path(work), shard)
+        spill.write_shard_keys(
+            Path(work), shard,
+            (np.concatenate(exact) if exact else np.zeros((0, 2), np.uint64)) if exact_cfg["enabled"] else None,
+            (np.concatenate(bands) if bands else np.zeros((0, n_bands), np.uint64)) if hasher is not None else None,
+            url=(np.concatenate(url_rows), np.concatenate(url_hashes)) if use_url and url_rows else None,
+        )
     n_sets = len(index.names) if index is not None else 0
     return (np.array(ids, dtype=str), {c: np.concatenate(v) if v else np.zeros(0) for c, v in values.items()},
-            np.concatenate(contam) if contam else np.zeros((len(ids), n_sets), bool))
+            np.concatenate(contam) if contam else np.zeros((len(ids), n_sets), bool), clock.phases)
+
+
+def texts_at(inputs: list[Path], offsets: np.ndarray, indices: np.ndarray) -> list[str]:
+    """Texts of records by global index (sorted indices), re-read one shard at a time (text column only)."""
+    out: list[str] = []
+    bounds = list(offsets) + [np.iinfo(np.int64).max]
+    for s, path in enumerate(inputs):
+        mine = indices[(indices >= bounds[s]) & (indices < bounds[s + 1])]
+        if len(mine):
+            out += read_text_column(path).take(pa.array(mine - bounds[s])).to_pylist()
+    return out
 
 
 def pq_columns(path: str) -> list[str]:
@@ -111,40 +166,61 @@ def pq_columns(path: str) -> list[str]:
     return pq.read_schema(path).names
 
 
-def global_decisions(inputs: list[Path], cfg: dict, executor_params: dict | None) -> dict[str, dict]:
+def global_decisions(inputs: list[Path], cfg: dict, executor_params: dict | None, clock: PhaseClock,
+                     embeddings_path: Path) -> dict[str, dict]:
     """Passes 1 and 2: each shard's small context (its drops, cluster heads and contamination flags)."""
     dc = cfg["decontam"]
-    index = decontam.build_index(dc, resolve) if dc["enabled"] else None
+    with clock("decontam_index"):
+        index = decontam.build_index(dc, resolve) if dc["enabled"] else None
     parent = resolve(OUTPUT_DIR).parent
     for stale in parent.glob(".dedup-work-*"):  # left by a run killed in this phase: scratch only
         shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=".dedup-work-", dir=parent))
     try:
-        shard_out = get_executor(executor_params).map(
-            hash_shard, [(str(p), s, cfg, str(work), index) for s, p in enumerate(inputs)])
-        ids = np.concatenate([o[0] for o in shard_out])
-        sizes = np.array([len(o[0]) for o in shard_out], dtype=np.int64)
-        offsets = np.cumsum(sizes) - sizes
-        policy = keep.parse_keep(cfg["keep"])
-        values = {}
-        for c in keep.value_columns(policy):  # a shard without the column: missing values (rank last)
-            if any(c in o[1] for o in shard_out):
-                values[c] = np.concatenate([o[1].get(c, np.full(len(o[0]), np.nan)) for o in shard_out])
-        rank = keep.global_rank(ids, values, policy)
+        with clock("pass1_hash"):
+            shard_out = get_executor(executor_params).map(
+                hash_shard, [(str(p), s, cfg, str(work), index) for s, p in enumerate(inputs)])
+        for o in shard_out:
+            clock.add(o[3], prefix="pass1_worker_")
+        with clock("keep_rank"):
+            ids = np.concatenate([o[0] for o in shard_out])
+            sizes = np.array([len(o[0]) for o in shard_out], dtype=np.int64)
+            offsets = np.cumsum(sizes) - sizes
+            policy = keep.parse_keep(cfg["keep"])
+            values = {}
+            for c in keep.value_columns(policy):  # a shard without the column: missing values (rank last)
+                if any(c in o[1] for o in shard_out):
+                    values[c] = np.concatenate([o[1].get(c, np.full(len(o[0]), np.nan)) for o in shard_out])
+            rank = keep.global_rank(ids, values, policy)
         contam = np.concatenate([o[2] for o in shard_out]) if index is not None else np.zeros((len(ids), 0), bool)
         excluded = contam.any(axis=1) if dc["mode"] == "drop" else None
         mh = cfg["minhash"]
         verify = None
         if mh["enabled"] and mh["verify_threshold"] is not None:
-            verify = jaccard_verifier(inputs, offsets, MinHasher(mh["ngram"], mh["bands"], mh["rows"], mh["seed"]),
-                                      float(mh["verify_threshold"]))
-        decisions = decide(ids, rank, work, offsets, len(inputs), exact=cfg["exact"]["enabled"],
-                           bands=mh["bands"] if mh["enabled"] else 0, excluded=excluded, chunk=cfg["merge_chunk"],
-                           verify=verify)
+            check = jaccard_verifier(work, offsets, float(mh["verify_threshold"]))
+
+            def verify(src, dst):
+                with clock("verify"):
+                    return check(src, dst)
+
+        with clock("merge_cluster"):
+            decisions = decide(ids, rank, work, offsets, len(inputs), exact=cfg["exact"]["enabled"],
+                               bands=mh["bands"] if mh["enabled"] else 0, excluded=excluded, chunk=cfg["merge_chunk"],
+                               verify=verify, url=cfg["exact"]["url"])
+        if "verify" in clock.phases:  # merge_cluster's numbers include verification: report them apart
+            for k in ("wall_s", "cpu_s"):
+                clock.phases["merge_cluster"][k] -= clock.phases["verify"][k]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("%s: %d records, %d candidate pairs, %d after verification, %d clusters", STAGE, len(ids),
              decisions.candidate_pairs, decisions.verified_pairs, decisions.n_clusters)
+    sem_of = np.full(len(ids), -1, dtype=np.int64)
+    if cfg["semantic"]["enabled"]:
+        with clock("semantic"):
+            survivors = (decisions.kept_index == np.arange(len(ids)))
+            if excluded is not None:
+                survivors &= ~excluded
+            sem_of = semantic_pass(inputs, offsets, ids, rank, np.flatnonzero(survivors), cfg["semantic"], embeddings_path)
     names = index.names if index is not None else []
     contexts = {}
     for s, p in enumerate(inputs):
@@ -161,7 +237,36 @@ def global_decisions(inputs: list[Path], cfg: dict, executor_params: dict | None
             else:
                 heads[str(ids[i])] = size
         contexts[p.name] = {"drops": drops, "heads": heads, "flags": flags, "sets": names}
+    if (sem_of >= 0).any():
+        group = np.bincount(sem_of[sem_of >= 0], minlength=len(ids)) + 1  # a kept record and its semantic dups
+        shard_of = np.searchsorted(offsets, np.arange(len(ids)), side="right") - 1
+        for i in np.flatnonzero(sem_of >= 0):
+            head = int(sem_of[i])
+            contexts[inputs[shard_of[i]].name]["drops"][str(ids[i])] = (SEMANTIC_DUP, str(ids[head]), int(group[head]))
+            heads = contexts[inputs[shard_of[head]].name]["heads"]
+            heads[str(ids[head])] = max(heads.get(str(ids[head]), 1), int(group[head]))
     return contexts
+
+
+def semantic_pass(inputs: list[Path], offsets: np.ndarray, ids: np.ndarray, rank: np.ndarray, candidates: np.ndarray,
+                  cfg: dict, embeddings_path: Path) -> np.ndarray:
+    """Semantic dedup of the records exact + fuzzy dedup kept; writes the kept records' embeddings.
+
+    Returns sem_of: (n,) global index of the record each semantic duplicate duplicates, -1 elsewhere.
+    Candidates are embedded in keep-rank order, so k-means (and so the result) does not depend on sharding.
+    """
+    texts = dict(zip(candidates.tolist(), texts_at(inputs, offsets, candidates)))
+    order = candidates[np.argsort(rank[candidates], kind="stable")]
+    emb = semantic.embed([texts[i] for i in order.tolist()], batch_size=cfg["batch_size"], max_tokens=cfg["max_tokens"])
+    local = semantic.semantic_duplicates(emb, rank[order], n_clusters=cfg["clusters"], threshold=cfg["threshold"],
+                                         seed=cfg["seed"])
+    sem_of = np.full(len(ids), -1, dtype=np.int64)
+    dup = local >= 0
+    sem_of[order[dup]] = order[local[dup]]
+    semantic.write_embeddings(embeddings_path, [str(ids[i]) for i in order[~dup]], emb[~dup])
+    log.info("%s: semantic dedup of %d records dropped %d (threshold %.3f)", STAGE, len(order), int(dup.sum()),
+             cfg["threshold"])
+    return sem_of
 
 
 def apply_decisions(task: ShardTask) -> ShardResult:
@@ -175,7 +280,7 @@ def apply_decisions(task: ShardTask) -> ShardResult:
     flags = task.context["flags"]
     dup_of = [drops[i][1] if i in drops else None for i in ids]
     cluster = [drops[i][1] if i in drops else (i if i in heads else None) for i in ids]
-    table = table.append_column("dup_of", pa.array(dup_of, pa.string()))
+    table = table.append_column("dup_of", pa.array(dup_of, pa.string()))  # semantic dups name their kept record too
     table = table.append_column("dup_cluster", pa.array(cluster, pa.string()))
     table = table.append_column("contamination", pa.array([",".join(flags[i]) if i in flags else None for i in ids], pa.string()))
     keep = pa.array([i not in drops for i in ids], pa.bool_())
@@ -199,6 +304,7 @@ def run(params: dict) -> dict:
     cfg = dedup_config(params)
     in_dir, out_dir = resolve(INPUT_DIR), resolve(OUTPUT_DIR)
     inputs = require_shards(in_dir, "filter")
+    clock = PhaseClock()
     # Any input can change any shard's decisions: every output shard fingerprints all inputs.
     fingerprints = {p.name: sha256_file(p) for p in inputs}
     # The eval sets decide drops too: their content is part of the params hash.
@@ -210,14 +316,47 @@ def run(params: dict) -> dict:
                   fingerprints=fingerprints)
         for p in inputs
     ]
-    if all(fragment_is_complete(out_dir, load_fragment(out_dir, t.shard), fingerprints, phash) for t in tasks):
+    embeddings_path = out_dir / semantic.EMBEDDINGS_FILE
+    want_embeddings = cfg["semantic"]["enabled"]
+    if not want_embeddings and embeddings_path.exists():
+        embeddings_path.unlink()  # from a run with semantic dedup on: stale now
+    complete = all(fragment_is_complete(out_dir, load_fragment(out_dir, t.shard), fingerprints, phash) for t in tasks)
+    if complete and want_embeddings:
+        complete = _embeddings_match_manifest(out_dir, embeddings_path, phash)
+    with clock("imports"):
+        # pyarrow imports pandas lazily at its first conversion (~1 s of CPU); doing it once here, before any
+        # worker forks, keeps it out of the timed phases and out of every worker.
+        import pandas  # noqa: F401
+    if complete:
         log.info("%s: every shard complete, global pass skipped", STAGE)
     else:
-        contexts = global_decisions(inputs, cfg, executor_params)
+        if embeddings_path.exists():
+            embeddings_path.unlink()  # rewritten by this run's global pass
+        contexts = global_decisions(inputs, cfg, executor_params, clock, embeddings_path)
         for t in tasks:
             t.context = contexts[t.shard]
-    manifest = run_shard_stage(STAGE, tasks, apply_decisions, executor_params=executor_params, known_reasons=REASONS)
+    extra = None
+    with clock("pass3_write"):
+        if want_embeddings:
+            rows = read_shard(embeddings_path, columns=["id"]).num_rows
+            extra = {"artifacts": {semantic.EMBEDDINGS_FILE: file_entry(embeddings_path, rows=rows)}}
+        manifest = run_shard_stage(STAGE, tasks, apply_decisions, executor_params=executor_params,
+                                   known_reasons=REASONS, extra_manifest=extra)
+    LAST_TIMINGS.clear()
+    LAST_TIMINGS.update(clock.rounded())
+    log.info("%s: phase timings %s", STAGE, json.dumps(LAST_TIMINGS))
     return summarize(out_dir, manifest)
+
+
+def _embeddings_match_manifest(out_dir: Path, path: Path, phash: str) -> bool:
+    """The cached embeddings belong to this run's params and are intact (else the global pass reruns)."""
+    try:
+        manifest = json.loads((out_dir / "_manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    entry = (manifest.get("artifacts") or {}).get(semantic.EMBEDDINGS_FILE)
+    return (manifest.get("params_hash") == phash and entry is not None and path.exists()
+            and sha256_file(path) == entry.get("sha256"))
 
 
 def summarize(out_dir: Path, manifest: dict) -> dict:
@@ -230,6 +369,8 @@ def summarize(out_dir: Path, manifest: dict) -> dict:
         "records_out": sum(s["records_out"] for s in stats),
         EXACT_DUP: drops[EXACT_DUP],
         NEAR_DUP: drops[NEAR_DUP],
+        DUPLICATE_URL: drops[DUPLICATE_URL],
+        SEMANTIC_DUP: drops[SEMANTIC_DUP],
         CONTAMINATED: drops[CONTAMINATED],
         "clusters": int(sum(s["extra"].get("clusters", 0) for s in stats)),
         **{k: int(sum(s["extra"].get(k, 0) for s in stats))

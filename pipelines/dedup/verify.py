@@ -1,23 +1,28 @@
 """Optional check of LSH candidate pairs by the true Jaccard similarity of their shingle sets.
 
-Only the records that occur in a candidate pair are re-read (one shard at a
-time, text column only) and shingled, so memory follows the number of
-near-duplicate candidates, not the corpus.
+Pass 1 spills every record's shingle hashes (the ones its MinHash signature
+was computed from) to a scratch file per shard (pipelines.dedup.spill); here
+each record of a candidate pair is read back by offset (no mmap: the pages
+do not stay resident), so memory is bounded by a small cache of shingle
+sets, not by the number of candidates, and no text is re-read or re-shingled.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from pipelines.core.shards import read_shard
-from pipelines.dedup.minhash import MinHasher
-from pipelines.dedup.normalize import words
+from pipelines.dedup import spill
+
+CACHE_RECORDS = 4096  # >= 2; shingle sets kept between pairs (pairs come sorted by their first record)
 
 
-def shingle_sets(hasher: MinHasher, texts: list[str]) -> list[np.ndarray]:
-    hashes, counts = hasher.shingle_hashes([words(t) for t in texts])
-    return [np.unique(h) for h in np.split(hashes, np.cumsum(counts)[:-1])] if texts else []
+def read_text_column(path) -> pa.ChunkedArray:
+    # ParquetFile.read, not pq.read_table: the latter imports pyarrow.dataset (and pandas), seconds of start-up.
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=["text"]).column("text")
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -26,19 +31,30 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union else 1.0
 
 
-def jaccard_verifier(inputs: list[Path], offsets: np.ndarray, hasher: MinHasher, threshold: float):
+def jaccard_verifier(work: Path, offsets: np.ndarray, threshold: float):
     """A callable (src, dst) -> bool mask of the pairs whose shingle-set Jaccard >= threshold."""
+    bounds = np.asarray(offsets, dtype=np.int64)
+    starts = {}  # shard -> (n+1,) offsets of its records in its shingle file
+
+    def shingles_of(g: int) -> np.ndarray:
+        s = int(np.searchsorted(bounds, g, side="right") - 1)
+        if s not in starts:
+            starts[s] = np.load(spill.shingle_index_file(work, s))
+        local = g - int(bounds[s])
+        a, b = int(starts[s][local]), int(starts[s][local + 1])
+        return np.unique(np.fromfile(spill.shingle_file(work, s), dtype="<u8", count=b - a, offset=8 * a))
 
     def verify(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        involved = np.unique(np.r_[src, dst])
-        sets: dict[int, np.ndarray] = {}
-        bounds = list(offsets) + [np.iinfo(np.int64).max]
-        for s, path in enumerate(inputs):
-            mine = involved[(involved >= bounds[s]) & (involved < bounds[s + 1])]
-            if len(mine):
-                texts = read_shard(path, columns=["text"]).column("text").take(mine - bounds[s]).to_pylist()
-                sets.update(zip(mine.tolist(), shingle_sets(hasher, texts)))
-        return np.fromiter((jaccard(sets[a], sets[b]) >= threshold for a, b in zip(src.tolist(), dst.tolist())),
-                           dtype=bool, count=len(src))
+        out = np.zeros(len(src), dtype=bool)
+        cache: dict[int, np.ndarray] = {}
+        for k in np.lexsort((dst, src)).tolist():
+            a, b = int(src[k]), int(dst[k])
+            if len(cache) + 2 > CACHE_RECORDS and (a not in cache or b not in cache):
+                cache.clear()  # never between loading a and b: both stay for this pair
+            for g in (a, b):
+                if g not in cache:
+                    cache[g] = shingles_of(g)
+            out[k] = jaccard(cache[a], cache[b]) >= threshold
+        return out
 
     return verify

@@ -83,8 +83,17 @@ class GopherQualityRule:
     def check(self, doc: Doc) -> tuple[bool, dict]:
         text, words = doc.text, doc.words
         n_words = len(words)
-        non_symbol_words = [w for w in words if any(ch not in PUNCTUATION_SET for ch in w)]
-        n_non_symbol = len(non_symbol_words)
+        # Word statistics over distinct words (Counter runs in C; a page repeats most of its words),
+        # with each word's classes memoised across documents: same numbers as per-word loops.
+        counts = Counter(words)
+        n_non_symbol = non_symbol_chars = n_alpha = 0
+        for w, cnt in counts.items():
+            cls = _word_class(w)
+            if cls & _NON_SYMBOL:
+                n_non_symbol += cnt
+                non_symbol_chars += len(w) * cnt
+            if cls & _HAS_ALPHA:
+                n_alpha += cnt
         if n_non_symbol == 0:  # datatrove divides by zero here when min_doc_words is off
             return _fail("gopher_short_doc", 0)
         if self.min_doc_words and n_non_symbol < self.min_doc_words:
@@ -92,7 +101,7 @@ class GopherQualityRule:
         if self.max_doc_words and n_non_symbol > self.max_doc_words:
             return _fail("gopher_long_doc", n_non_symbol)
 
-        avg_len = sum(len(w) for w in non_symbol_words) / n_non_symbol
+        avg_len = non_symbol_chars / n_non_symbol
         if self.min_avg_word_length and avg_len < self.min_avg_word_length:
             return _fail("gopher_below_avg_threshold", avg_len)
         if self.max_avg_word_length and avg_len > self.max_avg_word_length:
@@ -117,15 +126,32 @@ class GopherQualityRule:
                 return _fail("gopher_too_many_end_ellipsis", end_ellipsis)
 
         if self.max_non_alpha_words_ratio:
-            alpha_share = sum(any(c.isalpha() for c in w) for w in words) / n_words
+            alpha_share = n_alpha / n_words
             if alpha_share < self.max_non_alpha_words_ratio:
                 return _fail("gopher_below_alpha_threshold", alpha_share)
 
         if self.min_stop_words:
-            n_stop = len(self.stop_words.intersection(words))
+            n_stop = len(self.stop_words.intersection(counts))
             if n_stop < self.min_stop_words:
                 return _fail("gopher_enough_stop_words", n_stop)
         return PASS
+
+
+_NON_SYMBOL, _HAS_ALPHA = 1, 2
+_WORD_CLASSES: dict[str, int] = {}
+_WORD_CLASSES_MAX = 1_000_000  # memo bound (a worker sees a long tail of rare words)
+
+
+def _word_class(w: str) -> int:
+    """Bit flags of a word: _NON_SYMBOL (not only punctuation), _HAS_ALPHA (has a letter); memoised."""
+    cls = _WORD_CLASSES.get(w)
+    if cls is None:
+        cls = (_NON_SYMBOL if any(ch not in PUNCTUATION_SET for ch in w) else 0) | \
+              (_HAS_ALPHA if any(ch.isalpha() for ch in w) else 0)
+        if len(_WORD_CLASSES) >= _WORD_CLASSES_MAX:
+            _WORD_CLASSES.clear()
+        _WORD_CLASSES[w] = cls
+    return cls
 
 
 def _find_duplicates(items: list[str]) -> tuple[int, int]:
@@ -268,7 +294,8 @@ class C4QualityRule:
             if self.filter_policy and any(p in lower for p in _POLICY):
                 removed["policy"] += 1
                 continue
-            if self.min_num_sentences != -1:
+            # Only "fewer than min_num_sentences" matters: stop counting (the costly part) once reached.
+            if self.min_num_sentences != -1 and n_sentences < self.min_num_sentences:
                 n_sentences += count_sentences(line)
             kept.append(line)
         if n_sentences < self.min_num_sentences:

@@ -35,6 +35,7 @@ from pipelines.core.stats import ShardStats, totals
 from pipelines.filter import quality_model
 from pipelines.filter.quantile_sketch import QuantileSketch
 from pipelines.filter.rules import RULE_NAMES, Doc, build_rules
+from pipelines.filter.words import english_splitter
 
 log = logging.getLogger(__name__)
 STAGE = "filter"
@@ -181,6 +182,10 @@ def make_tasks(params: dict, in_dir: Path, out_dir: Path) -> list[ShardTask]:
 def run(params: dict) -> dict:
     in_dir, out_dir = resolve(INPUT_DIR), resolve(OUTPUT_DIR)
     tasks = make_tasks(params, in_dir, out_dir)
+    if (params.get("executor") or {}).get("start_method", "fork") == "fork":
+        import pandas  # noqa: F401  (pyarrow imports it on a shard's first table, ~2 s: once here, not per worker)
+
+        english_splitter()  # the word splitter's compiled rules: forked workers inherit them
     run_shard_stage(STAGE, tasks, process_shard, executor_params=params.get("executor"), known_reasons=ALL_REASONS)
     fragments = [load_fragment(out_dir, t.shard) for t in tasks]
     all_stats = [ShardStats.from_dict(f["stats"]) for f in fragments]

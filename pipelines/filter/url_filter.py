@@ -1,21 +1,22 @@
-"""URL blocklist rule, datatrove 0.10.1 URLFilter semantics without tldextract/pyahocorasick.
+"""URL blocklist rule with datatrove 0.10.1 URLFilter's semantics (same lists, same decisions).
 
-A record is dropped when its host or a parent domain is listed (``domain``), its
-exact URL is listed (``url``), a banned word is one of the URL's alphanumeric
-runs (``hard_blacklisted``; case-sensitive, as in datatrove), at least
-``soft_word_threshold`` soft-banned words are (``soft_blacklisted``), or a
-banned subword occurs in the URL stripped to lowercase alphanumerics
-(``blacklisted_subword``). Lists are one entry per line; lines starting with
+A record is dropped when the URL's registered domain (public-suffix aware, tldextract) is
+listed (``domain``), or its full host is (``subdomain``), its exact URL is listed (``url``),
+a banned word is one of the URL's alphanumeric runs (``hard_blacklisted``; case-sensitive,
+as in datatrove), at least ``soft_word_threshold`` soft-banned words are
+(``soft_blacklisted``), or a banned subword occurs in the URL stripped to lowercase
+alphanumerics (``blacklisted_subword``). Lists are one entry per line; lines starting with
 ``#`` are comments (datatrove's rule, so its ``#xx`` word entries are skipped too).
+Hosts are compared as written, like datatrove (Common Crawl URLs have lowercase hosts).
 
-Difference from datatrove, on purpose: datatrove matches the registered domain
-(public-suffix aware, needs tldextract's list) and the full host; here the host
-and *every* parent domain are matched, which blocks the same hosts for a list of
-registered domains and needs no public-suffix download.
+tldextract runs offline on the public-suffix snapshot bundled with the package (no fetch,
+no cache writes): decisions do not depend on the network or on the day.
+``tests/test_filter_url_datatrove.py`` checks the decisions against datatrove's URLFilter.
 """
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 from pipelines.config import resolve
@@ -45,13 +46,11 @@ def read_list(path: str | Path, do_normalize: bool) -> set[str]:
     return out
 
 
-def _host(url: str) -> str:
-    # urlsplit raises on some malformed URLs; a blocklist must not crash on them.
-    rest = url.split("://", 1)[-1]
-    host = re.split(r"[/?#]", rest, maxsplit=1)[0].rsplit("@", 1)[-1]
-    if host.startswith("["):
-        return host.lower()
-    return host.split(":", 1)[0].lower().rstrip(".")
+@lru_cache(maxsize=1)
+def _tld_extract():
+    from tldextract import TLDExtract
+
+    return TLDExtract(suffix_list_urls=(), cache_dir=None)  # bundled snapshot: offline and reproducible
 
 
 class URLFilterRule:
@@ -75,11 +74,11 @@ class URLFilterRule:
         url = doc.url
         if not url:
             return True, {}
-        host = _host(url)
-        parts = host.split(".")
-        for i in range(len(parts) - 1):
-            if ".".join(parts[i:]) in self.domains:
-                return False, {"check": "domain", "value": ".".join(parts[i:])}
+        info = _tld_extract()(url)
+        if info.top_domain_under_public_suffix in self.domains:
+            return False, {"check": "domain", "value": info.top_domain_under_public_suffix}
+        if info.fqdn in self.domains:
+            return False, {"check": "subdomain", "value": info.fqdn}
         if url in self.urls:
             return False, {"check": "url", "value": url}
         url_words = set(_NON_ALNUM.split(url))

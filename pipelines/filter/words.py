@@ -17,6 +17,7 @@ import json
 import re
 import unicodedata
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 
 from pipelines.filter.punctuation import SENTENCE_PUNCT_CHARS
@@ -40,16 +41,23 @@ class WordSplitter:
         self.chunk = lru_cache(maxsize=200_000)(self._chunk)
 
     def split(self, text: str) -> list[str]:
-        chunk = self.chunk
-        tokens = [t for c in text.split() for t in chunk(c)]
+        tokens = list(chain.from_iterable(map(self.chunk, text.split())))  # C loops over the cached chunks
         # Whitespace tokens only matter for special-case merges; without them runs only get
         # longer, so when no merge matches here none matches in the exact pass either.
-        if self._has_merge_candidate(tokens):
-            return self._split_exact(text)
-        return tokens
+        if not self._has_merge_candidate(tokens):
+            return tokens
+        # A newline always makes a whitespace token, and no merge spans one: lines are independent,
+        # so only the lines with a candidate take the (slower) exact pass.
+        out: list[str] = []
+        for line in text.split("\n"):
+            line_tokens = list(chain.from_iterable(map(self.chunk, line.split())))
+            out.extend(self._split_exact(line) if self._has_merge_candidate(line_tokens) else line_tokens)
+        return out
 
     def _has_merge_candidate(self, tokens: list[str]) -> bool:
         lengths, merges = self.merge_lengths, self.merges
+        if lengths.keys().isdisjoint(tokens):
+            return False
         for i in [i for i, t in enumerate(tokens) if t in lengths]:
             for length in lengths[tokens[i]]:
                 if tuple(tokens[i:i + length]) in merges:

@@ -122,8 +122,8 @@ def _items(f: InputFile, stream, cfg: dict):
     return READERS[f.reader](stream, f.name.rsplit("/", 1)[-1], spec, max_bytes, min_chars)
 
 
-def _record(f: InputFile, c: Candidate, with_lang: bool) -> dict:
-    lang, score = langid.detect(c.text) if with_lang else (None, None)
+def _record(f: InputFile, c: Candidate, with_lang: bool, lang_chars: int = 0) -> dict:
+    lang, score = langid.detect(c.text, lang_chars) if with_lang else (None, None)
     return {
         "id": make_record_id(f.source, c.key), "url": c.url, "domain": domain_of(c.url), "source": f.source,
         "crawl_date": c.crawl_date, "lang": lang, "lang_score": score, "text": c.text if with_lang else "",
@@ -134,6 +134,7 @@ def _record(f: InputFile, c: Candidate, with_lang: bool) -> dict:
 def process_shard(task: ShardTask) -> ShardResult:
     f: InputFile = task.context["input"]
     cfg = task.params
+    lang_chars = int(cfg.get("langid_max_chars", 0))
     stats = ShardStats(shard=task.shard, extra={k: 0 for k in ALWAYS_COUNTED})
     kept, removed, reasons, details = [], [], [], []
     with open_input(f.uri) as stream:  # a missing input raises here, naming it
@@ -155,7 +156,7 @@ def process_shard(task: ShardTask) -> ShardResult:
                         reasons.append(item.drop_reason)
                         details.append(item.drop_detail)
                     else:
-                        kept.append(_record(f, item, with_lang=True))
+                        kept.append(_record(f, item, with_lang=True, lang_chars=lang_chars))
             except CONTENT_ERRORS as e:
                 if isinstance(e, (ConnectionError, TimeoutError)):
                     raise
@@ -183,6 +184,7 @@ def run(params: dict) -> dict:
     shard_sources = {t.shard: t.context["input"].source for t in tasks}
     if (params.get("executor") or {}).get("start_method", "fork") == "fork":
         langid.identifier()  # load the model (~1.5 s) once here: forked workers inherit it
+        import pandas  # noqa: F401  (pyarrow imports it on a shard's first table, ~2 s: once here, not per worker)
     manifest = run_shard_stage(STAGE, tasks, process_shard, executor_params=params.get("executor"),
                                known_reasons=DROP_REASONS, extra_manifest={"shard_sources": shard_sources})
     return summarize(out_dir, manifest, shard_sources)

@@ -2,8 +2,14 @@
 
 1. Held-out split per source by a hash of the id (never trained on).
 2. Phase 1 (diverse): every other record repeated per ``mix.phase1.weights``.
-3. Phase 2 (anneal): the high-quality sources per ``mix.phase2.weights`` plus a
-   replay slice of phase-1 rows (each joins with probability ``replay_fraction``).
+3. Phase 2 (anneal): high-quality slices upsampled plus a replay slice of phase-1 rows
+   (each joins with probability ``replay_fraction``). A record's phase-2 weight is the sum
+   of its source's ``mix.phase2.weights`` (curated sources), ``top_quality.weight`` when its
+   quality_score is in the top ``top_quality.fraction`` of its group (web sources by default)
+   and, with the searched phase-1 mixture, ``clusters.weight`` when its web cluster is one of
+   the ``clusters.top`` clusters the search weighted most (the target-domain clusters).
+   With the searched mixture, every blend row carries its domain (``mix_domain``) and
+   ``blend.json`` holds realised vs target shares per source and per domain for both phases.
 
 Every decision is a seeded hash of the record id, so the blends do not depend
 on the input shard layout. Each output is a stage directory of its own
@@ -16,6 +22,7 @@ live in ``heldout/``).
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -64,6 +71,14 @@ def _config(params: dict) -> dict:
     max_rows = int(cfg.get("max_rows_per_shard", 20000))
     if max_rows < 1:
         raise ValueError(f"params mix.max_rows_per_shard must be >= 1, got {max_rows}")
+    tq, cl = phase2.get("top_quality") or {}, phase2.get("clusters") or {}
+    top_quality = {"fraction": float(tq.get("fraction", 0.0)), "weight": float(tq.get("weight", 0.0)),
+                   "sources": [str(x) for x in tq.get("sources", ["cc-*", "web"])]}
+    if not 0.0 <= top_quality["fraction"] <= 1.0 or top_quality["weight"] < 0:
+        raise ValueError(f"params mix.phase2.top_quality needs fraction in [0, 1] and weight >= 0, got {tq}")
+    clusters = {"top": int(cl.get("top", 0)), "weight": float(cl.get("weight", 0.0))}
+    if clusters["top"] < 0 or clusters["weight"] < 0:
+        raise ValueError(f"params mix.phase2.clusters needs top >= 0 and weight >= 0, got {cl}")
     source = phase1.get("source", "weights")
     if source not in ("weights", "searched"):
         raise ValueError(f"params mix.phase1.source must be 'weights' or 'searched', got {source!r}")
@@ -77,6 +92,8 @@ def _config(params: dict) -> dict:
             "phase2": validate_weights(phase2.get("weights"), "mix.phase2.weights"),
         },
         "replay_fraction": replay,
+        "top_quality": top_quality,
+        "clusters": clusters,
         "max_rows": max_rows,
     }
 
@@ -106,13 +123,43 @@ def _shuffle_order(ids: list[str], copy: np.ndarray, seed, purpose: str) -> np.n
     return np.lexsort((copy, np.asarray(ids, dtype=object).astype(str), keys)) if len(ids) else np.zeros(0, np.int64)
 
 
+def phase2_weights(table: pa.Table, held: np.ndarray, cfg: dict) -> tuple[np.ndarray, dict]:
+    """Per-record phase-2 weight (source weight + top-quality bonus + target-cluster bonus) and what was chosen."""
+    ids, sources = table.column("id").to_pylist(), table.column("source").to_pylist()
+    w2 = np.asarray([weight_for(s, cfg["weights"]["phase2"]) or 0.0 for s in sources], dtype=np.float64)
+    info: dict = {}
+    tq = cfg["top_quality"]
+    if tq["fraction"] > 0 and tq["weight"] > 0:
+        if "quality_score" not in table.column_names:
+            raise ValueError("params mix.phase2.top_quality needs a quality_score column in data/select")
+        q = pc.fill_null(pc.cast(table.column("quality_score"), pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+        group = np.asarray([any(fnmatch.fnmatchcase(s, pat) for pat in tq["sources"]) for s in sources])
+        pool = group & ~held & ~np.isnan(q)
+        threshold = float(np.quantile(q[pool], 1.0 - tq["fraction"])) if pool.any() else math.inf
+        top = pool & (q >= threshold)
+        w2[top] += tq["weight"]
+        info["top_quality"] = {**tq, "threshold": threshold, "records": int(top.sum()), "group_records": int(pool.sum())}
+    searched = cfg.get("searched")
+    cl = cfg["clusters"]
+    if searched is not None and cl["top"] > 0 and cl["weight"] > 0:
+        ranked = sorted((d for d in searched["target_share"] if d.startswith("cluster_")),
+                        key=lambda d: (-searched["target_share"][d], d))[: cl["top"]]
+        member = np.asarray([searched["domain"].get(i, "") in ranked for i in ids])
+        w2[member] += cl["weight"]
+        info["clusters"] = {**cl, "upsampled": ranked, "records": int(member.sum())}
+    elif cl["top"] > 0:
+        info["clusters"] = {**cl, "upsampled": [], "note": "needs mix.phase1.source: searched (cluster ids)"}
+    return w2, info
+
+
 def plan(table: pa.Table, cfg: dict) -> dict:
     """Decide every record's fate: held out, rows in each phase, or dropped (with reason)."""
     ids = table.column("id").to_pylist()
     sources = table.column("source").to_pylist()
-    seed, w1s, w2s = cfg["seed"], cfg["weights"]["phase1"], cfg["weights"]["phase2"]
+    seed, w1s = cfg["seed"], cfg["weights"]["phase1"]
     held = heldout_mask(ids, sources, cfg["heldout_fraction"], cfg["min_heldout"])
-    src_w = {s: (weight_for(s, w1s), weight_for(s, w2s)) for s in set(sources)}
+    src_w = {s: weight_for(s, w1s) for s in set(sources)}
+    w2_rec, phase2_info = phase2_weights(table, held, cfg)
     searched = cfg.get("searched")  # {"record_weight": {id: phase-1 weight}} when phase1.source = searched
 
     p1_rows, p1_copy = [], []
@@ -136,7 +183,7 @@ def plan(table: pa.Table, cfg: dict) -> dict:
         if held[i]:
             reasons[i] = "heldout"
             continue
-        w1, w2 = src_w[src]
+        w1, w2 = src_w[src], float(w2_rec[i])
         if searched is not None:
             w1 = searched["record_weight"].get(rid, 0.0)
         n1 = copies(w1, seed, rid, "phase1") if w1 else 0
@@ -159,19 +206,24 @@ def plan(table: pa.Table, cfg: dict) -> dict:
                 details[i] = json.dumps({"phase1_weight": w1, "phase2_weight": w2}, sort_keys=True)
     return {
         "ids": ids, "sources": sources, "heldout": held, "reasons": reasons, "details": details,
+        "phase2_weight": w2_rec, "phase2_info": phase2_info,
         "phase1": (np.asarray(p1_rows, np.int64), np.asarray(p1_copy, np.int32), np.zeros(len(p1_rows), bool)),
         "phase2": (np.asarray(p2_rows, np.int64), np.asarray(p2_copy, np.int32), np.asarray(p2_replay, bool)),
     }
 
 
 def phase_table(table: pa.Table, ids: list[str], rows: np.ndarray, copy: np.ndarray, replay: np.ndarray,
-                seed, phase: str) -> pa.Table:
+                seed, phase: str, domain_of: dict | None = None) -> pa.Table:
     order = _shuffle_order([ids[r] for r in rows], copy, seed, phase)
     rows, copy, replay = rows[order], copy[order], replay[order]
     out = table.take(pa.array(rows, pa.int64()))
     out = out.append_column(pa.field("blend_copy", pa.int32(), nullable=False), pa.array(copy, pa.int32()))
     origin = np.where(replay, "replay", phase)
-    return out.append_column(pa.field("blend_origin", pa.string()), pa.array(origin.tolist(), pa.string()))
+    out = out.append_column(pa.field("blend_origin", pa.string()), pa.array(origin.tolist(), pa.string()))
+    if domain_of is not None:  # searched mixture: the domain (curated source / web cluster) of every row
+        out = out.append_column(pa.field("mix_domain", pa.string()),
+                                pa.array([domain_of.get(ids[r]) or None for r in rows], pa.string()))
+    return out
 
 
 # ---------------------------------------------------------------- writing
@@ -268,10 +320,11 @@ def blend_report(table: pa.Table, decided: dict, phase_tables: dict[str, pa.Tabl
         intended_p1 = {s: float((w1_rec * chars)[trainable & (sources == s)].sum()) for s in sorted(set(sources))}
     else:
         intended_p1 = {s: (weight_for(s, cfg["weights"]["phase1"]) or 0.0) * c for s, c in pool_chars.items()}
+    w2_chars = decided["phase2_weight"] * chars * trainable
     intended = {
         "phase1": intended_p1,
-        "phase2": {s: (weight_for(s, cfg["weights"]["phase2"]) or 0.0) * c
-                   + cfg["replay_fraction"] * p1.get(s, {}).get("chars", 0) for s, c in pool_chars.items()},
+        "phase2": {s: float(w2_chars[sources == s].sum()) + cfg["replay_fraction"] * p1.get(s, {}).get("chars", 0)
+                   for s in pool_chars},
     }
     phases = {}
     for phase in PHASES:
@@ -292,9 +345,17 @@ def blend_report(table: pa.Table, decided: dict, phase_tables: dict[str, pa.Tabl
         }
         assert phase_tables[phase].num_rows == len(rows)
     if cfg.get("searched") is not None:
+        searched = cfg["searched"]
+        doms = np.asarray([searched["domain"].get(i, "") or UNASSIGNED for i in decided["ids"]], dtype=object)
         phases["phase1"]["targets"]["source"] = "searched"
-        phases["phase1"]["domains"] = domain_shares(decided["phase1"][0], chars, trainable, decided["ids"],
-                                                    cfg["searched"])
+        phases["phase1"]["domains"] = domain_shares(decided["phase1"][0], chars, doms, searched["target_share"])
+        for d, e in phases["phase1"]["domains"].items():
+            e["repeat"] = searched["factor"].get(d, 0.0)
+        p1_dom = {d: e["chars"] for d, e in phases["phase1"]["domains"].items()}
+        want2 = {d: float(w2_chars[doms == d].sum()) + cfg["replay_fraction"] * p1_dom.get(d, 0)
+                 for d in sorted(set(doms))}
+        phases["phase2"]["domains"] = domain_shares(decided["phase2"][0], chars, doms, want2)
+    phases["phase2"]["targets"].update(decided["phase2_info"])
     phases["phase2"]["targets"]["replay_fraction"] = cfg["replay_fraction"]
     phases["phase2"]["replay_rows"] = int(decided["phase2"][2].sum())
     held = np.flatnonzero(decided["heldout"])
@@ -344,12 +405,16 @@ def searched_weights(ids: list[str], texts_chars: np.ndarray, trainable: np.ndar
             "domain": dict(zip(ids, doms)), "target_share": target, "factor": factor}
 
 
-def domain_shares(rows: np.ndarray, chars: np.ndarray, trainable: np.ndarray, ids: list[str], searched: dict) -> dict:
-    doms = np.asarray([searched["domain"].get(i, "") for i in ids], dtype=object)
-    got = {d: int(chars[rows][doms[rows] == d].sum()) for d in searched["target_share"]}
-    total = sum(got.values()) or 1
-    return {d: {"chars": got[d], "share": got[d] / total, "target_share": float(searched["target_share"][d]),
-                "repeat": searched["factor"].get(d, 0.0)} for d in sorted(got)}
+UNASSIGNED = "_unassigned"  # records of a dropped cluster (phase 2 may still hold them via their source)
+
+
+def domain_shares(rows: np.ndarray, chars: np.ndarray, doms: np.ndarray, target: dict[str, float]) -> dict:
+    """Realised char share per domain of a blend's rows vs the target (normalised over domains)."""
+    names = sorted({d for d, v in target.items() if v > 0} | set(doms[rows]))
+    got = {d: int(chars[rows][doms[rows] == d].sum()) for d in names}
+    total, want = sum(got.values()) or 1, sum(v for v in target.values() if v > 0) or 1.0
+    return {d: {"chars": got[d], "rows": int((doms[rows] == d).sum()), "share": got[d] / total,
+                "target_share": float(max(target.get(d, 0.0), 0.0)) / want} for d in names}
 
 
 # ---------------------------------------------------------------- entry point
@@ -420,7 +485,8 @@ def run(params: dict) -> dict:
     phase_tables = {}
     for phase in PHASES:
         rows, copy, replay = decided[phase]
-        phase_tables[phase] = phase_table(table, decided["ids"], rows, copy, replay, cfg["seed"], phase)
+        phase_tables[phase] = phase_table(table, decided["ids"], rows, copy, replay, cfg["seed"], phase,
+                                          cfg["searched"]["domain"] if cfg.get("searched") else None)
         sub_manifests[phase] = write_dataset(out_dir / phase, f"mix/{phase}", phase_tables[phase], cfg["max_rows"],
                                              inputs_hash, ph)
 

@@ -4,8 +4,14 @@
 (candidates) -> ``run_proxy`` per candidate (a process pool under ``dvc repro``,
 mapped tasks in the ``mixture_search`` DAG) -> ``finalize`` (fit the LightGBM
 predictor and the RegMix-style linear baseline, write ``mixture.json``).
-Round 1 samples a Dirichlet over the domains; later rounds sample many
-candidates around the predicted best and run the ones the predictor ranks best.
+Round 1 samples a Dirichlet over the domains (plus the ``anchors``: uniform over
+domains and the pool's natural shares, so the search starts from the obvious
+priors); later rounds sample many candidates around the predicted best and run
+the ones the predictor ranks best. The phase-1 weights are the mean of the
+``final.k`` best measured candidates (``final.method: top_k_mean``): one proxy
+score is noisy, and the single best of many is biased low (winner's curse);
+``best`` takes it anyway, ``predicted`` takes the LightGBM optimum of a pool
+around the best candidates.
 """
 from __future__ import annotations
 
@@ -32,7 +38,8 @@ DEFAULTS = {
     "enabled": False, "embedder": "tfidf", "clusters": 6, "min_cluster_quality": 0.0, "curated_sources":
     ["wikipedia", "books", "news", "code", "math"], "rounds": 2, "candidates_per_round": 8, "dirichlet_alpha": 1.0,
     "local_concentration": 20.0, "pool_samples": 2000, "vocab_size": 2048, "max_stream_tokens": 400000,
-    "heldout_docs_per_source": 16, "eval_tokens_per_doc": 256,
+    "heldout_docs_per_source": 16, "eval_tokens_per_doc": 256, "anchors": ["uniform", "natural"],
+    "final": {"method": "top_k_mean", "k": 3}, "target": "mean",
     "proxy": {"preset": "tiny", "steps": 40, "seq_len": 128, "micro_batch": 8, "lr": 0.003, "threads": 1},
 }
 
@@ -45,6 +52,12 @@ def config(params: dict) -> dict:
     cfg["min_heldout"] = int(section(params, "mix").get("min_heldout_per_source", 0))
     if int(cfg["rounds"]) < 1 or int(cfg["candidates_per_round"]) < 2:
         raise ValueError("mixture.rounds must be >= 1 and mixture.candidates_per_round >= 2")
+    cfg["final"] = {**DEFAULTS["final"], **(cfg.get("final") or {})}
+    if cfg["final"]["method"] not in ("top_k_mean", "best", "predicted") or int(cfg["final"]["k"]) < 1:
+        raise ValueError(f"mixture.final must be {{method: top_k_mean|best|predicted, k: >=1}}, got {cfg['final']}")
+    bad = set(cfg["anchors"] or []) - {"uniform", "natural"}
+    if bad:
+        raise ValueError(f"mixture.anchors may hold uniform and natural, got {sorted(bad)}")
     return cfg
 
 
@@ -71,9 +84,10 @@ def prepare(params: dict) -> dict:
     curated = set(cfg["curated_sources"])
     domain = np.asarray([s if s in curated else "" for s in sources], dtype=object)
     web = np.flatnonzero(domain == "")
-    clusters = {}
+    clusters, embed_stats = {}, {"cached": 0, "embedded": 0}
     if len(web):
-        emb = dom.embed([texts[i] for i in web], cfg["embedder"], seed=cfg["seed"])
+        emb, embed_stats = dom.embed_records([ids[i] for i in web], [texts[i] for i in web], cfg["embedder"],
+                                             cache=resolve(dom.EMBED_CACHE), seed=cfg["seed"])
         labels, clusters = dom.cluster(emb, quality[web], cfg["clusters"], float(cfg["min_cluster_quality"]), cfg["seed"])
         domain[web] = [f"cluster_{c}" if c >= 0 else "" for c in labels]
     out = resolve(OUT_DIR)
@@ -103,7 +117,7 @@ def prepare(params: dict) -> dict:
         docs = heldout.setdefault(sources[i], [])
         if texts[i] and len(docs) < int(cfg["heldout_docs_per_source"]):
             docs.append(texts[i])
-    info = {"domains": sorted(streams), "natural_tokens": natural, "clusters": clusters,
+    info = {"domains": sorted(streams), "natural_tokens": natural, "clusters": clusters, "embeddings": embed_stats,
             "heldout_docs": {s: len(v) for s, v in heldout.items()}}
     write_json_atomic(wd / "heldout.json", heldout)
     write_json_atomic(wd / "prepared.json", info)
@@ -134,7 +148,9 @@ def propose(params: dict, round_index: int, results: list[dict]) -> list[dict]:
     rng = np.random.default_rng([cfg["seed"], round_index])
     n = int(cfg["candidates_per_round"])
     if round_index == 0 or not results:
-        W = rng.dirichlet(np.full(len(names), float(cfg["dirichlet_alpha"])), size=n)
+        anchors = [anchor_weights(a, info) for a in (cfg["anchors"] or [])][:n]
+        W = rng.dirichlet(np.full(len(names), float(cfg["dirichlet_alpha"])), size=n - len(anchors))
+        W = np.concatenate([np.asarray(anchors, dtype=np.float64).reshape(-1, len(names)), W])
     else:
         model = fit_lightgbm(results, names)
         best = np.asarray([results[int(np.argmin([r["bpb_mean"] for r in results]))]["weights"][d] for d in names])
@@ -145,10 +161,25 @@ def propose(params: dict, round_index: int, results: list[dict]) -> list[dict]:
              "weights": {d: float(x) for d, x in zip(names, w)}} for j, w in enumerate(W)]
 
 
+def anchor_weights(kind: str, info: dict) -> list[float]:
+    names = info["domains"]
+    if kind == "uniform":
+        return [1.0 / len(names)] * len(names)
+    total = sum(info["natural_tokens"][d] for d in names) or 1
+    return [info["natural_tokens"][d] / total for d in names]
+
+
 def run_proxy(params: dict, candidate: dict) -> dict:
-    """Train and score one candidate: the unit of work of the pool and of each mapped task."""
+    """Train and score one candidate: the unit of work of the pool and of each mapped task.
+
+    ``bpb_mean`` is the search target: the mean over held-out sources (``mixture.target: mean``)
+    or one named held-out source's bits per byte."""
     cfg = config(params)
     score = train_and_score(load_work(), candidate["weights"], cfg["proxy"], int(candidate.get("seed", cfg["seed"])))
+    if cfg["target"] != "mean":
+        if cfg["target"] not in score["bpb"]:
+            raise ValueError(f"mixture.target {cfg['target']!r} is not a held-out source: {sorted(score['bpb'])}")
+        score["bpb_mean"] = score["bpb"][cfg["target"]]
     return {**candidate, **score}
 
 
@@ -163,8 +194,10 @@ def fit_lightgbm(results: list[dict], names: list[str]):
     import lightgbm as lgb
 
     X, y = _xy(results, names)
-    return lgb.LGBMRegressor(n_estimators=200, learning_rate=0.05, num_leaves=7, min_child_samples=2,
-                             min_data_in_bin=1, verbose=-1, random_state=0).fit(X, y)
+    # Tens of points: shallow trees with linear leaves (a linear fit where data is thin, splits where it is not).
+    return lgb.LGBMRegressor(n_estimators=100, learning_rate=0.1, num_leaves=4, min_child_samples=3,
+                             min_data_in_bin=1, linear_tree=True, linear_lambda=1e-2, verbose=-1,
+                             random_state=0).fit(X, y)
 
 
 def fit_linear(results: list[dict], names: list[str]):
@@ -175,6 +208,48 @@ def fit_linear(results: list[dict], names: list[str]):
     return Ridge(alpha=1e-3).fit(X, y)
 
 
+class MixingLaw:
+    """The data-mixing law of Ye et al. (2024): L(w) = c + exp(a + t . w), fitted by least squares
+    (with a small ridge on t; tens of points for a dozen parameters)."""
+
+    def __init__(self, ridge: float = 1e-3):
+        self.ridge = ridge
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "MixingLaw":
+        from scipy.optimize import least_squares
+
+        c0 = float(y.min() - max(y.std(), 1e-3))
+
+        def resid(p):
+            return np.concatenate([p[0] + np.exp(p[1] + X @ p[2:]) - y, np.sqrt(self.ridge) * p[2:]])
+
+        p0 = np.concatenate([[c0, np.log(max(y.mean() - c0, 1e-6))], np.zeros(X.shape[1])])
+        self.p = least_squares(resid, p0, method="trf").x
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.p[0] + np.exp(self.p[1] + np.asarray(X) @ self.p[2:])
+
+
+def fit_mixing_law(results: list[dict], names: list[str]) -> MixingLaw:
+    return MixingLaw().fit(*_xy(results, names))
+
+
+PREDICTORS = {"lightgbm": fit_lightgbm, "linear_regmix": fit_linear, "mixing_law": fit_mixing_law}
+
+
+def holdout_spearman(train: list[dict], test: list[dict], names: list[str]) -> dict:
+    """Each predictor fitted on ``train``, Spearman rank correlation of its predictions on ``test``."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for name, fit in PREDICTORS.items():
+        pred = fit(train, names).predict(_xy(test, names)[0])
+        out[name] = {"spearman": float(spearmanr(pred, [r["bpb_mean"] for r in test]).statistic),
+                     "predictions": [float(x) for x in pred]}
+    return out
+
+
 def compare_predictors(results: list[dict], names: list[str]) -> dict:
     """Leave-one-out predictions of both predictors; Spearman rank correlation with the measured scores."""
     from scipy.stats import spearmanr
@@ -182,7 +257,7 @@ def compare_predictors(results: list[dict], names: list[str]) -> dict:
     if len(results) < 4:
         return {}
     out = {}
-    for name, fit in (("lightgbm", fit_lightgbm), ("linear_regmix", fit_linear)):
+    for name, fit in PREDICTORS.items():
         preds = []
         for i in range(len(results)):
             m = fit(results[:i] + results[i + 1:], names)
@@ -194,6 +269,22 @@ def compare_predictors(results: list[dict], names: list[str]) -> dict:
 
 # ---------------------------------------------------------------- finalize / entry point
 
+def final_weights(cfg: dict, results: list[dict], names: list[str], model) -> dict[str, float]:
+    ranked = sorted(results, key=lambda r: (r["bpb_mean"], r["name"]))
+    method, k = cfg["final"]["method"], int(cfg["final"]["k"])
+    if method == "best":
+        w = np.asarray([ranked[0]["weights"][d] for d in names])
+    elif method == "top_k_mean":
+        w = np.mean([[r["weights"][d] for d in names] for r in ranked[:k]], axis=0)
+    else:  # predicted: the predictor's best of a pool around the k best measured
+        rng = np.random.default_rng([cfg["seed"], 10_000])
+        centre = np.mean([[r["weights"][d] for d in names] for r in ranked[:k]], axis=0)
+        pool = rng.dirichlet(float(cfg["local_concentration"]) * _normalise(centre) + 0.1, size=int(cfg["pool_samples"]))
+        w = pool[int(np.argmin(model.predict(pool)))]
+    w = _normalise(np.asarray(w, dtype=np.float64))
+    return {d: float(x) for d, x in zip(names, w)}
+
+
 def finalize(params: dict, results: list[dict]) -> dict:
     cfg = config(params)
     info = json.loads((work_dir() / "prepared.json").read_text())
@@ -204,11 +295,13 @@ def finalize(params: dict, results: list[dict]) -> dict:
     for r, p in zip(results, model.predict(X)):
         r["predicted_bpb_mean"] = float(p)
     best = min(results, key=lambda r: r["bpb_mean"])
+    phase1 = final_weights(cfg, results, names, model)
     comparison = compare_predictors(results, names)
     natural_total = sum(info["natural_tokens"].values()) or 1
     doc = {
         "target": "bpb_mean over held-out sources (lower is better)",
-        "phase1_weights": best["weights"],
+        "phase1_weights": phase1,
+        "final": cfg["final"],
         "best_candidate": best["name"],
         "natural_weights": {d: info["natural_tokens"][d] / natural_total for d in names},
         "domains": names,
@@ -216,7 +309,8 @@ def finalize(params: dict, results: list[dict]) -> dict:
         "candidates": results,
         "predictor": {"kind": "lightgbm.LGBMRegressor", "features": names, "trained_on": len(results),
                       "comparison": {k: {"spearman_loo": v["spearman_loo"]} for k, v in comparison.items()}},
-        "config": {k: cfg[k] for k in ("embedder", "clusters", "rounds", "candidates_per_round", "proxy")},
+        "config": {k: cfg[k] for k in ("embedder", "clusters", "rounds", "candidates_per_round", "anchors", "target",
+                                       "proxy")},
     }
     write_json_atomic(resolve(OUT_DIR) / MIXTURE, doc)
     log.info("mixture: best %s bpb %.4f", best["name"], best["bpb_mean"])

@@ -80,6 +80,7 @@ def stage_tasks(dag_id: str, dvc_yaml: Path | None = None) -> dict[str, BaseOper
     stages = load_stages(dvc_yaml or project_root() / "dvc.yaml")
     mine: dict[str, StageSpec] = {n: s for n, s in stages.items() if s.dag == dag_id}
     edges = upstream(stages)
+    k8s = kubernetes_launcher(read_params()) if any(s.meta.get("pool") == "gpu" for s in mine.values()) else None
     groups: dict[str, TaskGroup] = {}
     tasks: dict[str, BaseOperator] = {}
     for name in topological(stages):
@@ -92,6 +93,9 @@ def stage_tasks(dag_id: str, dvc_yaml: Path | None = None) -> dict[str, BaseOper
         extra = resources(spec)
         if spec.is_gate:
             extra["retries"] = 0  # a failed gate is a data problem, not a transient one
+        if k8s is not None and spec.meta.get("pool") == "gpu":
+            tasks[name] = kubernetes_stage_task(name, k8s, task_group=group, **extra)
+            continue
         tasks[name] = DvcStageOperator(task_id=name, stage=name, is_gate=spec.is_gate, task_group=group, **extra)
     for name, task in tasks.items():
         for up in edges[name]:
@@ -131,3 +135,67 @@ def sinks(tasks: dict[str, BaseOperator]) -> list[BaseOperator]:
 
 def sources(tasks: dict[str, BaseOperator]) -> list[BaseOperator]:
     return [t for t in tasks.values() if not t.upstream_list]
+
+
+# ---------------------------------------------------------------- GPU stages as Kubernetes pods
+
+def kubernetes_launcher(params: dict) -> dict | None:
+    """The `orchestration.kubernetes` settings when GPU stages run as pods, else None (the default: local).
+
+    `orchestration.train_launcher: kubernetes` (or $PIPELINES_TRAIN_LAUNCHER, for a deployment) turns it on;
+    $PIPELINES_TRAIN_IMAGE / $PIPELINES_TRAIN_NAMESPACE override the image and namespace.
+    """
+    orch = params.get("orchestration") or {}
+    launcher = os.environ.get("PIPELINES_TRAIN_LAUNCHER") or orch.get("train_launcher", "local")
+    if launcher == "local":
+        return None
+    if launcher != "kubernetes":
+        raise ValueError(f"orchestration.train_launcher must be 'local' or 'kubernetes', got {launcher!r}")
+    cfg = dict(orch.get("kubernetes") or {})
+    cfg["image"] = os.environ.get("PIPELINES_TRAIN_IMAGE") or cfg.get("image")
+    cfg["namespace"] = os.environ.get("PIPELINES_TRAIN_NAMESPACE") or cfg.get("namespace")
+    if not cfg["image"]:
+        raise ValueError("orchestration.train_launcher is kubernetes but orchestration.kubernetes.image is not set")
+    return cfg
+
+
+def gpu_pod_template(cfg: dict, root: Path | None = None) -> dict:
+    """The pod template (infra/) as a dict, its base container asking for ``gpus`` GPUs."""
+    path = Path(cfg.get("pod_template") or "infra/helm/gpu-pod-template.yaml")
+    with open(path if path.is_absolute() else (root or project_root()) / path) as f:
+        pod = yaml.safe_load(f)
+    gpus = int(cfg.get("gpus", 1))
+    for c in pod["spec"]["containers"]:
+        if c["name"] == "base":
+            res = c.setdefault("resources", {})
+            for kind in ("requests", "limits"):  # Kubernetes wants GPU requests == limits
+                res.setdefault(kind, {})["nvidia.com/gpu"] = str(gpus)  # a Kubernetes quantity
+    return pod
+
+
+def kubernetes_stage_task(stage: str, cfg: dict, **kwargs) -> BaseOperator:
+    """A KubernetesPodOperator running `dvc repro --single-item <stage>` in the workspace volume of the pod template.
+
+    The pod runs the same command as the local task, so DVC still decides whether the stage
+    is stale, and the stage launches torchrun itself when the pod has several GPUs (train.nproc: auto).
+    """
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    kwargs.pop("executor_config", None)  # the pod template of the KubernetesExecutor is not this pod's
+    op = KubernetesPodOperator(
+        task_id=stage,
+        name=f"pipelines-{stage}",
+        namespace=cfg.get("namespace"),
+        image=cfg["image"],
+        pod_template_dict=gpu_pod_template(cfg),
+        cmds=["dvc"],
+        arguments=["repro", "--single-item", stage],
+        labels={"app": "pipelines", "pipelines/stage": stage},
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+        startup_timeout_seconds=int(cfg.get("startup_timeout_s", 600)),
+        **kwargs,
+    )
+    op.stage = stage  # what failure reports and tests read (as on DvcStageOperator)
+    op.is_gate = False
+    return op

@@ -10,6 +10,19 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+# Environment variables whose values are credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, *_PASSWORD...).
+SENSITIVE_ENV = re.compile(r"SECRET|PASSWORD|PASSWD|_TOKEN$|API_KEY|CREDENTIALS?$", re.IGNORECASE)
+
+
+def secret_values(env: dict[str, str]) -> list[str]:
+    """Credential values present in ``env``, longest first (so no secret is redacted only in part)."""
+    return sorted({v for k, v in env.items() if SENSITIVE_ENV.search(k) and len(v) >= 8}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for value in secrets:
+        text = text.replace(value, "***")
+    return text
 
 
 class StageFailed(RuntimeError):
@@ -35,12 +48,14 @@ def dvc_executable() -> str:
 
 def run_command(argv: list[str], cwd: str | Path, what: str) -> str:
     """Run argv in cwd, stream its output to the log, raise StageFailed with the tail on failure."""
+    env = tool_env()
+    secrets = secret_values(env)  # a child that prints a credential must not put it in the task log
     log.info("running %s in %s", argv, cwd)
-    proc = subprocess.Popen(argv, cwd=str(cwd), env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
-        line = line.rstrip("\n")
+        line = redact(line.rstrip("\n"), secrets)
         lines.append(line)
         log.info("%s | %s", what, line)
     rc = proc.wait()

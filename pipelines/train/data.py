@@ -99,17 +99,26 @@ def make_batch(sequences: list[PackedSequence], dense_mask: bool = True) -> Batc
 
 
 class BatchStream:
-    """Micro-batches of ``micro_batch`` sequences in seeded order from ``position`` on."""
+    """Micro-batches of ``micro_batch`` sequences in seeded order from ``position`` on.
+
+    With ``world`` ranks, each draw takes ``world * micro_batch`` sequences of the global
+    order and rank r keeps the r-th slice of ``micro_batch``; ``position`` counts the
+    global order, so it is the same on every rank, and W ranks x m sequences cover exactly
+    what 1 rank x W*m covers (the same step, the same data, any world size).
+    """
 
     def __init__(self, dataset: PackedDataset, micro_batch: int, seed: int, position: int = 0,
-                 dense_mask: bool = True):
+                 dense_mask: bool = True, rank: int = 0, world: int = 1):
         if len(dataset) == 0:
             raise ValueError(f"packed data {dataset.dir} holds no sequences")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in a world of {world}")
         self.dataset, self.micro_batch, self.seed, self.position = dataset, micro_batch, seed, position
-        self.dense_mask = dense_mask
+        self.dense_mask, self.rank, self.world = dense_mask, rank, world
 
     def next(self) -> Batch:
         n = len(self.dataset)
-        seqs = [self.dataset[sequence_order(n, self.seed, self.position + i)] for i in range(self.micro_batch)]
-        self.position += self.micro_batch
+        first = self.position + self.rank * self.micro_batch
+        seqs = [self.dataset[sequence_order(n, self.seed, first + i)] for i in range(self.micro_batch)]
+        self.position += self.world * self.micro_batch
         return make_batch(seqs, dense_mask=self.dense_mask)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from transformers.utils import logging as hf_logging
 from pipelines.config import resolve, section
 from pipelines.core.atomic import write_bytes_atomic, write_json_atomic
 from pipelines.pack.format import INDEX, PackedDataset
-from pipelines.train import attention
+from pipelines.train import attention, distributed
 from pipelines.train.checkpoint import load_model, load_state, recover, save_checkpoint
 from pipelines.train.data import IGNORE, BatchStream
 from pipelines.train.model import build_config, build_model, count_parameters
@@ -69,7 +70,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def plan_phase(params: dict, name: str) -> Phase:
+def plan_phase(params: dict, name: str, world_size: int = 1) -> Phase:
     if name not in PHASES:
         raise ValueError(f"unknown phase {name!r}")
     tp = section(params, "train")
@@ -82,6 +83,8 @@ def plan_phase(params: dict, name: str) -> Phase:
             raise FileNotFoundError(f"{d} does not exist (run the pack stage first)")
     base = {"seed": seed, "data": _data_fingerprint(resolve("data/pack/phase1"), tok_dir),
             **{k: tp.get(k) for k in PHASE1_KEYS}}
+    if world_size > 1:  # the global batch is world x micro_batch x grad_accum (left out at 1: old checkpoints stay valid)
+        base["world_size"] = world_size
     if name == "phase1":
         return Phase(name, data_dir, resolve("models/phase1"), 0, p1_steps, _digest(base))
     n_anneal = anneal_steps(p1_steps, float(tp["anneal_fraction"]))
@@ -121,6 +124,10 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def train_phase(params: dict, name: str, *, stop_after: int | None = None) -> dict:
     """Train one phase to its end step (or ``stop_after`` steps of this call, to simulate an interruption)."""
     device = pick_device(section(params, "train").get("device", "auto"))
+    if device.type == "cuda" and distributed.launched():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    world = distributed.init(device)
     # Process-wide torch settings, restored afterwards (tests run many stages in one process).
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
@@ -130,16 +137,18 @@ def train_phase(params: dict, name: str, *, stop_after: int | None = None) -> di
         else:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        return _train_phase(params, name, device, stop_after)
+        return _train_phase(params, name, device, stop_after, world)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+        distributed.shutdown(world)
 
 
-def _train_phase(params: dict, name: str, device: torch.device, stop_after: int | None) -> dict:
+def _train_phase(params: dict, name: str, device: torch.device, stop_after: int | None,
+                 world: distributed.World) -> dict:
     tp = section(params, "train")
     seed = int(params.get("seed", 0))
-    phase = plan_phase(params, name)
+    phase = plan_phase(params, name, world.size)
     hf_logging.disable_progress_bar()  # per-checkpoint progress bars drown the training log
     tok_dir = resolve(TOKENIZER_DIR)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
@@ -151,7 +160,9 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
     if int(dataset.index.get("vocab_size", vocab)) > vocab:
         raise ValueError(f"{phase.data_dir} uses vocab_size {dataset.index['vocab_size']} > tokenizer's {vocab}")
 
-    recover(phase.out_dir)
+    if world.is_main:
+        recover(phase.out_dir)
+    distributed.barrier(world)
     state = load_state(phase.out_dir)
     if state is not None and not (state.get("format") == STATE_FORMAT and state.get("fingerprint") == phase.fingerprint
                                   and phase.start_step <= state["step"] <= phase.end_step):
@@ -159,21 +170,24 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
         state = None
 
     resumed = state is not None
+    # Every rank builds or loads the same full model; wrap() then replicates (DDP) or shards (FSDP2) it.
     if resumed:  # resume this phase
         model = load_model(phase.out_dir, device)
+        mode, forward = _parallel(model, tp, device, world)
         optimizer = make_optimizer(model, tp, device)
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"], mode)
         _set_rng_state(state["rng"], device)
         log.info("%s: resuming at step %d", name, state["step"])
     elif name == "phase2":  # the anneal continues the phase-1 run
-        p1 = plan_phase(params, "phase1")
+        p1 = plan_phase(params, "phase1", world.size)
         p1_state = load_state(p1.out_dir)
         if p1_state is None or p1_state.get("fingerprint") != p1.fingerprint or p1_state["step"] != phase.start_step:
             raise RuntimeError(f"{p1.out_dir} is not a finished phase-1 checkpoint for these params "
                                f"(need step {phase.start_step}); run the train stage first")
         model = load_model(p1.out_dir, device)
+        mode, forward = _parallel(model, tp, device, world)
         optimizer = make_optimizer(model, tp, device)
-        optimizer.load_state_dict(p1_state["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, p1_state["optimizer"], mode)
         _set_rng_state(p1_state["rng"], device)
         state = {"step": phase.start_step, "position": 0, "tokens": 0, "elapsed_s": 0.0, "history": [],
                  "tokens_before": p1_state["tokens_before"] + p1_state["tokens"]}
@@ -181,16 +195,20 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
         torch.manual_seed(seed)
         config = build_config(tp["preset"], vocab, eos_id=dataset.eos_id, pad_id=dataset.pad_id, overrides=tp.get("model"))
         model = build_model(config).to(device)
+        mode, forward = _parallel(model, tp, device, world)
         optimizer = make_optimizer(model, tp, device)
         state = {"step": 0, "position": 0, "tokens": 0, "elapsed_s": 0.0, "history": [], "tokens_before": 0}
 
     attn = attention.choose(tp.get("attention", "auto"), device)
     attention.set_implementation(model, attn)
     stream = BatchStream(dataset, micro_batch, seed=seed + (0 if name == "phase1" else 1), position=state["position"],
-                         dense_mask=attn != "flex_attention")
-    # torch.compile wraps the forward only; `model` stays the plain module that is saved and averaged.
-    forward = torch.compile(model) if tp.get("compile") else model
-    writer = _tensorboard(phase.out_dir.parent / f"tb_{name}", tp)
+                         dense_mask=attn != "flex_attention", rank=world.rank, world=world.size)
+    # torch.compile wraps the forward only; `model` stays the module that is saved and averaged
+    # (`forward` is the DDP wrapper under DDP; under FSDP2 `model` itself is sharded in place).
+    synced = forward
+    if tp.get("compile"):
+        forward = torch.compile(forward)
+    writer = _tensorboard(phase.out_dir.parent / f"tb_{name}", tp) if world.is_main else None
     average_last = int(tp.get("average_last", 0) or 0) if name == "phase2" else 0
     snapshots: list[dict] = []  # CPU copies of the weights at the anneal's last checkpoints
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
@@ -200,11 +218,17 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
     saved_step = step if resumed else None  # the step the checkpoint on disk holds
 
     def checkpoint() -> None:
-        snapshot = {"format": STATE_FORMAT, "phase": name, "fingerprint": phase.fingerprint, "step": step,
-                    "position": stream.position, "tokens": tokens, "tokens_before": state["tokens_before"],
-                    "elapsed_s": elapsed, "history": history, "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state(device), "seq_len": seq_len}
-        save_checkpoint(phase.out_dir, model, tok_dir, snapshot)
+        # Gathering full states is collective under FSDP2 (every rank), writing is rank 0's alone.
+        weights = distributed.model_state(model, mode) if mode == "fsdp" else None
+        optim = distributed.optimizer_state(model, optimizer, mode)
+        if world.is_main:
+            snapshot = {"format": STATE_FORMAT, "phase": name, "fingerprint": phase.fingerprint, "step": step,
+                        "position": stream.position, "tokens": tokens, "tokens_before": state["tokens_before"],
+                        "elapsed_s": elapsed, "history": history, "optimizer": optim,
+                        "rng": _rng_state(device), "seq_len": seq_len, "world_size": world.size}
+            save_checkpoint(phase.out_dir, model if weights is None else distributed.plain_copy(model, weights),
+                            tok_dir, snapshot)
+        distributed.barrier(world)
 
     model.train()
     done_here = 0
@@ -217,26 +241,34 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
         for group in optimizer.param_groups:
             group["lr"] = lr
         micro = [stream.next() for _ in range(grad_accum)]
-        n_targets = max(1, sum(b.n_targets for b in micro))
+        # Targets and tokens of the whole (all-rank) step: the loss is the mean over every target of it.
+        n_targets, step_tokens = (int(v) for v in distributed.all_sum(
+            [sum(b.n_targets for b in micro), sum(b.n_tokens for b in micro)], world, device).tolist())
+        n_targets = max(1, n_targets)
         step_nats = torch.zeros((), device=device)
-        for batch in micro:
+        for i, batch in enumerate(micro):
             batch = batch.to(device)
             mask = (attention.document_block_mask(batch.segment_ids) if attn == "flex_attention"
                     else batch.attention_mask)
-            with autocast:
-                logits = forward(input_ids=batch.input_ids, attention_mask=mask,
-                                 position_ids=batch.position_ids).logits
-            nats = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(),
-                                   ignore_index=IGNORE, reduction="sum")
-            (nats / n_targets).backward()  # mean over every target of the optimizer step
+            with distributed.grad_sync(synced, mode, last=i == len(micro) - 1):
+                with autocast:
+                    logits = forward(input_ids=batch.input_ids, attention_mask=mask,
+                                     position_ids=batch.position_ids).logits
+                nats = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(),
+                                       ignore_index=IGNORE, reduction="sum")
+                # x world: DDP/FSDP average the ranks' gradients, and the sum over ranks is what we want.
+                (nats * (world.size / n_targets)).backward()
             step_nats += nats.detach()  # summed on the device: one host sync per step, below
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(tp["grad_clip"]))
+        if tp.get("tensorboard", True):  # on every rank: reading a sharded (FSDP2) norm may be collective
+            grad_norm = distributed.as_float(grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         done_here += 1
-        tokens += sum(b.n_tokens for b in micro)
-        loss = float(step_nats) / n_targets  # waits for the step to finish, so the timing below is real
+        tokens += step_tokens
+        # waits for the step to finish, so the timing below is real
+        loss = float(distributed.all_sum(step_nats, world, device)[0]) / n_targets
         dt = time.perf_counter() - t0
         if STEP_TIMES is not None:
             STEP_TIMES.append(dt)
@@ -245,8 +277,8 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
         if writer is not None:
             writer.add_scalar("train/loss", loss, step)
             writer.add_scalar("train/lr", lr, step)
-            writer.add_scalar("train/grad_norm", float(grad_norm), step)
-            writer.add_scalar("train/tokens_per_s", sum(b.n_tokens for b in micro) / dt, step)
+            writer.add_scalar("train/grad_norm", grad_norm, step)
+            writer.add_scalar("train/tokens_per_s", step_tokens / dt, step)
         if step % 10 == 0 or step == phase.end_step:
             log.info("%s step %d loss %.4f lr %.2e", name, step, history[-1]["loss"], lr)
         if step % every == 0 or step == phase.end_step:
@@ -264,7 +296,17 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
         if saved_step != step:
             checkpoint()
         return {"phase": name, "step": step, "finished": False}
-    return write_metrics(name, phase, tokens, elapsed, history, model)
+    if not world.is_main:
+        return {"phase": name, "step": step, "finished": True, "rank": world.rank}
+    return write_metrics(name, phase, tokens, elapsed, history, model, world.size)
+
+
+def _parallel(model, tp: dict, device: torch.device, world: distributed.World):
+    """(mode, module to call) for this world: `none`, `ddp` or `fsdp` (train.parallel)."""
+    mode = distributed.choose_parallel(tp.get("parallel", "auto"), count_parameters(model), world)
+    if mode != "none":
+        log.info("rank %d/%d: %s", world.rank, world.size, mode)
+    return mode, distributed.wrap(model, mode, device)
 
 
 def _tensorboard(log_dir: Path, tp: dict):
@@ -285,7 +327,8 @@ def _load_average(model, snapshots: list[dict]) -> None:
     model.load_state_dict({k: v.to(snapshots[-1][k].dtype) for k, v in avg.items()})
 
 
-def write_metrics(name: str, phase: Phase, tokens: int, elapsed: float, history: list[dict], model) -> dict:
+def write_metrics(name: str, phase: Phase, tokens: int, elapsed: float, history: list[dict], model,
+                  world_size: int = 1) -> dict:
     last = history[-1] if history else {"loss": float("nan"), "lr": 0.0}
     tail = history[-10:]
     metrics = {
@@ -299,6 +342,7 @@ def write_metrics(name: str, phase: Phase, tokens: int, elapsed: float, history:
         "lr_final": last["lr"],
         "parameters": count_parameters(model),
         "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
+        "world_size": world_size,
     }
     write_json_atomic(resolve(f"metrics/train_{name}.json"), metrics)
     lines = [",".join(CURVE_COLUMNS)] + [",".join(repr(h[c]) for c in CURVE_COLUMNS) for h in history]
