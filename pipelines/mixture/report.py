@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         f"{doc['config']['anchors']}); domains: {', '.join(names)} (embedder: {doc['config']['embedder']}). "
         f"Phase-1 weights: `{doc['final']}`.", "",
         f"Search: {searched_s:.0f} s wall, {searched_cpu:.0f} CPU-s; search + comparison + held-out candidates: "
-        f"{total_s:.0f} s wall, {total_cpu:.0f} CPU-s (2 cores, shared with other jobs while measured).", "",
+        f"{total_s:.0f} s wall, {total_cpu:.0f} CPU-s ({os.cpu_count()} cores; wall time depends on what else the machine runs).", "",
         "## Searched vs uniform vs natural (fresh proxy seeds, same seeds for every mixture)", "",
         "| mixture | bpb_mean per seed | mean | std |", "|---|---|---|---|",
         *[f"| {m} | {', '.join(f'{x:.4f}' for x in v['bpb_mean'])} | {v['mean']:.4f} | {v['std']:.4f} |"
