@@ -231,10 +231,6 @@ class MinHasher:
         """(n_docs, num_perm) uint64 MinHash signatures of word lists."""
         return self.signatures_of_shingles(*self.shingle_hashes(docs))
 
-    def text_signatures(self, texts: list[str]) -> np.ndarray:
-        """signatures of raw texts (tokenised as normalize.words())."""
-        return self.signatures_of_shingles(*self.text_shingle_hashes(texts))
-
     def signatures_of_shingles(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """(n_docs, num_perm) MinHash signatures from shingle_hashes' output."""
         # Permutations x shingles (each row contiguous): the min-reduction runs along rows, ~2x faster than by columns.

@@ -9,7 +9,8 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
-import xxhash
+
+from pipelines.dedup.exact import hash_normalized
 
 
 def normalize_url(url: str | None) -> str | None:
@@ -36,11 +37,6 @@ def normalize_url(url: str | None) -> str | None:
 
 def url_keys(urls: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
     """(local indices of the records that have a URL, (m, 2) uint64 128-bit hashes of their normalised URLs)."""
-    rows, digests = [], []
-    for i, u in enumerate(urls):
-        key = normalize_url(u)
-        if key is not None:
-            rows.append(i)
-            digests.append(xxhash.xxh3_128_digest(key.encode("utf-8", "surrogatepass")))
-    keys = np.frombuffer(b"".join(digests), dtype="<u8").reshape(-1, 2).copy()
-    return np.asarray(rows, dtype=np.int64), keys
+    normalized = [normalize_url(u) for u in urls]
+    rows = [i for i, key in enumerate(normalized) if key is not None]
+    return np.asarray(rows, dtype=np.int64), hash_normalized(normalized[i] for i in rows)
