@@ -80,7 +80,11 @@ def test_helm_values_use_kubernetes_executor_with_shared_workspace():
     assert vols["workspace"]["persistentVolumeClaim"]["claimName"] == "pipelines-workspace"
     pvc = yaml.safe_load((INFRA / "helm/workspace-pvc.yaml").read_text())
     assert pvc["metadata"]["name"] == "pipelines-workspace" and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert values["workers"]["extraVolumeMounts"][0]["mountPath"] == "/workspace"
+    # The chart's worker pod template emits `volumes` and then `workers.extraVolumes` (same for the
+    # mounts): a name in both would be a duplicate volume, and Kubernetes rejects the pod.
+    workers = values.get("workers") or {}
+    assert not {v["name"] for v in workers.get("extraVolumes") or []} & set(vols)
+    assert not {m["name"] for m in workers.get("extraVolumeMounts") or []} & set(mounts)
 
 
 def test_gpu_pod_template_is_a_valid_executor_pod():
