@@ -20,8 +20,7 @@ def main(argv: list[str]) -> int:
         print(f"== bench {name}", flush=True)
         module = importlib.import_module(f"bench.bench_{name}")
         module.main()
-        results = sorted((HERE / "results").glob(f"{name}*.json"))
-        for r in results:
+        for r in [HERE / "results" / f"{name}.json"]:
             data = json.loads(r.read_text())
             rows = data if isinstance(data, list) else [data]
             for row in rows:

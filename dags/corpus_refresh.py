@@ -44,7 +44,7 @@ with DAG(
         outlet_events[CORPUS].extra = result
         return result
 
-    stages = stage_tasks("corpus_refresh")
+    stages = stage_tasks("corpus_refresh", params=PARAMS)
     start, end = apply_run_params(), record_version()
     for t in sources(stages):
         start >> t

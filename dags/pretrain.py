@@ -32,7 +32,7 @@ with DAG(
 
         return training_data_version(project_root(), triggering_asset_events)
 
-    stages = stage_tasks("pretrain")
+    stages = stage_tasks("pretrain", params=PARAMS)
     version = resolve_data_version()
     for t in sources(stages):
         version >> t

@@ -43,8 +43,6 @@ def resolve(path: str | Path, *, allow_outside: bool = False) -> Path:
     workspace may link in a samples/ folder that lives elsewhere. ``allow_outside`` is
     for read-only inputs an operator configures in params.yaml (e.g. a local tokenizer).
     """
-    import os
-
     root = workspace()
     joined = Path(os.path.normpath(root / Path(path)))
     if not allow_outside and joined != root and root not in joined.parents:

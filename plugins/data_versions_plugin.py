@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from pipelines.orchestration.data_versions_page import create_app
+from pipelines.orchestration.data_versions_page import LazyApp, create_app
 
 URL_PREFIX = "/data-versions"
 
 
 class DataVersionsPlugin(AirflowPlugin):
     name = "data_versions"
-    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Data versions"}]
+    fastapi_apps = [{"app": LazyApp(create_app), "url_prefix": URL_PREFIX, "name": "Data versions"}]
     # A menu entry in the UI's Browse menu; the page opens inside the UI at /plugin/data-versions.
     external_views = [{"name": "Data versions", "href": URL_PREFIX + "/", "url_route": "data-versions",
                        "destination": "nav", "category": "browse"}]

@@ -46,11 +46,18 @@ def heldout_documents(max_docs_per_source: int) -> dict[str, list[str]]:
     return docs
 
 
-def evaluate_checkpoint(directory: Path, docs: dict[str, list[str]], ep: dict, device: torch.device) -> dict:
+def load_checkpoint(directory: Path, device: torch.device) -> tuple:
+    """(model, tokenizer) of a checkpoint directory."""
     if not (directory / "model.safetensors").exists() and not any(directory.glob("model*.safetensors")):
         raise FileNotFoundError(f"{directory} holds no model (run the train/anneal stages first)")
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
-    model = load_model(directory, device)
+    return load_model(directory, device), tokenizer
+
+
+def evaluate_checkpoint(directory: Path, docs: dict[str, list[str]], ep: dict, device: torch.device,
+                        loaded: tuple | None = None) -> dict:
+    """Bits-per-byte per source; ``loaded`` is the checkpoint's (model, tokenizer) if already loaded."""
+    model, tokenizer = loaded or load_checkpoint(directory, device)
     state = load_state(directory) or {}
     seq_len = int(ep.get("seq_len") or state.get("seq_len") or 0)
     if seq_len < 2:
@@ -73,8 +80,10 @@ def evaluate_checkpoint(directory: Path, docs: dict[str, list[str]], ep: dict, d
     }
 
 
-def run_downstream(params: dict, device: torch.device) -> dict:
-    """lm-eval-harness on the local tasks, for each phase's checkpoint -> metrics/lm_eval.json."""
+def run_downstream(params: dict, device: torch.device, loaded: dict | None = None) -> dict:
+    """lm-eval-harness on the local tasks, for each phase's checkpoint -> metrics/lm_eval.json.
+
+    ``loaded``: {phase: (model, tokenizer)} already loaded; a phase not in it is loaded here."""
     from pipelines.evaluate.downstream import run_lm_eval
 
     cfg = section(params, "evaluate").get("lm_eval") or {}
@@ -83,9 +92,7 @@ def run_downstream(params: dict, device: torch.device) -> dict:
     limit = cfg.get("limit")
     result = {"limit": limit, "tasks": list(cfg["tasks"])}
     for phase, path in PHASES.items():
-        directory = resolve(path)
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
-        model = load_model(directory, device)
+        model, tokenizer = (loaded or {}).get(phase) or load_checkpoint(resolve(path), device)
         result[phase] = run_lm_eval(model, tokenizer, list(cfg["tasks"]), limit=int(limit) if limit else None,
                                     batch_size=int(cfg.get("batch_size", 8)), seed=int(params.get("seed", 0)))
         log.info("%s: lm-eval %s", phase, result[phase])
@@ -93,8 +100,11 @@ def run_downstream(params: dict, device: torch.device) -> dict:
     return result
 
 
-def run_contamination(params: dict, docs: dict[str, list[str]], device: torch.device) -> dict:
-    """Min-K% Prob of the final checkpoint on the eval sets vs held-out text -> metrics/contamination.json."""
+def run_contamination(params: dict, docs: dict[str, list[str]], device: torch.device,
+                      loaded: dict | None = None) -> dict:
+    """Min-K% Prob of the final checkpoint on the eval sets vs held-out text -> metrics/contamination.json.
+
+    ``loaded``: {phase: (model, tokenizer)} already loaded; used when the audited checkpoint is one of them."""
     from pipelines.dedup.decontam import load_items
     from pipelines.evaluate.contamination import audit, decontam_stats
 
@@ -114,8 +124,8 @@ def run_contamination(params: dict, docs: dict[str, list[str]], device: torch.de
     reference = [t for group in zip(*pools) for t in group] if pools else []
     reference = (reference or [t for p in pools for t in p])[:max_items]
     directory = resolve(cfg.get("checkpoint", PHASES["phase2"]))
-    model = load_model(directory, device)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+    pair = next((p for phase, p in (loaded or {}).items() if resolve(PHASES[phase]) == directory), None)
+    model, tokenizer = pair or (load_model(directory, device), PreTrainedTokenizerFast.from_pretrained(directory))
     result = audit(model, tokenizer, items, reference, k=float(cfg.get("k", 0.2)),
                    max_tokens=int(cfg.get("max_tokens", 256)), device=device)
     result["checkpoint"] = str(cfg.get("checkpoint", PHASES["phase2"]))
@@ -135,11 +145,13 @@ def run(params: dict) -> dict:
     try:
         if device.type == "cpu":
             torch.set_num_threads(int(ep.get("threads") or params.get("train", {}).get("threads", 2)))
+        loaded = {}  # each phase's (model, tokenizer), loaded once for bpb, lm-eval and the Min-K% audit
         for phase, path in PHASES.items():
-            result[phase] = evaluate_checkpoint(resolve(path), docs, ep, device)
+            loaded[phase] = load_checkpoint(resolve(path), device)
+            result[phase] = evaluate_checkpoint(resolve(path), docs, ep, device, loaded=loaded[phase])
             log.info("%s: bpb %s", phase, {s: round(v, 4) for s, v in result[phase]["bpb"].items()})
-        downstream = run_downstream(params, device)
-        contamination = run_contamination(params, docs, device)
+        downstream = run_downstream(params, device, loaded)
+        contamination = run_contamination(params, docs, device, loaded)
     finally:
         torch.set_num_threads(threads)
     result["delta"] = {s: result["phase2"]["bpb"][s] - result["phase1"]["bpb"][s] for s in result["phase1"]["bpb"]}

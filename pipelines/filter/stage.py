@@ -122,8 +122,7 @@ def process_shard(task: ShardTask) -> ShardResult:
     stats = ShardStats(shard=task.shard, records_in=table.num_rows)
     stats.bytes_in = int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0) if table.num_rows else 0
     stats.extra["exempt"] = 0
-    cfg = {k: v for k, v in task.params.items() if k != "quality_model"}
-    rules = build_rules(cfg)
+    rules = build_rules(task.params)
     q = task.context.get("quality")
     kept, removed = filter_table(table, rules, frozenset(task.params.get("exempt_sources") or []), stats,
                                  _scores(table, q), q["threshold"] if q else None)
@@ -166,8 +165,7 @@ def quality_threshold(params: dict, shards: list[Path]) -> dict | None:
 
 def make_tasks(params: dict, in_dir: Path, out_dir: Path) -> list[ShardTask]:
     cfg = section(params, STAGE)
-    build_rules({k: v for k, v in cfg.items() if k != "quality_model"})  # bad params fail here, once
-    quality_model.config(cfg)
+    build_rules(cfg)  # bad params fail here, once (quality_threshold checks the quality_model section)
     shards = require_shards(in_dir, "ingest")
     q = quality_threshold(params, shards)
     # The threshold and the model are inputs of every shard: a new model or threshold re-runs them.

@@ -126,14 +126,17 @@ def _shuffle_order(ids: list[str], copy: np.ndarray, seed, purpose: str) -> np.n
 def phase2_weights(table: pa.Table, held: np.ndarray, cfg: dict) -> tuple[np.ndarray, dict]:
     """Per-record phase-2 weight (source weight + top-quality bonus + target-cluster bonus) and what was chosen."""
     ids, sources = table.column("id").to_pylist(), table.column("source").to_pylist()
-    w2 = np.asarray([weight_for(s, cfg["weights"]["phase2"]) or 0.0 for s in sources], dtype=np.float64)
+    distinct = set(sources)  # pattern matching once per source, not per record
+    src_w2 = {s: weight_for(s, cfg["weights"]["phase2"]) or 0.0 for s in distinct}
+    w2 = np.asarray([src_w2[s] for s in sources], dtype=np.float64)
     info: dict = {}
     tq = cfg["top_quality"]
     if tq["fraction"] > 0 and tq["weight"] > 0:
         if "quality_score" not in table.column_names:
             raise ValueError("params mix.phase2.top_quality needs a quality_score column in data/select")
         q = pc.fill_null(pc.cast(table.column("quality_score"), pa.float64()), np.nan).to_numpy(zero_copy_only=False)
-        group = np.asarray([any(fnmatch.fnmatchcase(s, pat) for pat in tq["sources"]) for s in sources])
+        in_group = {s: any(fnmatch.fnmatchcase(s, pat) for pat in tq["sources"]) for s in distinct}
+        group = np.asarray([in_group[s] for s in sources])
         pool = group & ~held & ~np.isnan(q)
         threshold = float(np.quantile(q[pool], 1.0 - tq["fraction"])) if pool.any() else math.inf
         top = pool & (q >= threshold)
@@ -152,12 +155,16 @@ def phase2_weights(table: pa.Table, held: np.ndarray, cfg: dict) -> tuple[np.nda
     return w2, info
 
 
-def plan(table: pa.Table, cfg: dict) -> dict:
-    """Decide every record's fate: held out, rows in each phase, or dropped (with reason)."""
+def plan(table: pa.Table, cfg: dict, held: np.ndarray | None = None) -> dict:
+    """Decide every record's fate: held out, rows in each phase, or dropped (with reason).
+    ``held``: the held-out mask when the caller already computed it (copied, not modified)."""
     ids = table.column("id").to_pylist()
     sources = table.column("source").to_pylist()
     seed, w1s = cfg["seed"], cfg["weights"]["phase1"]
-    held = heldout_mask(ids, sources, cfg["heldout_fraction"], cfg["min_heldout"])
+    if held is None:
+        held = heldout_mask(ids, sources, cfg["heldout_fraction"], cfg["min_heldout"])
+    else:
+        held = held.copy()  # updated below (duplicate / empty records are not held out)
     src_w = {s: weight_for(s, w1s) for s in set(sources)}
     w2_rec, phase2_info = phase2_weights(table, held, cfg)
     searched = cfg.get("searched")  # {"record_weight": {id: phase-1 weight}} when phase1.source = searched
@@ -386,14 +393,12 @@ def searched_weights(ids: list[str], texts_chars: np.ndarray, trainable: np.ndar
     blend is about the pool's size and each domain holds its searched share; records of a dropped
     cluster (no domain) are left out.
     """
-    from pipelines.core.shards import read_shard as _read
-
     mix_doc = json.loads((resolve(MIXTURE_DIR) / "mixture.json").read_text())
     target = mix_doc.get("phase1_weights") or {}
     if not target:
         raise ValueError("mix.phase1.source is 'searched' but data/mixture/mixture.json holds no phase1_weights "
                          "(set mixture.enabled: true and run mixture_search)")
-    assign = _read(resolve(MIXTURE_DIR) / "domains.parquet", ["id", "domain"])
+    assign = read_shard(resolve(MIXTURE_DIR) / "domains.parquet", ["id", "domain"])
     domain_of = dict(zip(assign.column("id").to_pylist(), assign.column("domain").to_pylist()))
     doms = np.asarray([domain_of.get(i) or "" for i in ids], dtype=object)
     total = float(texts_chars[trainable & (doms != "")].sum())
@@ -468,12 +473,13 @@ def run(params: dict) -> dict:
             raise ValueError(f"mix: input shard {p} lacks column(s) {missing}")
     shard_of = np.concatenate([np.full(t.num_rows, k, np.int32) for k, t in enumerate(tables)])
     table = pa.concat_tables(tables, promote_options="default")
+    held = None
     if cfg["phase1_source"] == "searched":
         chars = pc.fill_null(pc.utf8_length(table.column("text")), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         ids = table.column("id").to_pylist()
-        trainable = ~heldout_mask(ids, table.column("source").to_pylist(), cfg["heldout_fraction"], cfg["min_heldout"])
-        cfg = {**cfg, "searched": searched_weights(ids, chars, trainable)}
-    decided = plan(table, cfg)
+        held = heldout_mask(ids, table.column("source").to_pylist(), cfg["heldout_fraction"], cfg["min_heldout"])
+        cfg = {**cfg, "searched": searched_weights(ids, chars, ~held)}
+    decided = plan(table, cfg, held)  # reuses the searched path's held-out mask
 
     inputs_hash = sha256_bytes(canonical_json(fingerprints).encode())[:16]
     out_dir.mkdir(parents=True, exist_ok=True)

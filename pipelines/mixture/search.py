@@ -70,7 +70,7 @@ def work_dir() -> Path:
 def prepare(params: dict) -> dict:
     """Domains per record, a tokenizer, one token stream per domain, held-out docs per source."""
     from pipelines.mix.stage import heldout_mask
-    from pipelines.pack.tokenizer import save_tokenizer, train_tokenizer
+    from pipelines.pack.tokenizer import sample_texts, save_tokenizer, train_tokenizer
     from transformers import PreTrainedTokenizerFast
 
     cfg = config(params)
@@ -96,12 +96,7 @@ def prepare(params: dict) -> dict:
     wd = work_dir()
     wd.mkdir(parents=True, exist_ok=True)
     train_rows = [i for i in np.argsort(np.asarray(ids, dtype=object).astype(str)) if not held[i] and domain[i]]
-    sample, budget = [], 3_000_000
-    for i in train_rows:  # tokenizer sample: id order, capped
-        if budget <= 0:
-            break
-        sample.append(texts[i][:budget])
-        budget -= len(sample[-1])
+    sample = list(sample_texts([ids[i] for i in train_rows], [texts[i] for i in train_rows], 3_000_000))
     save_tokenizer(train_tokenizer(sample, int(cfg["vocab_size"])), wd / "tokenizer")
     tok = PreTrainedTokenizerFast.from_pretrained(str(wd / "tokenizer"))
     streams, natural = {}, {}

@@ -14,7 +14,6 @@ from airflow.sdk import BaseOperator, TaskGroup
 
 from pipelines.orchestration.graph import StageSpec, load_stages, topological, upstream
 
-DEFAULT_ARGS = {"retries": 0, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
 GPU_POOL_SLOTS = 1  # `make airflow` creates the pools named in dvc.yaml meta.pool with this many slots
 
 
@@ -75,12 +74,13 @@ class DvcStageOperator(BaseOperator):
             raise RuntimeError(f"{kind} {self.stage} failed; the run stops here.\n{e}") from None
 
 
-def stage_tasks(dag_id: str, dvc_yaml: Path | None = None) -> dict[str, BaseOperator]:
-    """Create the tasks for every dvc.yaml stage whose meta.dag is ``dag_id`` (call inside a DAG context)."""
+def stage_tasks(dag_id: str, dvc_yaml: Path | None = None, params: dict | None = None) -> dict[str, BaseOperator]:
+    """Create the tasks for every dvc.yaml stage whose meta.dag is ``dag_id`` (call inside a DAG context);
+    ``params`` is the DAG file's params.yaml, read once per parse."""
     stages = load_stages(dvc_yaml or project_root() / "dvc.yaml")
     mine: dict[str, StageSpec] = {n: s for n, s in stages.items() if s.dag == dag_id}
     edges = upstream(stages)
-    k8s = kubernetes_launcher(read_params()) if any(s.meta.get("pool") == "gpu" for s in mine.values()) else None
+    k8s = kubernetes_launcher(params if params is not None else read_params()) if any(s.meta.get("pool") == "gpu" for s in mine.values()) else None
     groups: dict[str, TaskGroup] = {}
     tasks: dict[str, BaseOperator] = {}
     for name in topological(stages):

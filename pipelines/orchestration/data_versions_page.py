@@ -151,6 +151,19 @@ def render(versions: list[dict], base: str = ".") -> str:
             "</style></head><body><h1>Data versions</h1>" + "".join(body) + "</body></html>")
 
 
+class LazyApp:
+    """An ASGI app built on its first request. Airflow imports plugins in every task process too
+    (for their macros), where building the FastAPI app and Airflow's auth would cost ~1 s for nothing."""
+
+    def __init__(self, factory):
+        self._factory, self._app = factory, None
+
+    async def __call__(self, scope, receive, send):
+        if self._app is None:
+            self._app = self._factory()
+        await self._app(scope, receive, send)
+
+
 def create_app(root: Path | None = None, require_auth: bool = True):
     """The plugin's FastAPI app; ``root`` is read per request (default: the pipelines workspace)."""
     from fastapi import Depends, FastAPI, HTTPException

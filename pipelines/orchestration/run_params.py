@@ -21,8 +21,6 @@ log = logging.getLogger(__name__)
 CRAWL_ID = r"^CC-MAIN-\d{4}-\d{2}$"
 CRAWL_SEGMENT = r"^\d{13}\.\d{1,3}$"
 CRAWL_BUCKET = "commoncrawl"
-# Local inputs: no `..` segment anywhere (absolute paths are checked against the workspace in apply_form).
-NO_PARENT = r"^(?!.*(^|/)\.\.(/|$)).+$"
 
 
 class FormError(ValueError):

@@ -151,15 +151,19 @@ def _score_web(job: tuple[str, str, dict, str | None]) -> np.ndarray:
     return selection_keys(cfg, web.column("id").to_pylist(), texts, scores, dsir_stem)
 
 
-def _selected_buckets(job: tuple[str, str, dict, str | None, float]) -> np.ndarray:
-    """Bucket counts of the web records of one shard that the selection keeps."""
-    path, model_stem, cfg, dsir_stem, threshold = job
-    table = read_shard(path, ["id", "source", "text"])
-    web = table.filter(pa.array(_web_mask(table, cfg.get("keep_sources"))))
-    texts = web.column("text").to_pylist()
-    keys = selection_keys(cfg, web.column("id").to_pylist(), texts,
-                          QualityModel.load(Path(model_stem)).score(texts), dsir_stem)
-    return dsir.bucket_counts([t for t, k in zip(texts, keys) if k >= threshold], cfg["dsir"]["buckets"])
+def _selected_buckets(job: tuple[str, list[str], int, np.ndarray, float]) -> np.ndarray:
+    """Bucket counts of the web records of one shard that the selection keeps.
+
+    ``keys`` are the shard's web-record keys from pass 1 (``_score_web``), in the same order, so
+    nothing is scored again: only the texts the selection keeps are counted.
+    """
+    path, keep_sources, buckets, keys, threshold = job
+    table = read_shard(path, ["source", "text"])
+    web = table.filter(pa.array(_web_mask(table, keep_sources)))
+    if web.num_rows != len(keys):
+        raise RuntimeError(f"select: {path} has {web.num_rows} web records but pass 1 scored {len(keys)}")
+    selected = web.filter(pa.array(np.asarray(keys) >= threshold))
+    return dsir.bucket_counts(selected.column("text").to_pylist(), buckets)
 
 
 def process_shard(task: ShardTask) -> ShardResult:
@@ -222,16 +226,18 @@ def run(params: dict) -> dict:
                 np.save(f, importance.log_ratio, allow_pickle=False)
 
     # Pass 1: the global threshold over the keys of every web record of the input.
-    jobs = [(str(p), str(stem), cfg, dsir_stem) for p in shards]
-    web_scores = executor.map(_score_web, jobs)
-    web_scores = np.concatenate(web_scores) if web_scores else np.zeros(0)
+    # The per-shard keys (map keeps job order) are kept for the selected-bucket counts below.
+    shard_keys = executor.map(_score_web, [(str(p), str(stem), cfg, dsir_stem) for p in shards])
+    web_scores = np.concatenate(shard_keys) if shard_keys else np.zeros(0)
     frac = float(cfg["web_keep_fraction"])
     if cfg["method"] == "quality_topk":
         threshold = float(np.quantile(web_scores, 1.0 - frac)) if web_scores.size else 0.0
     else:
         threshold = kth_largest(web_scores, int(round(frac * web_scores.size)))
     web_kept = int((web_scores >= threshold).sum())
-    selected_counts = np.sum(executor.map(_selected_buckets, [(*j, threshold) for j in jobs]), axis=0)
+    selected_jobs = [(str(p), cfg.get("keep_sources") or [], d["buckets"], keys, threshold)
+                     for p, keys in zip(shards, shard_keys)]
+    selected_counts = np.sum(executor.map(_selected_buckets, selected_jobs), axis=0)
     selection = {"method": cfg["method"], "target_sources": d["target_sources"], "buckets": d["buckets"],
                  **({"temperature": cfg["temperature"]} if cfg["method"] == "quality_temperature" else {}),
                  **(dsir.kl_reduction(target_counts, raw_counts, selected_counts)

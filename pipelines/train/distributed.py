@@ -72,7 +72,6 @@ def launch(command: str, params: dict, nproc: int, metrics_path: Path) -> dict:
 class World:
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
     owns_group: bool = False  # this process group was started here (and is torn down here)
 
     @property
@@ -87,7 +86,7 @@ def init(device: torch.device) -> World:
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+    return World(dist.get_rank(), dist.get_world_size(), owns)
 
 
 def shutdown(world: World) -> None:
@@ -164,10 +163,8 @@ def _options(**kw):
     return StateDictOptions(full_state_dict=True, **kw)
 
 
-def model_state(model, mode: str) -> dict:
-    """Full model state dict (for FSDP2, meaningful on rank 0 only)."""
-    if mode != "fsdp":
-        return model.state_dict()
+def full_model_state(model) -> dict:
+    """An FSDP2-sharded model's full state dict, gathered from every rank (meaningful on rank 0 only)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     return get_model_state_dict(model, options=_options(cpu_offload=True))

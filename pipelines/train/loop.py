@@ -171,33 +171,29 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
 
     resumed = state is not None
     # Every rank builds or loads the same full model; wrap() then replicates (DDP) or shards (FSDP2) it.
+    source = None  # the checkpoint state the optimizer and RNG continue from
     if resumed:  # resume this phase
-        model = load_model(phase.out_dir, device)
-        mode, forward = _parallel(model, tp, device, world)
-        optimizer = make_optimizer(model, tp, device)
-        distributed.load_optimizer_state(model, optimizer, state["optimizer"], mode)
-        _set_rng_state(state["rng"], device)
+        model, source = load_model(phase.out_dir, device), state
         log.info("%s: resuming at step %d", name, state["step"])
     elif name == "phase2":  # the anneal continues the phase-1 run
         p1 = plan_phase(params, "phase1", world.size)
-        p1_state = load_state(p1.out_dir)
-        if p1_state is None or p1_state.get("fingerprint") != p1.fingerprint or p1_state["step"] != phase.start_step:
+        source = load_state(p1.out_dir)
+        if source is None or source.get("fingerprint") != p1.fingerprint or source["step"] != phase.start_step:
             raise RuntimeError(f"{p1.out_dir} is not a finished phase-1 checkpoint for these params "
                                f"(need step {phase.start_step}); run the train stage first")
         model = load_model(p1.out_dir, device)
-        mode, forward = _parallel(model, tp, device, world)
-        optimizer = make_optimizer(model, tp, device)
-        distributed.load_optimizer_state(model, optimizer, p1_state["optimizer"], mode)
-        _set_rng_state(p1_state["rng"], device)
         state = {"step": phase.start_step, "position": 0, "tokens": 0, "elapsed_s": 0.0, "history": [],
-                 "tokens_before": p1_state["tokens_before"] + p1_state["tokens"]}
+                 "tokens_before": source["tokens_before"] + source["tokens"]}
     else:  # phase 1 from scratch
         torch.manual_seed(seed)
         config = build_config(tp["preset"], vocab, eos_id=dataset.eos_id, pad_id=dataset.pad_id, overrides=tp.get("model"))
         model = build_model(config).to(device)
-        mode, forward = _parallel(model, tp, device, world)
-        optimizer = make_optimizer(model, tp, device)
         state = {"step": 0, "position": 0, "tokens": 0, "elapsed_s": 0.0, "history": [], "tokens_before": 0}
+    mode, forward = _parallel(model, tp, device, world)
+    optimizer = make_optimizer(model, tp, device)
+    if source is not None:
+        distributed.load_optimizer_state(model, optimizer, source["optimizer"], mode)
+        _set_rng_state(source["rng"], device)
 
     attn = attention.choose(tp.get("attention", "auto"), device)
     attention.set_implementation(model, attn)
@@ -219,7 +215,7 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
 
     def checkpoint() -> None:
         # Gathering full states is collective under FSDP2 (every rank), writing is rank 0's alone.
-        weights = distributed.model_state(model, mode) if mode == "fsdp" else None
+        weights = distributed.full_model_state(model) if mode == "fsdp" else None
         optim = distributed.optimizer_state(model, optimizer, mode)
         if world.is_main:
             snapshot = {"format": STATE_FORMAT, "phase": name, "fingerprint": phase.fingerprint, "step": step,
@@ -260,10 +256,12 @@ def _train_phase(params: dict, name: str, device: torch.device, stop_after: int 
                 (nats * (world.size / n_targets)).backward()
             step_nats += nats.detach()  # summed on the device: one host sync per step, below
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(tp["grad_clip"]))
-        if tp.get("tensorboard", True):  # on every rank: reading a sharded (FSDP2) norm may be collective
-            grad_norm = distributed.as_float(grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        # Read after the step, not between clip and step (a second host sync); on every rank,
+        # since reading a sharded (FSDP2) norm may be collective.
+        if tp.get("tensorboard", True):
+            grad_norm = distributed.as_float(grad_norm)
         step += 1
         done_here += 1
         tokens += step_tokens
