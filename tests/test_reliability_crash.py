@@ -168,6 +168,39 @@ def test_dvc_repro_after_a_crash_resumes_finished_shards(tmp_path):
     assert (out / "_manifest.json").exists() and (root / "dvc.lock").exists()
 
 
+def test_dvc_repro_after_a_code_change_recomputes_finished_shards(tmp_path):
+    """Resuming keeps shards of the same params, inputs *and code*: DVC re-runs a stage whose code
+    changed, and that re-run must not pass the old code's shards off as the new code's output."""
+    import yaml
+
+    root = copy_project(tmp_path / "project")
+    params = small_inputs(yaml.safe_load((root / "params.yaml").read_text()))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc = str(Path(sys.executable).parent / "dvc")
+    env = {**os.environ, "PIPELINES_WORKSPACE": str(root), "PIPELINES_WORKERS": "1"}
+    first = subprocess.run([dvc, "repro", "ingest"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    out = root / "data" / "ingest"
+    shards = sorted(p.name for p in out.glob("part-*.parquet"))
+    before = {n: (out / n).read_bytes() for n in shards}
+    manifest = json.loads((out / "_manifest.json").read_text())
+
+    # The same code, forced: every finished shard is reused (the resume still works).
+    forced = subprocess.run([dvc, "repro", "-f", "ingest"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0 and SKIPPED.findall(forced.stdout + forced.stderr) == shards
+
+    # A code change (a comment is one too, for DVC): the stage re-runs and recomputes every shard.
+    with open(root / "pipelines" / "ingest" / "stage.py", "a") as f:
+        f.write("\n# a code change\n")
+    changed = subprocess.run([dvc, "repro", "ingest"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    log = changed.stdout + changed.stderr
+    assert changed.returncode == 0, log[-3000:]
+    assert "Running stage 'ingest'" in log and SKIPPED.findall(log) == []
+    assert json.loads((out / "_manifest.json").read_text())["params_hash"] != manifest["params_hash"]
+    # The comment changes no output: the recomputed shards are byte-identical.
+    assert {n: (out / n).read_bytes() for n in shards} == before
+
+
 # ---------------------------------------------------------------- training
 
 

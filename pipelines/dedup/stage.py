@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from pipelines.config import resolve, section
 from pipelines.core.executor import get_executor
-from pipelines.core.hashing import params_hash, sha256_file
+from pipelines.core.hashing import sha256_file, stage_hash
 from pipelines.core.manifest import file_entry, fragment_is_complete, load_fragment
 from pipelines.core.shards import iter_batches, read_shard, require_shards
 from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
@@ -309,7 +309,7 @@ def run(params: dict) -> dict:
     fingerprints = {p.name: sha256_file(p) for p in inputs}
     # The eval sets decide drops too: their content is part of the params hash.
     eval_files = {n: sha256_file(resolve(s["path"])) for n, s in cfg["decontam"]["sets"].items()} if cfg["decontam"]["enabled"] else {}
-    phash = params_hash({**cfg, "eval_files": eval_files})
+    phash = stage_hash(STAGE, {**cfg, "eval_files": eval_files})
     executor_params = params.get("executor")
     tasks = [
         ShardTask(stage=STAGE, shard=p.name, inputs=[str(p)], out_dir=str(out_dir), params=cfg, params_hash=phash,

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from pipelines.config import resolve, section
 from pipelines.core.executor import get_executor
-from pipelines.core.hashing import params_hash, sha256_file
+from pipelines.core.hashing import sha256_file, stage_hash
 from pipelines.core.manifest import load_fragment
 from pipelines.core.shards import read_shard, require_shards
 from pipelines.core.stage import ShardResult, ShardTask, finalize, removed_table, run_shard_stage
@@ -169,7 +169,7 @@ def make_tasks(params: dict, in_dir: Path, out_dir: Path) -> list[ShardTask]:
     shards = require_shards(in_dir, "ingest")
     q = quality_threshold(params, shards)
     # The threshold and the model are inputs of every shard: a new model or threshold re-runs them.
-    ph = params_hash({"params": cfg, "quality": {k: v for k, v in (q or {}).items() if k != "model_path"}})
+    ph = stage_hash(STAGE, {"params": cfg, "quality": {k: v for k, v in (q or {}).items() if k != "model_path"}})
     return [
         ShardTask(stage=STAGE, shard=p.name, inputs=[str(p)], out_dir=str(out_dir), params=cfg, params_hash=ph,
                   fingerprints={p.name: sha256_file(p)}, context={"quality": q})

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import section, workspace
-from pipelines.core.hashing import params_hash
+from pipelines.core.hashing import stage_hash
 from pipelines.core.manifest import load_fragment
 from pipelines.core.schema import domain_of, make_record_id, records_to_table
 from pipelines.core.shards import shard_name
@@ -174,7 +174,7 @@ def run(params: dict) -> dict:
     inputs = plan_inputs(cfg, root)
     if not inputs:
         raise ValueError("ingest: no inputs configured (ingest.warc, ingest.wet, ingest.curated are all empty)")
-    phash = params_hash({"ingest": cfg, "seed": params.get("seed")})
+    phash = stage_hash(STAGE, {"ingest": cfg, "seed": params.get("seed")})
     out_dir = root / OUT_DIR
     tasks = [
         ShardTask(stage=STAGE, shard=shard_name(i), inputs=[f.name], out_dir=str(out_dir), params=cfg,

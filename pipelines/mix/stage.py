@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from pipelines.config import resolve, section
 from pipelines.core.atomic import write_json_atomic
-from pipelines.core.hashing import canonical_json, params_hash, sha256_bytes, sha256_file
+from pipelines.core.hashing import canonical_json, sha256_bytes, sha256_file, stage_hash
 from pipelines.core.manifest import MANIFEST, file_entry, load_manifest, write_fragment
 from pipelines.core.shards import read_shard, require_shards, shard_name, write_shard
 from pipelines.core.stage import (
@@ -460,7 +460,7 @@ def run(params: dict) -> dict:
     fingerprints = {p.name: sha256_file(p) for p in shards}
     if cfg["phase1_source"] == "searched":  # the searched mixture is an input too
         fingerprints["mixture"] = sha256_file(resolve(MIXTURE_DIR) / "mixture.json")
-    ph = params_hash({"seed": cfg["seed"], "mix": section(params, "mix")})
+    ph = stage_hash("mix", {"seed": cfg["seed"], "mix": section(params, "mix")})
     previous = _up_to_date(out_dir, fingerprints, ph)
     if previous:
         log.info("mix: outputs already complete for these inputs and params, skipped")

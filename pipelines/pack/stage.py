@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pipelines.config import resolve, section
 from pipelines.core.atomic import atomic_path, remove_stale_temps, write_json_atomic
 from pipelines.core.executor import get_executor
-from pipelines.core.hashing import params_hash, sha256_file
+from pipelines.core.hashing import sha256_file, stage_hash
 from pipelines.core.manifest import MANIFEST
 from pipelines.core.schema import domain_of
 from pipelines.core.shards import read_all
@@ -253,7 +253,7 @@ def run(params: dict) -> dict:
         if not (src / "tokenizer.json").is_file():
             raise FileNotFoundError(f"params pack.tokenizer_dir={src}: no tokenizer.json (a fast tokenizer is needed)")
         inputs["tokenizer"] = {p.name: sha256_file(p) for p in sorted(src.iterdir()) if p.is_file()}
-    ph = params_hash({"seed": params.get("seed"), "pack": section(params, "pack")})
+    ph = stage_hash("pack", {"seed": params.get("seed"), "pack": section(params, "pack")})
     prev = _previous(out_dir, inputs, ph)
     if prev:
         log.info("pack: outputs already complete for these inputs and params, skipped")

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from pipelines.config import resolve, section
 from pipelines.core.atomic import atomic_path, write_json_atomic
 from pipelines.core.executor import get_executor
-from pipelines.core.hashing import params_hash, sha256_file
+from pipelines.core.hashing import sha256_file, stage_hash
 from pipelines.core.manifest import load_fragment
 from pipelines.core.shards import read_shard, require_shards
 from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
@@ -254,7 +254,7 @@ def run(params: dict) -> dict:
 
     # Pass 2: score, tag and drop, shard by shard. The model hash and threshold are part of every
     # shard's fingerprint: a shard depends on the whole input through them.
-    ph = params_hash(cfg)
+    ph = stage_hash(STAGE, cfg)
     tasks = [
         ShardTask(stage=STAGE, shard=p.name, inputs=[str(p)], out_dir=str(out_dir), params=cfg, params_hash=ph,
                   fingerprints={p.name: sha256_file(p), "model": meta["coef_sha256"], "threshold": repr(threshold),
