@@ -148,6 +148,14 @@ def run_shard_stage(
     extra_manifest: dict | None = None,
 ) -> dict:
     """Run ``process`` over every task (skipping complete shards), then write stats and the manifest."""
+    fragments = run_shards(stage, tasks, process, executor_params=executor_params)
+    return finalize(Path(tasks[0].out_dir), stage, tasks[0].params_hash, fragments, known_reasons or [], extra_manifest)
+
+
+def run_shards(stage: str, tasks: list[ShardTask], process: Callable[[ShardTask], ShardResult], *,
+               executor_params: dict | None = None) -> list[dict]:
+    """The shard part of :func:`run_shard_stage`: every task's fragment, for a stage whose manifest
+    needs numbers from them (it calls :func:`finalize` itself)."""
     if not tasks:
         raise ValueError(f"{stage}: no input shards/files to process")
     out_dir = Path(tasks[0].out_dir)
@@ -156,7 +164,7 @@ def run_shard_stage(
     fragments = get_executor(executor_params).map(_run_one, [(process, t) for t in tasks])
     skipped = sum(1 for f in fragments if f.get("_skipped"))
     log.info("%s: %d shards, %d skipped as complete", stage, len(fragments), skipped)
-    return finalize(out_dir, stage, tasks[0].params_hash, fragments, known_reasons or [], extra_manifest)
+    return fragments
 
 
 def reset_dir(path: Path) -> None:
@@ -167,5 +175,5 @@ def reset_dir(path: Path) -> None:
 
 __all__ = [
     "MANIFEST", "REMOVED", "STATS", "ShardResult", "ShardTask", "finalize", "finish_stats", "removed_table",
-    "run_shard_stage", "write_shard_outputs", "clean_output_dir",
+    "run_shard_stage", "run_shards", "write_shard_outputs", "clean_output_dir",
 ]

@@ -28,9 +28,8 @@ import pyarrow.compute as pc
 from pipelines.config import resolve, section
 from pipelines.core.executor import get_executor
 from pipelines.core.hashing import sha256_file, stage_hash
-from pipelines.core.manifest import load_fragment
 from pipelines.core.shards import read_shard, require_shards
-from pipelines.core.stage import ShardResult, ShardTask, finalize, removed_table, run_shard_stage
+from pipelines.core.stage import ShardResult, ShardTask, finalize, removed_table, run_shards
 from pipelines.core.stats import ShardStats, totals
 from pipelines.filter import quality_model
 from pipelines.filter.quantile_sketch import QuantileSketch
@@ -184,8 +183,7 @@ def run(params: dict) -> dict:
         import pandas  # noqa: F401  (pyarrow imports it on a shard's first table, ~2 s: once here, not per worker)
 
         english_splitter()  # the word splitter's compiled rules: forked workers inherit them
-    run_shard_stage(STAGE, tasks, process_shard, executor_params=params.get("executor"), known_reasons=ALL_REASONS)
-    fragments = [load_fragment(out_dir, t.shard) for t in tasks]
+    fragments = run_shards(STAGE, tasks, process_shard, executor_params=params.get("executor"))
     all_stats = [ShardStats.from_dict(f["stats"]) for f in fragments]
     summary = totals(all_stats)
     checks: dict[str, int] = {}
@@ -203,7 +201,7 @@ def run(params: dict) -> dict:
             "achieved_keep_fraction": round(above / scored, 6) if scored else None,
             "rank_error_bound": q["rank_error_bound"],
         }
-    # The manifest gains the quality block now that the achieved keep rate is known.
+    # The manifest carries the quality block: the achieved keep rate is known only now.
     manifest = finalize(out_dir, STAGE, tasks[0].params_hash, fragments, ALL_REASONS,
                         {"quality": quality} if quality else None)
     summary.update({
