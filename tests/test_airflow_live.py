@@ -195,6 +195,7 @@ def test_browser_login_trigger_form_and_plugin_page(airflow):
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         pytest.skip(f"Debian chromium/chromium-driver not installed ({CHROMIUM}, {CHROMEDRIVER}); .ci/run installs them with apt when it can")
     pytest.importorskip("selenium")
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -206,10 +207,16 @@ def test_browser_login_trigger_form_and_plugin_page(airflow):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
     driver = _chrome(profile)
-    wait = WebDriverWait(driver, 90)
+    # The React UI re-renders while it loads: an element found a moment ago may be gone (stale);
+    # the wait then simply looks again (as it does while a button is not there yet).
+    wait = WebDriverWait(driver, 90, ignored_exceptions=(StaleElementReferenceException, IndexError))
 
     def button(text: str):
         return [b for b in driver.find_elements(By.CSS_SELECTOR, "button") if b.text.strip() == text]
+
+    def click(text: str, index: int) -> bool:
+        button(text)[index].click()
+        return True
 
     try:
         driver.get(f"{url}/dags/corpus_refresh")
@@ -220,13 +227,13 @@ def test_browser_login_trigger_form_and_plugin_page(airflow):
         driver.find_element(By.NAME, "password").send_keys(airflow["password"])
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait.until(lambda d: "/auth/login" not in d.current_url and button("Trigger"))
-        button("Trigger")[0].click()
+        wait.until(lambda d: click("Trigger", 0))
         field = wait.until(EC.presence_of_element_located((By.NAME, "element_max_files")))
         assert driver.find_elements(By.NAME, "element_crawl_id") and driver.find_elements(By.NAME, "element_anneal_fraction")
         driver.execute_script("arguments[0].scrollIntoView()", field)
         field.send_keys("3")
         driver.save_screenshot(str(ARTIFACTS / "airflow-2-trigger-form.png"))
-        button("Trigger")[-1].click()  # the form's own submit button
+        wait.until(lambda d: click("Trigger", -1))  # the form's own submit button
         deadline, runs = time.monotonic() + 60, before
         while time.monotonic() < deadline and runs["total_entries"] == before["total_entries"]:
             time.sleep(1)
