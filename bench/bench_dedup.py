@@ -54,15 +54,31 @@ def write_input(root: Path, n: int, seed: int = 0) -> float:
 def child_ours(root: Path) -> dict:
     os.environ["PIPELINES_WORKSPACE"] = str(root)
     os.environ["PIPELINES_WORKERS"] = str(WORKERS)
-    from pipelines.dedup.stage import run
+    import logging
+
+    from pipelines import stages
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["dedup"]["decontam"]["enabled"] = False
     params["dedup"]["minhash"].update(ngram=NGRAM, bands=BANDS, rows=ROWS)
-    from pipelines.dedup.stage import LAST_TIMINGS
+    timings = PhaseTimings()
+    logging.getLogger("pipelines.dedup.stage").addHandler(timings)
+    logging.getLogger("pipelines.dedup.stage").setLevel(logging.INFO)
+    s = stages.run("dedup", params)
+    return {"records_out": s["records_out"], "removed": s["exact_dup"] + s["near_dup"], "phases": timings.phases}
 
-    s = run(params)
-    return {"records_out": s["records_out"], "removed": s["exact_dup"] + s["near_dup"], "phases": dict(LAST_TIMINGS)}
+
+class PhaseTimings:
+    """Picks the stage's "phase timings" log line (wall and CPU seconds per phase) out of its log."""
+
+    level = 0
+
+    def __init__(self):
+        self.phases: dict = {}
+
+    def handle(self, record) -> None:
+        if "phase timings" in str(record.msg) and record.args:
+            self.phases = json.loads(record.args[-1])
 
 
 def child_datatrove(root: Path) -> dict:

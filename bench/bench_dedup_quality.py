@@ -142,7 +142,8 @@ def ours_clusters(records: list[dict], verify: float | None) -> list[int]:
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         params["dedup"]["decontam"]["enabled"] = False
         params["dedup"]["minhash"]["verify_threshold"] = verify
-        from pipelines.dedup.stage import run
+        from pipelines.stages import runner
+        run = runner("dedup")
 
         run(params)
         head = {i: i for i in read_all(root / "data" / "dedup", columns=["id"]).column("id").to_pylist()}

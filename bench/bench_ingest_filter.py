@@ -135,10 +135,10 @@ def run_ours(files: list[Path]) -> dict:
     params = bench_params(files)
     t0 = time.perf_counter()
     with TreeCPU() as cpu_ingest:
-        ing = ingest_stage.run(params)
+        ing = stages.run("ingest", params)
     t1 = time.perf_counter()
     with TreeCPU() as cpu_filter:
-        flt = filter_stage.run(params)
+        flt = stages.run("filter", params)
     t2 = time.perf_counter()
     return {"docs": flt["records_in"], "kept": flt["records_out"], "drops": flt["drops"],
             "ingest_s": round(t1 - t0, 2), "filter_s": round(t2 - t1, 2), "seconds": round(t2 - t0, 2),
@@ -249,15 +249,14 @@ def run_datatrove(files: list[Path]) -> dict:
 
 def profile_ours(path: Path, params: dict) -> list[dict]:
     """cProfile of ingest + filter of one input file in this process: the top functions by own time."""
-    from pipelines.core.stage import ShardTask
+    from pipelines.core.contract import ShardTask
     from pipelines.core.stats import ShardStats
     from pipelines.filter import stage as filter_stage
     from pipelines.filter.rules import build_rules
     from pipelines.ingest import stage as ingest_stage
 
     f = ingest_stage.InputFile(str(path), path.name, "archive", "bench")
-    task = ShardTask(stage="ingest", shard="p.parquet", inputs=[str(path)], out_dir=str(WORK), params=params["ingest"],
-                     params_hash="", context={"input": f})
+    task = ShardTask("ingest", "p.parquet", [str(path)], context={"input": f}, params={"ingest": params["ingest"]})
     prof = cProfile.Profile()
     prof.enable()
     table = ingest_stage.process_shard(task).kept

@@ -1,7 +1,8 @@
 """``python -m pipelines <command>``: what dvc.yaml and the Airflow tasks call.
 
-Each data stage module exposes ``run(params) -> dict`` (a summary that is
-printed as JSON); the stage reads and writes workspace-relative paths.
+Data stages come from the registry (``pipelines/stages.py``) and run through the one runner;
+the other jobs (models, training, evaluation) are ``module:function(params) -> dict``. Each
+prints its summary as JSON; every path is workspace-relative.
 """
 from __future__ import annotations
 
@@ -12,20 +13,17 @@ import logging
 import os
 import sys
 
-# command -> "module:function"; imported lazily so `--help` stays fast.
-COMMANDS = {
-    "ingest": "pipelines.ingest.stage:run",
-    "filter": "pipelines.filter.stage:run",
-    "dedup": "pipelines.dedup.stage:run",
-    "select": "pipelines.select.stage:run",
-    "mix": "pipelines.mix.stage:run",
+from pipelines import stages
+
+# Jobs that are not data stages: command -> "module:function"; imported lazily so `--help` stays fast.
+JOBS = {
+    "quality_model": "pipelines.filter.quality_model:train",
     "mixture_search": "pipelines.mixture.search:run",
-    "pack": "pipelines.pack.stage:run",
     "train": "pipelines.train.stage:run_phase1",
     "anneal": "pipelines.train.stage:run_anneal",
     "evaluate": "pipelines.evaluate.stage:run",
 }
-DATA_STAGES = ["ingest", "filter", "dedup", "select", "mix", "pack"]
+COMMANDS = [*stages.names(), *JOBS]
 
 
 def _load(target: str):
@@ -41,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in COMMANDS:
         sub.add_parser(name, help=f"run the {name} stage")
     check = sub.add_parser("check", help="run the Great Expectations gate of a data stage")
-    check.add_argument("stage", choices=DATA_STAGES)
+    check.add_argument("stage", choices=stages.names())
     sub.add_parser("version", help="record the data version (commit/tag dvc.lock, dvc push)")
     sub.add_parser("summary", help="print the funnel, data version and bits-per-byte")
     sub.add_parser("demo", help="run corpus_refresh and pretrain through Airflow, then print the summary")
@@ -71,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "summary":
         print(_load("pipelines.orchestration.summary:render")(params))
         return 0
+    elif args.command in JOBS:
+        result = _load(JOBS[args.command])(params)
     else:
-        result = _load(COMMANDS[args.command])(params)
+        result = stages.run(args.command, params)
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0

@@ -91,3 +91,16 @@ def airflow_db():
         subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
                        capture_output=True, env=dict(os.environ))
     return home
+
+
+UP_TO_DATE = "nothing to do"  # what the runner logs when a stage's outputs are current
+
+
+def run_and_tell(run, params, caplog) -> tuple[dict, bool]:
+    """Run a stage; returns (its summary, whether the runner found it up to date and skipped it)."""
+    import logging
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipelines.core.runner"):
+        summary = run(params)
+    return summary, UP_TO_DATE in caplog.text

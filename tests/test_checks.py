@@ -10,12 +10,12 @@ import pytest
 
 from pipelines.checks.gate import GateFailed, report_path, run_gate
 from pipelines.core.atomic import write_json_atomic
-from pipelines.core.hashing import params_hash, sha256_file
+from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_table
+from pipelines.core.hashing import sha256_file
+from pipelines.core.manifest import write_manifest
+from pipelines.core.runner import finish_stats, run_stage
 from pipelines.core.schema import make_record_id
 from pipelines.core.shards import list_shards, read_shard, write_shard
-from pipelines.core.stage import (
-    ShardResult, ShardTask, finalize, finish_stats, removed_table, run_shard_stage, write_shard_outputs,
-)
 from pipelines.core.stats import ShardStats, write_stats
 from pipelines.pack.format import write_index, write_packed_shard
 from tests.conftest import SHARED_DATA
@@ -74,13 +74,43 @@ def write_inputs(root, records: list[dict]) -> list:
     return list_shards(in_dir)
 
 
+class ByHand(DataStage):
+    """A stage made for a test: any module-level ``process`` over the shards of ``raw/``."""
+
+    input = "raw"
+
+    def __init__(self, name: str, process):
+        self.name, self._process = name, process
+
+    def config(self, params):
+        return params["cfg"]
+
+    def process(self, task):
+        return self._process(task)
+
+
 def build_stage(ws, stage: str, process, params: dict | None = None, records: list[dict] | None = None) -> None:
     inputs = write_inputs(ws.root, records or news_records())
-    params = dict(params or {}, first_input=str(inputs[0]))
-    ph = params_hash(params)
-    tasks = [ShardTask(stage=stage, shard=p.name, inputs=[str(p)], out_dir=str(ws.path("data", stage)), params=params,
-                       params_hash=ph, fingerprints={p.name: sha256_file(p)}) for p in inputs]
-    run_shard_stage(stage, tasks, process, executor_params={"workers": 1})
+    cfg = dict(params or {}, first_input=str(inputs[0]), process=process.__name__)
+    run_stage(ByHand(stage, process), {"cfg": cfg, "executor": {"workers": 1}}, ws.path("data", stage), ws.root / "raw")
+
+
+def publish(d, stage: str, tables: dict, extra: dict | None = None) -> dict:
+    """Write record shards and their manifest by hand (what the runner would write for them)."""
+    fragments = []
+    for shard, table in tables.items():
+        write_shard(d / shard, table)
+        stats = finish_stats(ShardStats(shard=shard, records_in=table.num_rows), table)
+        fragments.append({"shard": shard, "inputs": {}, "params_hash": "x", "stats": stats.to_dict(),
+                          "files": {shard: {"bytes": (d / shard).stat().st_size, "sha256": sha256_file(d / shard),
+                                            "rows": table.num_rows}}})
+    write_stats(d / "_stats.parquet", [ShardStats.from_dict(f["stats"]) for f in fragments])
+    return write_manifest(d, stage, "x", fragments, extra)
+
+
+def artifacts_of(d) -> dict:
+    return {p.relative_to(d).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(d.rglob("*")) if p.is_file() and not p.name.startswith("_")}
 
 
 def read_report(ws, stage: str) -> dict:
@@ -161,7 +191,7 @@ def test_gate_fails_on_null_id(ws):
     pq.write_table(table, shard)
     manifest_path = ws.path("data", "ingest", "_manifest.json")
     manifest = json.loads(manifest_path.read_text())
-    manifest["shards"][shard.name]["files"][shard.name]["sha256"] = sha256_file(shard)
+    manifest["shards"][shard.name]["files"][shard.name].update(sha256=sha256_file(shard), bytes=shard.stat().st_size)
     write_json_atomic(manifest_path, manifest)
     params = ws.update("checks.sample_rows", 10_000)  # sample everything so the null row is in it
     with pytest.raises(GateFailed) as err:
@@ -240,16 +270,13 @@ def build_mix(ws, heldout_leak: bool = False) -> None:
     splits = {"phase1": blend, "phase2": blend[: len(blend) // 2] * 2, "heldout": heldout}
     if heldout_leak:
         splits["phase2"] = splits["phase2"] + heldout[:1]
-    all_stats, blend_json = [], {}
+    all_stats, blend_json, outputs = [], {}, {}
     for split, rows in splits.items():
         d = ws.path("data", "mix", split)
-        shard = "part-00000.parquet"
         table = pa.Table.from_pylist(rows)
-        stats = ShardStats(shard=f"{split}/{shard}", records_in=len(rows), records_out=len(rows))
-        task = ShardTask(stage="mix", shard=shard, inputs=[], out_dir=str(d), params={}, params_hash="x")
-        fragment = write_shard_outputs(task, ShardResult(table, None, finish_stats(stats, table)))
-        finalize(d, "mix", "x", [fragment], [])
-        all_stats.append(stats)
+        m = publish(d, f"mix/{split}", {"part-00000.parquet": table})
+        outputs[split] = {"manifest_sha256": sha256_file(d / "_manifest.json"), "rows": m["totals"]["rows"]}
+        all_stats.append(ShardStats(shard=f"{split}/part-00000.parquet", records_in=len(rows), records_out=len(rows)))
         if split != "heldout":
             # The shape pipelines/mix writes: per phase totals plus per-source realised and target shares.
             news = {"records": len(rows), "unique_records": len({r["id"] for r in rows}),
@@ -257,6 +284,8 @@ def build_mix(ws, heldout_leak: bool = False) -> None:
             blend_json[split] = {"rows": len(rows), "sources": {"news": news}}
     write_stats(ws.path("data", "mix", "_stats.parquet"), all_stats)
     write_json_atomic(ws.path("data", "mix", "blend.json"), {"phases": blend_json})
+    write_manifest(ws.path("data", "mix"), "mix", "x", [], {"outputs": outputs, "artifacts": {
+        "blend.json": {"bytes": 0, "sha256": sha256_file(ws.path("data", "mix", "blend.json"))}}})
 
 
 def test_mix_gate_passes_and_fails_on_heldout_leak(ws):
@@ -311,9 +340,8 @@ def build_pack(ws, fill: int = SEQ_LEN, n_seq: int = 6) -> None:
         pq.write_table(lineage, d / "lineage.parquet")
         summary[phase] = {"n_seq": n_seq, "seq_len": SEQ_LEN, "tokens": n_real, "padding": n_seq * SEQ_LEN - n_real,
                           "fill_ratio": n_real / (n_seq * SEQ_LEN), "docs": 2 * n_seq}
-    files = {p.relative_to(ws.path("data", "pack")).as_posix(): sha256_file(p)
-             for p in sorted(ws.path("data", "pack").rglob("*")) if p.is_file() and p.name != "pack.json"}
-    write_json_atomic(ws.path("data", "pack", "pack.json"), {"phases": summary, "files": files})
+    write_json_atomic(ws.path("data", "pack", "pack.json"), {"phases": summary})
+    write_manifest(ws.path("data", "pack"), "pack", "x", [], {"artifacts": artifacts_of(ws.path("data", "pack"))})
 
 
 def test_pack_gate_passes_then_fails_on_low_fill(ws):
@@ -337,7 +365,7 @@ def test_pack_gate_fails_on_shape_and_token_count_mismatch(ws):
     msg = str(err.value)
     assert "phase2/tokens-00000.npy: shape [5, 16] != index [6, 16]" in msg
     assert "column=token_mismatch" in msg and "column=lineage_mismatch" in msg
-    assert "data/pack/phase2/tokens-00000.npy: sha256 mismatch" in msg  # pack.json's file list
+    assert "data/pack/phase2/tokens-00000.npy: sha256 mismatch" in msg  # the manifest's file list
 
 
 # --- data docs --------------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ import json
 import pyarrow as pa
 import pytest
 
-from pipelines.core.hashing import params_hash, sha256_file
+from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_table
+from pipelines.core.runner import run_stage
 from pipelines.core.schema import CORE_COLUMNS, conform, make_record_id
 from pipelines.core.shards import list_shards, read_shard, write_shard
-from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
 from pipelines.core.stats import ShardStats
 from pipelines.core.storage import expand_inputs
 
@@ -32,13 +32,26 @@ def drop_odd_lengths(task: ShardTask) -> ShardResult:
     return ShardResult(kept, removed_table(dropped, ["odd_length"] * dropped.num_rows, [None] * dropped.num_rows), stats)
 
 
-def _tasks(in_dir, out_dir, params):
-    ph = params_hash(params)
-    return [
-        ShardTask(stage="t", shard=p.name, inputs=[str(p)], out_dir=str(out_dir), params=params, params_hash=ph,
-                  fingerprints={p.name: sha256_file(p)})
-        for p in list_shards(in_dir)
-    ]
+CALLS: list[str] = []  # shards processed in this process (workers=1 runs them inline)
+
+
+class DropOdd(DataStage):
+    """A minimal stage: its input is a directory of shards, it drops records with an odd word count."""
+
+    name = "t"
+    input = "raw"
+    drop_reasons = ("odd_length",)
+
+    def config(self, params):
+        return dict(params.get("t") or {})
+
+    def process(self, task):
+        CALLS.append(task.shard)
+        return drop_odd_lengths(task)
+
+
+def run_t(in_dir, out_dir, params, workers=1):
+    return run_stage(DropOdd(), {"t": params, "executor": {"workers": workers}}, out_dir, in_dir)
 
 
 def test_ids_stable_and_schema_order():
@@ -56,11 +69,12 @@ def test_shard_stage_accounts_for_every_record_and_is_byte_identical(tmp_path):
     for i in range(3):
         write_shard(in_dir / f"part-{i:05d}.parquet", _records(7 + i, source=f"s{i}"))
     params = {"x": 1}
-    manifest = run_shard_stage("t", _tasks(in_dir, out_dir, params), drop_odd_lengths, executor_params={"workers": 2})
+    summary = run_t(in_dir, out_dir, params, workers=2)
     kept = sum(read_shard(p).num_rows for p in list_shards(out_dir))
     removed = sum(read_shard(p).num_rows for p in list_shards(out_dir / "removed"))
     assert kept + removed == 7 + 8 + 9
-    assert manifest["totals"]["rows"] == kept
+    assert summary["records_out"] == kept and summary["drops"]["odd_length"] == removed
+    assert json.loads((out_dir / "_manifest.json").read_text())["totals"]["rows"] == kept
     stats = read_shard(out_dir / "_stats.parquet").to_pandas()
     assert (stats.records_in == stats.records_out + stats.records_dropped).all()
     assert stats.drop__odd_length.sum() == removed
@@ -69,7 +83,7 @@ def test_shard_stage_accounts_for_every_record_and_is_byte_identical(tmp_path):
     import shutil
 
     shutil.rmtree(out_dir)
-    run_shard_stage("t", _tasks(in_dir, out_dir, params), drop_odd_lengths, executor_params={"workers": 1})
+    run_t(in_dir, out_dir, params)
     after = {p.relative_to(out_dir): p.read_bytes() for p in out_dir.rglob("*") if p.is_file()}
     assert before == after
 
@@ -78,25 +92,21 @@ def test_resume_skips_complete_shards_and_redoes_damaged_ones(tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     for i in range(2):
         write_shard(in_dir / f"part-{i:05d}.parquet", _records(5))
-    calls = []
-
-    def counting(task):
-        calls.append(task.shard)
-        return drop_odd_lengths(task)
-
-    run_shard_stage("t", _tasks(in_dir, out_dir, {}), counting, executor_params={"workers": 1})
-    assert len(calls) == 2
-    calls.clear()
-    run_shard_stage("t", _tasks(in_dir, out_dir, {}), counting, executor_params={"workers": 1})
-    assert calls == []
-    # Damage one output: only that shard is redone.
+    CALLS.clear()
+    run_t(in_dir, out_dir, {})
+    assert len(CALLS) == 2
+    CALLS.clear()
+    run_t(in_dir, out_dir, {})
+    assert CALLS == []
+    # Damage one output: only that shard is redone (also when the manifest is gone: a crashed run).
     (out_dir / "part-00001.parquet").write_bytes(b"garbage")
-    run_shard_stage("t", _tasks(in_dir, out_dir, {}), counting, executor_params={"workers": 1})
-    assert calls == ["part-00001.parquet"]
+    (out_dir / "_manifest.json").unlink()
+    run_t(in_dir, out_dir, {})
+    assert CALLS == ["part-00001.parquet"]
     # Changed params: everything is redone.
-    calls.clear()
-    run_shard_stage("t", _tasks(in_dir, out_dir, {"y": 2}), counting, executor_params={"workers": 1})
-    assert len(calls) == 2
+    CALLS.clear()
+    run_t(in_dir, out_dir, {"y": 2})
+    assert len(CALLS) == 2
     m = json.loads((out_dir / "_manifest.json").read_text())
     assert set(m["shards"]) == {"part-00000.parquet", "part-00001.parquet"}
 
@@ -105,9 +115,9 @@ def test_stale_shards_from_a_larger_previous_run_are_removed(tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     for i in range(3):
         write_shard(in_dir / f"part-{i:05d}.parquet", _records(4))
-    run_shard_stage("t", _tasks(in_dir, out_dir, {}), drop_odd_lengths, executor_params={"workers": 1})
+    run_t(in_dir, out_dir, {})
     (in_dir / "part-00002.parquet").unlink()
-    run_shard_stage("t", _tasks(in_dir, out_dir, {}), drop_odd_lengths, executor_params={"workers": 1})
+    run_t(in_dir, out_dir, {})
     assert [p.name for p in list_shards(out_dir)] == ["part-00000.parquet", "part-00001.parquet"]
     assert not (out_dir / "_shards" / "part-00002.parquet.json").exists()
 

@@ -10,7 +10,8 @@ from pipelines.checks.gate import GateFailed, run_gate
 from pipelines.core.shards import read_all, read_shard
 from pipelines.dedup.decontam import CONTAMINATED, ContaminationIndex, load_items
 from pipelines.dedup.normalize import words
-from pipelines.dedup.stage import run
+from pipelines.stages import runner
+run = runner("dedup")
 
 from conftest import SAMPLES
 from test_dedup import _news, _record, _web, _write_filter

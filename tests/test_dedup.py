@@ -17,7 +17,8 @@ from pipelines.core.shards import read_all, read_shard, shard_name, write_shard
 from pipelines.dedup.clusters import EXACT_DUP, NEAR_DUP
 from pipelines.dedup.minhash import MinHasher, mulmod61
 from pipelines.dedup.normalize import normalize_text, words
-from pipelines.dedup.stage import run
+from pipelines.stages import runner
+run = runner("dedup")
 
 from conftest import SHARED_DATA
 

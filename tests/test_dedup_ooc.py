@@ -12,7 +12,8 @@ from pipelines.dedup import spill
 from pipelines.dedup.keep import global_rank, parse_keep
 from pipelines.dedup.minhash import MinHasher
 from pipelines.dedup.normalize import words
-from pipelines.dedup.stage import run
+from pipelines.stages import runner
+run = runner("dedup")
 
 from test_dedup import _cluster_of, _jaccard, _news, _record, _shingles, _web, _write_filter, near_dup_set  # noqa: F401
 

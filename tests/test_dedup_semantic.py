@@ -63,7 +63,8 @@ def test_stage_semantic_dedup_drops_paraphrases_and_caches_embeddings(workspace)
     from pipelines.checks.gate import run_gate
     from pipelines.core.shards import list_shards, read_all
     from pipelines.dedup.semantic import SEMANTIC_DUP
-    from pipelines.dedup.stage import run
+    from pipelines.stages import runner
+    run = runner("dedup")
 
     from test_dedup import _write_filter
 

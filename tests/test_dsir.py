@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipelines import stages
 from pipelines.core.schema import domain_of, make_record_id
 from pipelines.core.shards import read_all, write_shard
 from pipelines.select import dsir
@@ -141,7 +142,7 @@ def test_select_stage_methods_log_kl_reduction(workspace, sources, method):
     workspace.update("select.method", method)
     workspace.update("select.web_keep_fraction", 0.5)
     params = workspace.update("select.dsir", {"target_sources": ["news"], "buckets": 4096})
-    summary = select_stage.run(params)
+    summary = stages.run("select", params)
     out = read_all(workspace.path("data/select"))
     removed = read_all(workspace.path("data/select/removed"))
     kept = out.column("source").to_pylist()
@@ -160,4 +161,4 @@ def test_select_stage_methods_log_kl_reduction(workspace, sources, method):
         with pytest.raises(GateFailed, match="kl_reduction"):
             run_gate("select", workspace.update("checks.select.min_kl_reduction", metrics["kl_reduction"] + 1))
         params = workspace.params()
-    assert select_stage.run(params) == summary  # seeded: the same sample again
+    assert stages.run("select", params) == summary  # seeded: the same sample again

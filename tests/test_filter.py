@@ -11,6 +11,7 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
+from pipelines import stages
 from pipelines.config import load_params
 from pipelines.core.schema import domain_of, make_record_id
 from pipelines.core.shards import read_all, read_shard, write_shard
@@ -127,7 +128,7 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
     params = workspace.params()
     params["filter"]["quality_model"]["web_keep_fraction"] = 0.4  # low enough to bite after the heuristic rules
     quality_model.train(params)
-    summary = filter_stage.run(params)
+    summary = stages.run("filter", params)
 
     inp = read_all(workspace.path("data/ingest"))
     out = read_all(workspace.path("data/filter"))
@@ -207,10 +208,10 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
     shutil.rmtree(workspace.path("reports"), ignore_errors=True)
 
     before = _files(workspace.path("data/filter"))
-    assert filter_stage.run(params) == summary  # resume: complete shards are skipped, same result
+    assert stages.run("filter", params) == summary  # resume: complete shards are skipped, same result
     assert _files(workspace.path("data/filter")) == before
     shutil.rmtree(workspace.path("data/filter"))
-    filter_stage.run(params)
+    stages.run("filter", params)
     assert _files(workspace.path("data/filter")) == before
 
 
@@ -219,7 +220,7 @@ def test_bad_params_and_missing_input_fail_clearly(workspace):
     with pytest.raises(FileNotFoundError, match="data/ingest"):
         quality_model.train(params)
     with pytest.raises(FileNotFoundError, match="data/ingest"):
-        filter_stage.run(params)
+        stages.run("filter", params)
     params["filter"]["language"]["allowed"] = []
     with pytest.raises(ValueError, match="filter.language.allowed"):
         build_rules(params["filter"])

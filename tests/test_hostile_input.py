@@ -203,7 +203,8 @@ def test_stage_counts_every_hostile_file_with_its_reason(workspace, pages, monke
     params = workspace.params()
     params["ingest"].update(warc=["inputs/*.warc.gz"], wet=[], curated={}, max_record_bytes=250_000)
     workspace.set_params(params)
-    from pipelines.ingest.stage import run
+    from pipelines.stages import runner
+    run = runner("ingest")
 
     summary = run(params)
     frags = {json.loads(p.read_text())["shard"]: json.loads(p.read_text())

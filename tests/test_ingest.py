@@ -17,7 +17,8 @@ from pipelines.core.shards import read_all, read_shard
 from pipelines.core.stats import ShardStats
 from pipelines.ingest.curated import wikitext_to_text
 from pipelines.ingest.extract import decode_html
-from pipelines.ingest.stage import run
+from pipelines.stages import runner
+run = runner("ingest")
 
 RESILIPARSE_WARC = "samples/warc/cc-main-2020-34_resiliparse-sample.warc.gz"
 IA_WARC = "samples/warc/ia-2008_archive-org_aut-example.warc.gz"

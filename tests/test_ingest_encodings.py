@@ -13,7 +13,8 @@ import pytest
 from pipelines.core.shards import read_all
 from pipelines.ingest.extract import get_extractor
 from pipelines.ingest.items import Candidate
-from pipelines.ingest.stage import run
+from pipelines.stages import runner
+run = runner("ingest")
 from pipelines.ingest.warc import read_archive
 from tests.conftest import SHARED_DATA
 from tests.test_filter import LANGID, web_docs

@@ -12,7 +12,8 @@ import pytest
 
 from pipelines.core.shards import read_all
 from pipelines.ingest.common_crawl import crawl_files, validate_crawl_id
-from pipelines.ingest.stage import run
+from pipelines.stages import runner
+run = runner("ingest")
 
 CRAWL = "CC-MAIN-2024-22"
 FILES = {  # sample file -> its key in the bucket

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from tests.conftest import run_and_tell
 from pipelines.core.schema import make_record_id
 from pipelines.core.shards import list_shards, read_all, read_shard, write_shard
 
@@ -79,7 +80,8 @@ def build_select(root: Path, per_source: int = 40, n_shards: int = 3, max_chars:
 
 
 def _run(params):
-    from pipelines.mix.stage import run
+    from pipelines.stages import runner
+    run = runner("mix")
 
     return run(params)
 
@@ -193,18 +195,18 @@ def test_subsampled_records_are_removed_with_reason(workspace):
     assert p1_ids.isdisjoint(sub.id)
 
 
-def test_rerun_is_byte_identical_and_skips(workspace):
+def test_rerun_is_byte_identical_and_skips(workspace, caplog):
     build_select(workspace.root, per_source=20)
     params = workspace.update("mix.max_rows_per_shard", 50)
     first = _run(params)
     mix = workspace.path("data", "mix")
     assert len(list_shards(mix / "phase1")) > 1
     before = _snapshot(mix)
-    assert _run(params)["skipped"] is True
+    assert run_and_tell(_run, params, caplog)[1] is True
     shutil.rmtree(mix)
-    second = _run(params)
-    assert second["skipped"] is False and _snapshot(mix) == before
-    assert {k: v for k, v in first.items() if k != "skipped"} == {k: v for k, v in second.items() if k != "skipped"}
+    second, skipped = run_and_tell(_run, params, caplog)
+    assert skipped is False and _snapshot(mix) == before
+    assert first == second
     # A different seed reshuffles and resamples; the held-out split (id hash only) stays.
     held = read_all(mix / "heldout").column("id").to_pylist()
     params["seed"] = params["seed"] + 1

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.checks.gate import GateFailed, run_gate
-from pipelines.checks.packed import token_share_rows
+from pipelines.pack.measure import token_share_rows
 from test_pack import _prepare, _run
 
 

@@ -46,7 +46,8 @@ def s3env(monkeypatch, moto_url):
 
 
 def _ingest(workspace, uri: str) -> list[dict]:
-    from pipelines.ingest.stage import run
+    from pipelines.stages import runner
+    run = runner("ingest")
 
     params = workspace.params()
     params["ingest"].update(warc=[uri], wet=[], curated={})
@@ -92,7 +93,8 @@ def test_permanent_errors_fail_at_once_naming_the_object(workspace, s3env, moto_
         assert proxy.statuses()[1:] == [404]
         params = workspace.params()
         params["ingest"].update(warc=[f"s3://{bucket}/private/x.warc.gz"], wet=[], curated={})
-        from pipelines.ingest.stage import run
+        from pipelines.stages import runner
+        run = runner("ingest")
 
         with pytest.raises(FileNotFoundError, match=rf"s3://{bucket}/private/x\.warc\.gz"):
             run(params)

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipelines import stages
 from pipelines.core.schema import domain_of, make_record_id
 from pipelines.core.shards import read_all, read_shard, write_shard
 from pipelines.select import stage as select_stage
@@ -92,7 +93,7 @@ def test_select_keeps_requested_web_share_and_every_curated_record(workspace, co
     records = corpus["web"] + corpus["positive"] + corpus["math"]
     _write_dedup(workspace, records)
     params = workspace.update("select.web_keep_fraction", 0.7)
-    summary = select_stage.run(params)
+    summary = stages.run("select", params)
 
     out = read_all(workspace.path("data/select"))
     removed = read_all(workspace.path("data/select/removed"))
@@ -125,24 +126,24 @@ def test_select_keeps_requested_web_share_and_every_curated_record(workspace, co
     assert manifest["quality"]["train"] == {"positives": len(corpus["positive"]), "negatives": n_web}
 
     before = _files(workspace.path("data/select"))
-    assert select_stage.run(params) == summary  # resume: same model and threshold, shards skipped
+    assert stages.run("select", params) == summary  # resume: same model and threshold, shards skipped
     assert _files(workspace.path("data/select")) == before
     shutil.rmtree(workspace.path("data/select"))
-    select_stage.run(params)
+    stages.run("select", params)
     assert _files(workspace.path("data/select")) == before
 
 
 def test_training_cap_samples_deterministically(workspace, corpus):
     _write_dedup(workspace, corpus["web"][:120] + corpus["positive"][:120], n_shards=2)
     params = workspace.update("select.max_train_per_class", 50)
-    summary = select_stage.run(params)
+    summary = stages.run("select", params)
     assert summary["train"] == {"positives": 50, "negatives": 50}
     model = json.loads(workspace.path("data/select/quality_model.json").read_text())
     # Another shard layout of the same records trains the same model (the sample is by id hash).
     shutil.rmtree(workspace.path("data/dedup"))
     shutil.rmtree(workspace.path("data/select"))
     _write_dedup(workspace, corpus["positive"][:120] + corpus["web"][:120], n_shards=3)
-    select_stage.run(params)
+    stages.run("select", params)
     assert json.loads(workspace.path("data/select/quality_model.json").read_text()) == model
 
 
@@ -152,13 +153,13 @@ def test_missing_training_class_fails_clearly(workspace, corpus, missing):
     _write_dedup(workspace, records, n_shards=1)
     param = "select.keep_sources" if missing == "negative" else "select.positive_sources"
     with pytest.raises(ValueError, match=f"no .*{'web records' if missing == 'negative' else 'positive_sources'}.*{param}"):
-        select_stage.run(workspace.params())
+        stages.run("select", workspace.params())
 
 
 def test_bad_params_fail_clearly(workspace, corpus):
     _write_dedup(workspace, corpus["web"][:10] + corpus["positive"][:10], n_shards=1)
     with pytest.raises(ValueError, match="web_keep_fraction"):
-        select_stage.run(workspace.update("select.web_keep_fraction", 1.5))
+        stages.run("select", workspace.update("select.web_keep_fraction", 1.5))
     shutil.rmtree(workspace.path("data/dedup"))
     with pytest.raises(FileNotFoundError, match="data/dedup"):
-        select_stage.run(workspace.update("select.web_keep_fraction", 0.5))
+        stages.run("select", workspace.update("select.web_keep_fraction", 0.5))

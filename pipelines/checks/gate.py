@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from pipelines.checks.gx_runner import import_gx, validate
-from pipelines.checks.suites import build_plan, sample_rows, stage_checks
+from pipelines.checks.suites import sample_rows, stage_checks
+from pipelines import stages
 from pipelines.config import workspace
 from pipelines.core.atomic import write_json_atomic
 
@@ -36,7 +37,7 @@ def run_gate(stage: str, params: dict) -> dict:
     import_gx()  # slow (5-15 s) once per process; timed apart from the gate itself
     started = time.monotonic()
     root = workspace()
-    plan = build_plan(stage, params, root)
+    plan = stages.gate_plan(stage, params, root)
     checks_cfg = params.get("checks") or {}
     docs_dir = root / DOCS_DIR / stage if checks_cfg.get("data_docs", True) else None
     gx_results, docs_built = validate(stage, plan.batches, docs_dir)

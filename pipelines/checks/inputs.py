@@ -5,7 +5,6 @@ gives the same frames and therefore the same report bytes.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,9 +16,9 @@ import pyarrow.parquet as pq
 from pipelines.checks.results import CheckResult
 from pipelines.core.hashing import sha256_file
 from pipelines.core.manifest import MANIFEST
-from pipelines.core.shards import count_rows, iter_batches, list_shards
-from pipelines.core.stage import STATS
-from pipelines.dedup.normalize import normalize_text
+from pipelines.core.runner import STATS
+from pipelines.core.shards import count_rows, read_schema, read_shard, stage_shards
+from pipelines.core.store import fetch_uri, stage_store
 
 # Columns that do not help a validation and that pandas/GX handle poorly (lists).
 _STATS_DROP = ["len_hist"]
@@ -77,13 +76,13 @@ def sample_records(dirs: list[Path], n: int) -> pd.DataFrame:
     touches every shard in proportion to its size. Only the row groups that
     hold a sampled row are read.
     """
-    shards = [p for d in dirs for p in list_shards(d)]
+    shards = [uri for d in dirs for uri in _shards(d)]
     rows = [count_rows(p) for p in shards]
     total = sum(rows)
     if not shards:
         return pd.DataFrame()
     if total == 0:
-        return pq.read_schema(shards[0]).empty_table().to_pandas()
+        return read_schema(shards[0]).empty_table().to_pandas()
     k = min(int(n), total)
     positions = (np.arange(k, dtype=np.int64) * total) // k
     offsets = np.cumsum([0] + rows)
@@ -95,8 +94,8 @@ def sample_records(dirs: list[Path], n: int) -> pd.DataFrame:
     return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
-def _take_rows(path: Path, local: np.ndarray) -> pa.Table:
-    with pq.ParquetFile(path) as f:
+def _take_rows(path: str, local: np.ndarray) -> pa.Table:
+    with pq.ParquetFile(fetch_uri(path)) as f:
         group_rows = [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
         group_start = np.cumsum([0] + group_rows)
         groups = sorted({int(g) for g in np.searchsorted(group_start, local, side="right") - 1})
@@ -107,79 +106,74 @@ def _take_rows(path: Path, local: np.ndarray) -> pa.Table:
     return table.take(pa.array(idx, pa.int64()))
 
 
-def text_hash_frame(stage_dir: Path, lowercase: bool = True, strip_punctuation: bool = True) -> pd.DataFrame:
-    """``id`` and a hash of the normalised text of every record of the stage (not a sample).
-
-    The normalisation is the dedup stage's own, so "duplicate" means what dedup promised to remove.
-    """
-    ids, hashes = [], []
-    for path in list_shards(stage_dir):
-        for batch in iter_batches(path, columns=["id", "text"]):
-            ids.extend(batch.column("id").to_pylist())
-            for text in batch.column("text").to_pylist():
-                key = normalize_text(text or "", lowercase=lowercase, strip_punctuation=strip_punctuation)
-                hashes.append(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest())
-    return pd.DataFrame({"id": pd.Series(ids, dtype=object), "text_hash": pd.Series(hashes, dtype=object)})
+def _shards(stage_dir: Path) -> list[str]:
+    return [ref.uri for ref in stage_shards(stage_dir, Path(stage_dir).name)]
 
 
 def id_frame(dirs: list[Path]) -> pd.Series:
     """The distinct ids of the records under ``dirs``, sorted."""
     ids: set[str] = set()
     for d in dirs:
-        for path in list_shards(d):
-            ids.update(x for x in pq.read_table(path, columns=["id"]).column("id").to_pylist() if x is not None)
+        for uri in _shards(d):
+            ids.update(x for x in read_shard(uri, columns=["id"]).column("id").to_pylist() if x is not None)
     return pd.Series(sorted(ids), dtype=object)
 
 
 def count_records(stage_dir: Path) -> int:
-    return sum(count_rows(p) for p in list_shards(stage_dir))
+    return sum(count_rows(uri) for uri in _shards(stage_dir))
 
 
 # --- files -----------------------------------------------------------------------------------------
 
-def verify_manifest(stage_dir: Path, root: Path) -> CheckResult:
-    """Every file the manifest lists exists with its recorded sha256; no shard is left unlisted."""
+def verify_manifest(stage_dir: Path, root: Path, params: dict) -> CheckResult:
+    """Every file the stage's manifests list (its own, its sub-datasets', its artifacts) is where the store keeps
+    it with its recorded sha256, and no shard lies in the stage directory unlisted."""
     path = stage_dir / MANIFEST
     label = rel(path, root)
     problems: list[str] = []
     checked = 0
+    manifest = load_json(path) if path.exists() else None
     if not path.exists():
         problems.append(f"{label} missing")
+    elif not isinstance(manifest, dict):
+        problems.append(f"{label} unreadable")
     else:
-        try:
-            manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            manifest = {}
-            problems.append(f"{label} unreadable: {e}")
-        listed: set[str] = set()
-        for shard, entry in sorted((manifest.get("shards") or {}).items()):
-            listed.add(shard)
-            for name, fe in sorted(((entry or {}).get("files") or {}).items()):
-                listed.add(name)
-                checked += 1
-                f = stage_dir / name
-                if not f.exists():
-                    problems.append(f"{rel(f, root)}: missing")
-                elif sha256_file(f) != (fe or {}).get("sha256"):
-                    problems.append(f"{rel(f, root)}: sha256 mismatch")
-        for shard in list_shards(stage_dir):
-            if shard.name not in listed:
-                problems.append(f"{rel(shard, root)}: not in manifest")
+        store = stage_store(params.get("storage"), stage_dir, str(manifest.get("stage", stage_dir.name)))
+        for dataset, d, m in _datasets(stage_dir, manifest, problems, root):
+            listed: set[str] = set()
+            for shard, entry in sorted((m.get("shards") or {}).items()):
+                for name, fe in sorted(((entry or {}).get("files") or {}).items()):
+                    listed.add(name)
+                    checked += 1
+                    problem = store.problem(f"{dataset}/{name}" if dataset else name, fe or {})
+                    if problem:
+                        where = f" ({fe['uri']})" if (fe or {}).get("uri") else ""
+                        problems.append(f"{rel(d / name, root)}: {problem}{where}")
+            for shard in d.glob("part-*.parquet"):
+                if shard.name not in listed:
+                    problems.append(f"{rel(shard, root)}: not in manifest")
+        for name, fe in sorted((manifest.get("artifacts") or {}).items()):
+            checked += 1
+            f = stage_dir / name
+            if not f.is_file():
+                problems.append(f"{rel(f, root)}: missing")
+            elif sha256_file(f) != fe.get("sha256"):
+                problems.append(f"{rel(f, root)}: sha256 mismatch")
     return CheckResult(batch="files", type="manifest_matches_files", column=None, kwargs={"manifest": label},
                        success=not problems, observed={"files_checked": checked, "problems": problems})
 
 
-def verify_file_hashes(base: Path, files: dict, label: str, root: Path) -> CheckResult:
-    """``{relative path: sha256}`` (as pack.json records its outputs) against the files on disk."""
-    problems = []
-    for name, digest in sorted(files.items()):
-        f = base / name
-        if not f.is_file():
-            problems.append(f"{rel(f, root)}: missing")
-        elif sha256_file(f) != digest:
-            problems.append(f"{rel(f, root)}: sha256 mismatch")
-    return CheckResult(batch="files", type="summary_files_match", column=None, kwargs={"summary": label},
-                       success=not problems, observed={"files_checked": len(files), "problems": problems})
+def _datasets(stage_dir: Path, manifest: dict, problems: list[str], root: Path):
+    """(name, directory, manifest) of the stage and each sub-dataset its manifest names (with its hash)."""
+    yield "", stage_dir, manifest
+    for dataset, info in sorted((manifest.get("outputs") or {}).items()):
+        sub = stage_dir / dataset / MANIFEST
+        if not sub.is_file():
+            problems.append(f"{rel(sub, root)}: missing")
+        elif sha256_file(sub) != info.get("manifest_sha256"):
+            problems.append(f"{rel(sub, root)}: sha256 mismatch")
+        else:
+            yield dataset, stage_dir / dataset, load_json(sub) or {}
 
 
 def file_exists(path: Path, root: Path) -> CheckResult:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,8 +57,8 @@ def remove_stale_temps(directory: str | Path) -> int:
     if not directory.exists():
         return 0
     n = 0
-    for p in directory.rglob(TMP_PREFIX + "*"):
+    for p in sorted(directory.rglob(TMP_PREFIX + "*"), reverse=True):
         with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()  # a temp dir: a content-addressed write in flight
             n += 1
     return n

@@ -43,11 +43,12 @@ def code_fingerprint(*packages: str) -> str:
     return h.hexdigest()[:16]
 
 
-def stage_hash(package: str, params) -> str:
+def stage_hash(packages: str | tuple[str, ...], params) -> str:
     """What a data stage's finished shards must match to be reused: its params and its code.
 
     DVC re-runs a stage when its code (a dvc.yaml dep: pipelines/core + the stage's package)
     changes, but the stage resumes shard by shard; without the code here, that re-run would
     keep every shard the old code wrote and DVC would record them as the new code's output.
     """
-    return params_hash({"params": params, "code": code_fingerprint("core", package)})
+    packages = (packages,) if isinstance(packages, str) else tuple(packages)
+    return params_hash({"params": params, "code": code_fingerprint("core", *packages)})

@@ -108,3 +108,19 @@ def totals(all_stats: list[ShardStats]) -> dict:
         "records_dropped": sum(drops.values()),
         "drops": dict(sorted(drops.items())),
     }
+
+
+def read_stats(path: str | Path) -> list[ShardStats]:
+    """``_stats.parquet`` back as one :class:`ShardStats` per shard (zero-count reason columns included)."""
+    import pyarrow.parquet as pq
+
+    if not Path(path).exists():
+        return []
+    rows = pq.read_table(path).to_pylist()
+    out = []
+    for r in rows:
+        out.append(ShardStats(
+            shard=r["shard"], records_in=r["records_in"], records_out=r["records_out"], bytes_in=r["bytes_in"],
+            bytes_out=r["bytes_out"], drops=json.loads(r["drops_json"]), len_hist=list(r["len_hist"]),
+            extra={k[len("extra__"):]: v for k, v in r.items() if k.startswith("extra__")}))
+    return out

@@ -118,6 +118,45 @@ def open_input(uri: str) -> BinaryIO:
     return open(uri, "rb")
 
 
+def open_seekable(uri: str) -> BinaryIO:
+    """A seekable binary file over a local path or an S3 object (ranged GETs: reading a parquet footer and a
+    few row groups fetches just those bytes)."""
+    if not is_s3(uri):
+        return open(uri, "rb")
+    bucket, key = split_s3(uri)
+    return io.BufferedReader(_S3RangeFile(s3_client(), bucket, key), buffer_size=1 << 20)
+
+
+class _S3RangeFile(io.RawIOBase):
+    def __init__(self, client, bucket: str, key: str):
+        self._client, self._bucket, self._key = client, bucket, key
+        self._size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, b) -> int:
+        if self._pos >= self._size or not len(b):
+            return 0
+        end = min(self._size, self._pos + len(b)) - 1
+        data = self._client.get_object(Bucket=self._bucket, Key=self._key, Range=f"bytes={self._pos}-{end}")["Body"].read()
+        b[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
 def input_fingerprint(uri: str) -> str:
     """Identity of an input for resume decisions: content hash locally, ETag on S3."""
     if is_s3(uri):

@@ -138,12 +138,12 @@ def contaminated_records(stage_dir: Path, cfg: dict, root: Path):
     """
     import pandas as pd
 
-    from pipelines.core.shards import iter_batches, list_shards
+    from pipelines.core.shards import iter_batches, stage_shards
 
     index = build_index(validate(cfg), lambda p: Path(root) / p)
     ids, labels = [], []
-    for shard in list_shards(stage_dir):
-        for batch in iter_batches(shard, columns=["id", "text"]):
+    for ref in stage_shards(stage_dir, "dedup"):
+        for batch in iter_batches(ref.uri, columns=["id", "text"]):
             hits = index.match(batch.column("text").to_pylist())
             ids.extend(batch.column("id").to_pylist())
             labels.extend(",".join(index.names[j] for j in np.flatnonzero(h)) or None for h in hits)

@@ -15,14 +15,12 @@ core runner): write kept records with ``dup_of`` / ``dup_cluster`` /
 ``contamination`` columns and dropped ones under removed/ with their reason.
 Every output shard depends on every input shard (a duplicate may live
 anywhere), so each shard's fingerprints cover all inputs. Phase timings
-(wall + CPU) go to the log and LAST_TIMINGS, never into outputs.
+(wall + CPU) go to the log, never into outputs.
 """
 from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import resolve, section
-from pipelines.core.executor import get_executor
-from pipelines.core.hashing import sha256_file, stage_hash
-from pipelines.core.manifest import file_entry, fragment_is_complete, load_fragment
-from pipelines.core.shards import iter_batches, read_shard, require_shards
-from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
+from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_table
+from pipelines.core.hashing import sha256_file
+from pipelines.core.shards import iter_batches, read_schema, read_shard
 from pipelines.core.stats import ShardStats
 from pipelines.dedup import decontam, keep, semantic, spill
 from pipelines.dedup.clusters import DUPLICATE_URL, EXACT_DUP, NEAR_DUP, decide
@@ -48,11 +44,7 @@ from pipelines.dedup.verify import jaccard_verifier, read_text_column
 
 log = logging.getLogger(__name__)
 STAGE = "dedup"
-INPUT_DIR = "data/filter"
-OUTPUT_DIR = "data/dedup"
 REASONS = [EXACT_DUP, DUPLICATE_URL, NEAR_DUP, SEMANTIC_DUP, CONTAMINATED]
-# Phase timings of the last run in this process (bench/ reads them; not an output: they vary run to run).
-LAST_TIMINGS: dict = {}
 DUP_COLUMNS = ("dup_of", "dup_cluster", "contamination")
 
 
@@ -149,7 +141,7 @@ def hash_shard(job: tuple) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarra
             np.concatenate(contam) if contam else np.zeros((len(ids), n_sets), bool), clock.phases)
 
 
-def texts_at(inputs: list[Path], offsets: np.ndarray, indices: np.ndarray) -> list[str]:
+def texts_at(inputs: list[str], offsets: np.ndarray, indices: np.ndarray) -> list[str]:
     """Texts of records by global index (sorted indices), re-read one shard at a time (text column only)."""
     out: list[str] = []
     bounds = list(offsets) + [np.iinfo(np.int64).max]
@@ -161,57 +153,50 @@ def texts_at(inputs: list[Path], offsets: np.ndarray, indices: np.ndarray) -> li
 
 
 def pq_columns(path: str) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return pq.read_schema(path).names
+    return read_schema(path).names
 
 
-def global_decisions(inputs: list[Path], cfg: dict, executor_params: dict | None, clock: PhaseClock,
-                     embeddings_path: Path) -> dict[str, dict]:
+def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
     """Passes 1 and 2: each shard's small context (its drops, cluster heads and contamination flags)."""
+    inputs = [ref.uri for ref in run.input_shards()]
+    names = [ref.name for ref in run.input_shards()]
     dc = cfg["decontam"]
     with clock("decontam_index"):
         index = decontam.build_index(dc, resolve) if dc["enabled"] else None
-    parent = resolve(OUTPUT_DIR).parent
-    for stale in parent.glob(".dedup-work-*"):  # left by a run killed in this phase: scratch only
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=".dedup-work-", dir=parent))
-    try:
-        with clock("pass1_hash"):
-            shard_out = get_executor(executor_params).map(
-                hash_shard, [(str(p), s, cfg, str(work), index) for s, p in enumerate(inputs)])
-        for o in shard_out:
-            clock.add(o[3], prefix="pass1_worker_")
-        with clock("keep_rank"):
-            ids = np.concatenate([o[0] for o in shard_out])
-            sizes = np.array([len(o[0]) for o in shard_out], dtype=np.int64)
-            offsets = np.cumsum(sizes) - sizes
-            policy = keep.parse_keep(cfg["keep"])
-            values = {}
-            for c in keep.value_columns(policy):  # a shard without the column: missing values (rank last)
-                if any(c in o[1] for o in shard_out):
-                    values[c] = np.concatenate([o[1].get(c, np.full(len(o[0]), np.nan)) for o in shard_out])
-            rank = keep.global_rank(ids, values, policy)
-        contam = np.concatenate([o[2] for o in shard_out]) if index is not None else np.zeros((len(ids), 0), bool)
-        excluded = contam.any(axis=1) if dc["mode"] == "drop" else None
-        mh = cfg["minhash"]
-        verify = None
-        if mh["enabled"] and mh["verify_threshold"] is not None:
-            check = jaccard_verifier(work, offsets, float(mh["verify_threshold"]))
+    work = run.scratch.local_root()
+    with clock("pass1_hash"):
+        shard_out = run.map(hash_shard, [(p, s, cfg, str(work), index) for s, p in enumerate(inputs)])
+    for o in shard_out:
+        clock.add(o[3], prefix="pass1_worker_")
+    with clock("keep_rank"):
+        ids = np.concatenate([o[0] for o in shard_out])
+        sizes = np.array([len(o[0]) for o in shard_out], dtype=np.int64)
+        offsets = np.cumsum(sizes) - sizes
+        policy = keep.parse_keep(cfg["keep"])
+        values = {}
+        for c in keep.value_columns(policy):  # a shard without the column: missing values (rank last)
+            if any(c in o[1] for o in shard_out):
+                values[c] = np.concatenate([o[1].get(c, np.full(len(o[0]), np.nan)) for o in shard_out])
+        rank = keep.global_rank(ids, values, policy)
+    contam = np.concatenate([o[2] for o in shard_out]) if index is not None else np.zeros((len(ids), 0), bool)
+    excluded = contam.any(axis=1) if dc["mode"] == "drop" else None
+    mh = cfg["minhash"]
+    verify = None
+    if mh["enabled"] and mh["verify_threshold"] is not None:
+        check = jaccard_verifier(work, offsets, float(mh["verify_threshold"]))
 
-            def verify(src, dst):
-                with clock("verify"):
-                    return check(src, dst)
+        def verify(src, dst):
+            with clock("verify"):
+                return check(src, dst)
 
-        with clock("merge_cluster"):
-            decisions = decide(ids, rank, work, offsets, len(inputs), exact=cfg["exact"]["enabled"],
-                               bands=mh["bands"] if mh["enabled"] else 0, excluded=excluded, chunk=cfg["merge_chunk"],
-                               verify=verify, url=cfg["exact"]["url"])
-        if "verify" in clock.phases:  # merge_cluster's numbers include verification: report them apart
-            for k in ("wall_s", "cpu_s"):
-                clock.phases["merge_cluster"][k] -= clock.phases["verify"][k]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with clock("merge_cluster"):
+        decisions = decide(ids, rank, work, offsets, len(inputs), exact=cfg["exact"]["enabled"],
+                           bands=mh["bands"] if mh["enabled"] else 0, excluded=excluded, chunk=cfg["merge_chunk"],
+                           verify=verify, url=cfg["exact"]["url"])
+    if "verify" in clock.phases:  # merge_cluster's numbers include verification: report them apart
+        for k in ("wall_s", "cpu_s"):
+            clock.phases["merge_cluster"][k] -= clock.phases["verify"][k]
+    run.drop_scratch()  # key and shingle files: not needed past the merge
     log.info("%s: %d records, %d candidate pairs, %d after verification, %d clusters", STAGE, len(ids),
              decisions.candidate_pairs, decisions.verified_pairs, decisions.n_clusters)
     sem_of = np.full(len(ids), -1, dtype=np.int64)
@@ -220,14 +205,14 @@ def global_decisions(inputs: list[Path], cfg: dict, executor_params: dict | None
             survivors = (decisions.kept_index == np.arange(len(ids)))
             if excluded is not None:
                 survivors &= ~excluded
-            sem_of = semantic_pass(inputs, offsets, ids, rank, np.flatnonzero(survivors), cfg["semantic"], embeddings_path)
-    names = index.names if index is not None else []
+            sem_of = semantic_pass(run, inputs, offsets, ids, rank, np.flatnonzero(survivors), cfg["semantic"])
+    sets = index.names if index is not None else []
     contexts = {}
-    for s, p in enumerate(inputs):
+    for s in range(len(inputs)):
         start, stop = int(offsets[s]), int(offsets[s] + sizes[s])
         drops, heads, flags = {}, {}, {}
         for i in start + np.flatnonzero(contam[start:stop].any(axis=1)):
-            flags[str(ids[i])] = [names[j] for j in np.flatnonzero(contam[i])]
+            flags[str(ids[i])] = [sets[j] for j in np.flatnonzero(contam[i])]
             if excluded is not None:
                 drops[str(ids[i])] = (CONTAMINATED, None, 1)
         for i in start + np.flatnonzero(decisions.cluster_size[start:stop] > 1):  # singletons need no entry
@@ -236,20 +221,20 @@ def global_decisions(inputs: list[Path], cfg: dict, executor_params: dict | None
                 drops[str(ids[i])] = (decisions.reason[i], str(ids[decisions.kept_index[i]]), size)
             else:
                 heads[str(ids[i])] = size
-        contexts[p.name] = {"drops": drops, "heads": heads, "flags": flags, "sets": names}
+        contexts[names[s]] = {"drops": drops, "heads": heads, "flags": flags, "sets": sets}
     if (sem_of >= 0).any():
         group = np.bincount(sem_of[sem_of >= 0], minlength=len(ids)) + 1  # a kept record and its semantic dups
         shard_of = np.searchsorted(offsets, np.arange(len(ids)), side="right") - 1
         for i in np.flatnonzero(sem_of >= 0):
             head = int(sem_of[i])
-            contexts[inputs[shard_of[i]].name]["drops"][str(ids[i])] = (SEMANTIC_DUP, str(ids[head]), int(group[head]))
-            heads = contexts[inputs[shard_of[head]].name]["heads"]
+            contexts[names[shard_of[i]]]["drops"][str(ids[i])] = (SEMANTIC_DUP, str(ids[head]), int(group[head]))
+            heads = contexts[names[shard_of[head]]]["heads"]
             heads[str(ids[head])] = max(heads.get(str(ids[head]), 1), int(group[head]))
     return contexts
 
 
-def semantic_pass(inputs: list[Path], offsets: np.ndarray, ids: np.ndarray, rank: np.ndarray, candidates: np.ndarray,
-                  cfg: dict, embeddings_path: Path) -> np.ndarray:
+def semantic_pass(run, inputs: list[str], offsets: np.ndarray, ids: np.ndarray, rank: np.ndarray, candidates: np.ndarray,
+                  cfg: dict) -> np.ndarray:
     """Semantic dedup of the records exact + fuzzy dedup kept; writes the kept records' embeddings.
 
     Returns sem_of: (n,) global index of the record each semantic duplicate duplicates, -1 elsewhere.
@@ -263,7 +248,8 @@ def semantic_pass(inputs: list[Path], offsets: np.ndarray, ids: np.ndarray, rank
     sem_of = np.full(len(ids), -1, dtype=np.int64)
     dup = local >= 0
     sem_of[order[dup]] = order[local[dup]]
-    semantic.write_embeddings(embeddings_path, [str(ids[i]) for i in order[~dup]], emb[~dup])
+    run.write_artifact(semantic.EMBEDDINGS_FILE, lambda tmp: semantic.write_embeddings(
+        tmp, [str(ids[i]) for i in order[~dup]], emb[~dup]))
     log.info("%s: semantic dedup of %d records dropped %d (threshold %.3f)", STAGE, len(order), int(dup.sum()),
              cfg["threshold"])
     return sem_of
@@ -300,79 +286,59 @@ def apply_decisions(task: ShardTask) -> ShardResult:
     return ShardResult(kept, removed_table(gone, reasons, details), stats)
 
 
-def run(params: dict) -> dict:
-    cfg = dedup_config(params)
-    in_dir, out_dir = resolve(INPUT_DIR), resolve(OUTPUT_DIR)
-    inputs = require_shards(in_dir, "filter")
-    clock = PhaseClock()
-    # Any input can change any shard's decisions: every output shard fingerprints all inputs.
-    fingerprints = {p.name: sha256_file(p) for p in inputs}
-    # The eval sets decide drops too: their content is part of the params hash.
-    eval_files = {n: sha256_file(resolve(s["path"])) for n, s in cfg["decontam"]["sets"].items()} if cfg["decontam"]["enabled"] else {}
-    phash = stage_hash(STAGE, {**cfg, "eval_files": eval_files})
-    executor_params = params.get("executor")
-    tasks = [
-        ShardTask(stage=STAGE, shard=p.name, inputs=[str(p)], out_dir=str(out_dir), params=cfg, params_hash=phash,
-                  fingerprints=fingerprints)
-        for p in inputs
-    ]
-    embeddings_path = out_dir / semantic.EMBEDDINGS_FILE
-    want_embeddings = cfg["semantic"]["enabled"]
-    if not want_embeddings and embeddings_path.exists():
-        embeddings_path.unlink()  # from a run with semantic dedup on: stale now
-    complete = all(fragment_is_complete(out_dir, load_fragment(out_dir, t.shard), fingerprints, phash) for t in tasks)
-    if complete and want_embeddings:
-        complete = _embeddings_match_manifest(out_dir, embeddings_path, phash)
-    with clock("imports"):
-        # pyarrow imports pandas lazily at its first conversion (~1 s of CPU); doing it once here, before any
-        # worker forks, keeps it out of the timed phases and out of every worker.
-        import pandas  # noqa: F401
-    if complete:
-        log.info("%s: every shard complete, global pass skipped", STAGE)
-    else:
-        if embeddings_path.exists():
-            embeddings_path.unlink()  # rewritten by this run's global pass
-        contexts = global_decisions(inputs, cfg, executor_params, clock, embeddings_path)
+class DedupStage(DataStage):
+    name = STAGE
+    input = "filter"
+    drop_reasons = tuple(REASONS)
+
+    def config(self, params: dict) -> dict:
+        return dedup_config(params)
+
+    def external_inputs(self, run) -> dict[str, str]:
+        # The eval sets decide drops too.
+        dc = run.cfg["decontam"]
+        return {n: sha256_file(resolve(s["path"])) for n, s in dc["sets"].items()} if dc["enabled"] else {}
+
+    def plan(self, run) -> list[ShardTask]:
+        # Any input can change any shard's decisions: every output shard fingerprints all inputs.
+        refs = run.input_shards()
+        everything = {ref.name: ref.fingerprint for ref in refs}
+        return [ShardTask(STAGE, ref.name, [ref.uri], everything) for ref in refs]
+
+    def global_inputs(self, run, tasks: list[ShardTask]) -> dict:
+        return {"eval_files": self.external_inputs(run)}
+
+    def needs_prepare(self, run) -> bool:
+        return run.cfg["semantic"]["enabled"]  # the embedding cache is written by the global pass
+
+    def prepare(self, run, tasks: list[ShardTask]) -> list[ShardTask]:
+        clock = PhaseClock()
+        with clock("imports"):
+            # pyarrow imports pandas lazily at its first conversion (~1 s of CPU); doing it once here, before any
+            # worker forks, keeps it out of the timed phases and out of every worker.
+            import pandas  # noqa: F401
+        contexts = global_decisions(run, run.cfg, clock)
         for t in tasks:
             t.context = contexts[t.shard]
-    extra = None
-    with clock("pass3_write"):
-        if want_embeddings:
-            rows = read_shard(embeddings_path, columns=["id"]).num_rows
-            extra = {"artifacts": {semantic.EMBEDDINGS_FILE: file_entry(embeddings_path, rows=rows)}}
-        manifest = run_shard_stage(STAGE, tasks, apply_decisions, executor_params=executor_params,
-                                   known_reasons=REASONS, extra_manifest=extra)
-    LAST_TIMINGS.clear()
-    LAST_TIMINGS.update(clock.rounded())
-    log.info("%s: phase timings %s", STAGE, json.dumps(LAST_TIMINGS))
-    return summarize(out_dir, manifest)
+        log.info("%s: phase timings %s", STAGE, json.dumps(clock.rounded()))
+        return tasks
 
+    def process(self, task: ShardTask) -> ShardResult:
+        return apply_decisions(task)
 
-def _embeddings_match_manifest(out_dir: Path, path: Path, phash: str) -> bool:
-    """The cached embeddings belong to this run's params and are intact (else the global pass reruns)."""
-    try:
-        manifest = json.loads((out_dir / "_manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    entry = (manifest.get("artifacts") or {}).get(semantic.EMBEDDINGS_FILE)
-    return (manifest.get("params_hash") == phash and entry is not None and path.exists()
-            and sha256_file(path) == entry.get("sha256"))
-
-
-def summarize(out_dir: Path, manifest: dict) -> dict:
-    stats = [load_fragment(out_dir, shard)["stats"] for shard in sorted(manifest["shards"])]
-    drops = {r: sum(s["drops"].get(r, 0) for s in stats) for r in REASONS}
-    return {
-        "stage": STAGE,
-        "shards": len(stats),
-        "records_in": sum(s["records_in"] for s in stats),
-        "records_out": sum(s["records_out"] for s in stats),
-        EXACT_DUP: drops[EXACT_DUP],
-        NEAR_DUP: drops[NEAR_DUP],
-        DUPLICATE_URL: drops[DUPLICATE_URL],
-        SEMANTIC_DUP: drops[SEMANTIC_DUP],
-        CONTAMINATED: drops[CONTAMINATED],
-        "clusters": int(sum(s["extra"].get("clusters", 0) for s in stats)),
-        **{k: int(sum(s["extra"].get(k, 0) for s in stats))
-           for k in sorted({k for s in stats for k in s["extra"] if k.startswith(CONTAMINATED + "__")})},
-    }
+    def summarize(self, run, manifest: dict, stats: list[ShardStats]) -> dict:
+        drops = {r: sum(s.drops.get(r, 0) for s in stats) for r in REASONS}
+        return {
+            "stage": STAGE,
+            "shards": len(stats),
+            "records_in": sum(s.records_in for s in stats),
+            "records_out": sum(s.records_out for s in stats),
+            EXACT_DUP: drops[EXACT_DUP],
+            NEAR_DUP: drops[NEAR_DUP],
+            DUPLICATE_URL: drops[DUPLICATE_URL],
+            SEMANTIC_DUP: drops[SEMANTIC_DUP],
+            CONTAMINATED: drops[CONTAMINATED],
+            "clusters": int(sum(s.extra.get("clusters", 0) for s in stats)),
+            **{k: int(sum(s.extra.get(k, 0) for s in stats))
+               for k in sorted({k for s in stats for k in s.extra if k.startswith(CONTAMINATED + "__")})},
+        }

@@ -20,16 +20,15 @@ from __future__ import annotations
 import json
 import logging
 from functools import lru_cache
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import resolve, section
-from pipelines.core.executor import get_executor
-from pipelines.core.hashing import sha256_file, stage_hash
-from pipelines.core.shards import read_shard, require_shards
-from pipelines.core.stage import ShardResult, ShardTask, finalize, removed_table, run_shards
+from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_table
+from pipelines.core.hashing import sha256_file
+from pipelines.core.shards import read_shard
+from pipelines.core.store import fetch_uri
 from pipelines.core.stats import ShardStats, totals
 from pipelines.filter import quality_model
 from pipelines.filter.quantile_sketch import QuantileSketch
@@ -38,8 +37,6 @@ from pipelines.filter.words import english_splitter
 
 log = logging.getLogger(__name__)
 STAGE = "filter"
-INPUT_DIR = "data/ingest"
-OUTPUT_DIR = "data/filter"
 QUALITY_RULE = "quality_fasttext"
 ALL_REASONS = RULE_NAMES + [QUALITY_RULE]
 SKETCH_K = 4096
@@ -51,7 +48,7 @@ def _inc(stats: ShardStats, key: str, n: int = 1) -> None:
 
 @lru_cache(maxsize=2)
 def _scorer(model_path: str, model_sha: str, max_chars: int) -> quality_model.QualityScorer:
-    return quality_model.QualityScorer(Path(model_path), max_chars)  # one load per worker process and model
+    return quality_model.QualityScorer(fetch_uri(model_path), max_chars)  # one load per worker process and model
 
 
 def _scores(table: pa.Table, q: dict | None) -> list[float | None]:
@@ -139,7 +136,7 @@ def _sketch_shard(job: tuple[str, dict, list[str]]) -> dict:
     return sketch.to_dict()
 
 
-def quality_threshold(params: dict, shards: list[Path]) -> dict | None:
+def quality_threshold(params: dict, run) -> dict | None:
     """Pass 1 over the whole input: the score threshold that keeps the top web_keep_fraction of web records."""
     cfg = section(params, STAGE)
     qcfg = quality_model.config(cfg)
@@ -148,10 +145,10 @@ def quality_threshold(params: dict, shards: list[Path]) -> dict | None:
     model = resolve(quality_model.MODEL_DIR) / quality_model.MODEL_FILE
     if not model.exists():
         raise FileNotFoundError(f"{model}: no quality model (run the quality_model stage first)")
-    q = {"model_path": str(model), "model_sha256": sha256_file(model), "max_chars": int(qcfg["max_chars"])}
+    q = {"model_path": run.share(model), "model_sha256": sha256_file(model), "max_chars": int(qcfg["max_chars"])}
     exempt = list(cfg.get("exempt_sources") or [])
     sketch = QuantileSketch(SKETCH_K)
-    for d in get_executor(params.get("executor")).map(_sketch_shard, [(str(p), q, exempt) for p in shards]):
+    for d in run.map(_sketch_shard, [(ref.uri, q, exempt) for ref in run.input_shards()]):
         sketch.merge(QuantileSketch.from_dict(d))
     if sketch.n == 0:
         log.info("filter: no web records to score, quality threshold off")
@@ -162,56 +159,75 @@ def quality_threshold(params: dict, shards: list[Path]) -> dict | None:
     return q
 
 
-def make_tasks(params: dict, in_dir: Path, out_dir: Path) -> list[ShardTask]:
-    cfg = section(params, STAGE)
-    build_rules(cfg)  # bad params fail here, once (quality_threshold checks the quality_model section)
-    shards = require_shards(in_dir, "ingest")
-    q = quality_threshold(params, shards)
-    # The threshold and the model are inputs of every shard: a new model or threshold re-runs them.
-    ph = stage_hash(STAGE, {"params": cfg, "quality": {k: v for k, v in (q or {}).items() if k != "model_path"}})
-    return [
-        ShardTask(stage=STAGE, shard=p.name, inputs=[str(p)], out_dir=str(out_dir), params=cfg, params_hash=ph,
-                  fingerprints={p.name: sha256_file(p)}, context={"quality": q})
-        for p in shards
-    ]
+class FilterStage(DataStage):
+    name = STAGE
+    input = "ingest"
+    drop_reasons = tuple(ALL_REASONS)
+
+    def config(self, params: dict) -> dict:
+        cfg = section(params, STAGE)
+        build_rules(cfg)  # bad params fail here, once (quality_threshold checks the quality_model section)
+        return cfg
+
+    def external_inputs(self, run) -> dict[str, str]:
+        model = resolve(quality_model.MODEL_DIR) / quality_model.MODEL_FILE
+        return {"quality_model": sha256_file(model)} if model.exists() else {}
+
+    def global_inputs(self, run, tasks: list[ShardTask]) -> dict:
+        # The threshold and the model are inputs of every shard: a new model or threshold re-runs them.
+        q = quality_threshold(run.params, run)
+        for t in tasks:
+            t.context = {"quality": q}
+        return {k: v for k, v in (q or {}).items() if k != "model_path"}
+
+    def prepare(self, run, tasks: list[ShardTask]) -> list[ShardTask]:
+        if (run.executor_params or {}).get("start_method", "fork") == "fork":
+            import pandas  # noqa: F401  (pyarrow imports it on a shard's first table, ~2 s: once here, not per worker)
+
+            english_splitter()  # the word splitter's compiled rules: forked workers inherit them
+        return tasks
+
+    def process(self, task: ShardTask) -> ShardResult:
+        return process_shard(task)
+
+    def finish(self, run, fragments: dict[str, list[dict]]) -> dict:
+        # The manifest carries the quality block: the achieved keep rate is known only now.
+        quality = _quality_block(run.tasks[0].context.get("quality"), _checks(
+            [ShardStats.from_dict(f["stats"]) for f in fragments[""]]))
+        return {"quality": quality} if quality else {}
+
+    def summarize(self, run, manifest: dict, stats: list[ShardStats]) -> dict:
+        summary = totals(stats)
+        checks = _checks(stats)
+        summary.update({
+            "stage": STAGE,
+            "shards": manifest["totals"]["shards"],
+            "exempt": checks.pop("exempt", 0),
+            "checks": dict(sorted(checks.items())),
+            "keep_rate": round(summary["records_out"] / summary["records_in"], 6) if summary["records_in"] else 0.0,
+            "quality": manifest.get("quality"),
+        })
+        log.info("filter: %d in, %d out, drops %s, quality %s", summary["records_in"], summary["records_out"],
+                 summary["drops"], summary["quality"])
+        return summary
 
 
-def run(params: dict) -> dict:
-    in_dir, out_dir = resolve(INPUT_DIR), resolve(OUTPUT_DIR)
-    tasks = make_tasks(params, in_dir, out_dir)
-    if (params.get("executor") or {}).get("start_method", "fork") == "fork":
-        import pandas  # noqa: F401  (pyarrow imports it on a shard's first table, ~2 s: once here, not per worker)
-
-        english_splitter()  # the word splitter's compiled rules: forked workers inherit them
-    fragments = run_shards(STAGE, tasks, process_shard, executor_params=params.get("executor"))
-    all_stats = [ShardStats.from_dict(f["stats"]) for f in fragments]
-    summary = totals(all_stats)
+def _checks(all_stats: list[ShardStats]) -> dict[str, int]:
     checks: dict[str, int] = {}
     for s in all_stats:
         for k, v in s.extra.items():
             checks[k] = checks.get(k, 0) + int(v)
-    quality = None
-    q = tasks[0].context.get("quality")
-    if q:
-        scored = checks.get("quality_fasttext.web_scored", 0)
-        above = checks.get("quality_fasttext.web_at_or_above_threshold", 0)
-        quality = {
-            "model_sha256": q["model_sha256"], "threshold": q["threshold"],
-            "target_keep_fraction": q["target_keep_fraction"], "web_records": q["web_records"],
-            "achieved_keep_fraction": round(above / scored, 6) if scored else None,
-            "rank_error_bound": q["rank_error_bound"],
-        }
-    # The manifest carries the quality block: the achieved keep rate is known only now.
-    manifest = finalize(out_dir, STAGE, tasks[0].params_hash, fragments, ALL_REASONS,
-                        {"quality": quality} if quality else None)
-    summary.update({
-        "stage": STAGE,
-        "shards": manifest["totals"]["shards"],
-        "exempt": checks.pop("exempt", 0),
-        "checks": dict(sorted(checks.items())),
-        "keep_rate": round(summary["records_out"] / summary["records_in"], 6) if summary["records_in"] else 0.0,
-        "quality": quality,
-    })
-    log.info("filter: %d in, %d out, drops %s, quality %s", summary["records_in"], summary["records_out"],
-             summary["drops"], quality)
-    return summary
+    return checks
+
+
+def _quality_block(q: dict | None, checks: dict[str, int]) -> dict | None:
+    if not q:
+        return None
+    scored = checks.get("quality_fasttext.web_scored", 0)
+    above = checks.get("quality_fasttext.web_at_or_above_threshold", 0)
+    return {
+        "model_sha256": q["model_sha256"], "threshold": q["threshold"],
+        "target_keep_fraction": q["target_keep_fraction"], "web_records": q["web_records"],
+        "achieved_keep_fraction": round(above / scored, 6) if scored else None,
+        "rank_error_bound": q["rank_error_bound"],
+    }

@@ -30,11 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import section, workspace
-from pipelines.core.hashing import stage_hash
-from pipelines.core.manifest import load_fragment
+from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_table
 from pipelines.core.schema import domain_of, make_record_id, records_to_table
 from pipelines.core.shards import shard_name
-from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
 from pipelines.core.stats import ShardStats
 from pipelines.core.storage import expand_inputs, input_fingerprint, is_s3, open_input
 from pipelines.ingest import langid
@@ -46,7 +44,6 @@ from pipelines.ingest.warc import crawl_source, read_archive
 
 log = logging.getLogger(__name__)
 STAGE = "ingest"
-OUT_DIR = "data/ingest"
 DROP_REASONS = ["too_large", "undecodable", "empty_text", "extract_error", "malformed"]
 ALWAYS_COUNTED = ("read_errors", "empty_files")  # present in every shard's stats, even at 0
 # Content errors of an input file: counted, the rest of the inputs go on.
@@ -133,7 +130,7 @@ def _record(f: InputFile, c: Candidate, with_lang: bool, lang_chars: int = 0) ->
 
 def process_shard(task: ShardTask) -> ShardResult:
     f: InputFile = task.context["input"]
-    cfg = task.params
+    cfg = task.params["ingest"]
     lang_chars = int(cfg.get("langid_max_chars", 0))
     stats = ShardStats(shard=task.shard, extra={k: 0 for k in ALWAYS_COUNTED})
     kept, removed, reasons, details = [], [], [], []
@@ -167,47 +164,54 @@ def process_shard(task: ShardTask) -> ShardResult:
     return ShardResult(kept=records_to_table(kept), removed=removed_t, stats=stats)
 
 
-def run(params: dict) -> dict:
-    cfg = section(params, STAGE)
-    get_extractor(cfg.get("extractor", "resiliparse"))  # fail on a bad name before any work
-    root = workspace()
-    inputs = plan_inputs(cfg, root)
-    if not inputs:
-        raise ValueError("ingest: no inputs configured (ingest.warc, ingest.wet, ingest.curated are all empty)")
-    phash = stage_hash(STAGE, {"ingest": cfg, "seed": params.get("seed")})
-    out_dir = root / OUT_DIR
-    tasks = [
-        ShardTask(stage=STAGE, shard=shard_name(i), inputs=[f.name], out_dir=str(out_dir), params=cfg,
-                  params_hash=phash, fingerprints={f.name: _fingerprint(f)}, context={"input": f})
-        for i, f in enumerate(inputs)
-    ]
-    shard_sources = {t.shard: t.context["input"].source for t in tasks}
-    if (params.get("executor") or {}).get("start_method", "fork") == "fork":
-        langid.identifier()  # load the model (~1.5 s) once here: forked workers inherit it
-        import pandas  # noqa: F401  (pyarrow imports it on a shard's first table, ~2 s: once here, not per worker)
-    manifest = run_shard_stage(STAGE, tasks, process_shard, executor_params=params.get("executor"),
-                               known_reasons=DROP_REASONS, extra_manifest={"shard_sources": shard_sources})
-    return summarize(out_dir, manifest, shard_sources)
+class IngestStage(DataStage):
+    name = STAGE
+    drop_reasons = tuple(DROP_REASONS)
 
+    def config(self, params: dict) -> dict:
+        cfg = section(params, STAGE)
+        get_extractor(cfg.get("extractor", "resiliparse"))  # fail on a bad name before any work
+        return {"ingest": cfg, "seed": params.get("seed")}
 
-def summarize(out_dir: Path, manifest: dict, shard_sources: dict[str, str]) -> dict:
-    records_out: dict[str, int] = {}
-    drops: dict[str, int] = {}
-    counted: dict[str, int] = {}
-    for shard, source in shard_sources.items():
-        st = load_fragment(out_dir, shard)["stats"]
-        records_out[source] = records_out.get(source, 0) + st["records_out"]
-        for k, v in st["drops"].items():
-            drops[k] = drops.get(k, 0) + v
-        for k, v in st["extra"].items():
-            counted[k] = counted.get(k, 0) + int(v)
-    return {
-        "stage": STAGE,
-        "files": len(shard_sources),
-        "records_out": sum(records_out.values()),
-        "records_dropped": sum(drops.values()),
-        "records_out_by_source": dict(sorted(records_out.items())),
-        "drops": dict(sorted(drops.items())),
-        "skipped": dict(sorted(counted.items())),
-        "params_hash": manifest["params_hash"],
-    }
+    def plan(self, run) -> list[ShardTask]:
+        inputs = plan_inputs(run.cfg["ingest"], workspace())
+        if not inputs:
+            raise ValueError("ingest: no inputs configured (ingest.warc, ingest.wet, ingest.curated are all empty)")
+        return [ShardTask(STAGE, shard_name(i), [f.uri], {f.name: _fingerprint(f)}, {"input": f})
+                for i, f in enumerate(inputs)]
+
+    def prepare(self, run, tasks: list[ShardTask]) -> list[ShardTask]:
+        if (run.executor_params or {}).get("start_method", "fork") == "fork":
+            langid.identifier()  # load the model (~1.5 s) once here: forked workers inherit it
+            import pandas  # noqa: F401  (pyarrow imports it on a shard's first table, ~2 s: once here, not per worker)
+        return tasks
+
+    def process(self, task: ShardTask) -> ShardResult:
+        return process_shard(task)
+
+    def finish(self, run, fragments: dict[str, list[dict]]) -> dict:
+        return {"shard_sources": {t.shard: t.context["input"].source for t in run.tasks}}
+
+    def summarize(self, run, manifest: dict, stats: list[ShardStats]) -> dict:
+        sources = manifest.get("shard_sources") or {}
+        records_out: dict[str, int] = {}
+        drops: dict[str, int] = {}
+        counted: dict[str, int] = {}
+        for st in stats:
+            source = sources.get(st.shard, "?")
+            records_out[source] = records_out.get(source, 0) + st.records_out
+            for k, v in st.drops.items():
+                if v:
+                    drops[k] = drops.get(k, 0) + v
+            for k, v in st.extra.items():
+                counted[k] = counted.get(k, 0) + int(v)
+        return {
+            "stage": STAGE,
+            "files": len(stats),
+            "records_out": sum(records_out.values()),
+            "records_dropped": sum(drops.values()),
+            "records_out_by_source": dict(sorted(records_out.items())),
+            "drops": dict(sorted(drops.items())),
+            "skipped": dict(sorted(counted.items())),
+            "params_hash": manifest["params_hash"],
+        }

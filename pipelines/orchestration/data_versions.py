@@ -15,12 +15,13 @@ from pathlib import Path
 
 import yaml
 
-FUNNEL_STAGES = ["ingest", "filter", "dedup", "select"]
+from pipelines import stages
+
 PHASES = ["phase1", "phase2"]
-GATE_ORDER = ["ingest", "filter", "dedup", "select", "mix", "pack"]
+PACK_SUMMARY = f"{stages.output('pack')}/pack.json"
 
 
-def _json(path: Path):
+def read_json(path: Path):
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
@@ -36,7 +37,7 @@ class Files:
 
     def json(self, rel: str):
         if self.lock is None:
-            return _json(self.root / rel)
+            return read_json(self.root / rel)
         return self._cached_json(rel)
 
     def _cache_file(self, md5: str) -> Path:
@@ -47,29 +48,32 @@ class Files:
             for out in stage.get("outs") or []:
                 path, md5 = str(out.get("path", "")).rstrip("/"), str(out.get("md5", ""))
                 if rel == path and md5 and not md5.endswith(".dir"):
-                    return _json(self._cache_file(md5))
+                    return read_json(self._cache_file(md5))
                 if rel.startswith(path + "/") and md5.endswith(".dir"):
-                    listing = _json(self._cache_file(md5)) or []
+                    listing = read_json(self._cache_file(md5)) or []
                     inner = rel[len(path) + 1:]
                     for entry in listing:
                         if entry.get("relpath") == inner:
-                            return _json(self._cache_file(entry["md5"]))
+                            return read_json(self._cache_file(entry["md5"]))
         return None
 
 
 def funnel(files: Files) -> dict:
-    """Records per stage (manifests) and per blend, tokens and sequences per packed phase."""
+    """Records per stage, in pipeline order (a stage that writes sub-datasets: per sub-dataset, the
+    blends first), and tokens and sequences per packed phase."""
     records = []
-    for stage in FUNNEL_STAGES:
-        m = files.json(f"data/{stage}/_manifest.json")
-        if m:
+    for stage in stages.names():
+        m = files.json(f"{stages.output(stage)}/_manifest.json")
+        if not m:
+            continue
+        outputs = m.get("outputs") or {}
+        if not outputs:
             records.append({"stage": stage, "records": int(m["totals"]["rows"])})
-    for phase in [*PHASES, "heldout"]:
-        m = files.json(f"data/mix/{phase}/_manifest.json")
-        if m:
-            records.append({"stage": f"mix/{phase}", "records": int(m["totals"]["rows"])})
+        for dataset in sorted(outputs, key=lambda d: (d not in PHASES, d)):
+            if outputs[dataset].get("rows"):  # token shards count sequences in pack.json, not rows
+                records.append({"stage": f"{stage}/{dataset}", "records": int(outputs[dataset]["rows"])})
     tokens = []
-    for phase, p in pack_phases(files.json("data/pack/pack.json")).items():
+    for phase, p in pack_phases(files.json(PACK_SUMMARY)).items():
         if "tokens" in p:
             tokens.append({"phase": phase, "tokens": int(p["tokens"]), "sequences": p.get("n_seq")})
     return {"records": records, "tokens": tokens}
@@ -108,8 +112,9 @@ def token_shares(pack) -> dict:
 def gates(root: Path) -> list[dict]:
     """Gate results from reports/checks/<stage>.json (workspace only: they are not cached)."""
     out = []
-    reports = {p.stem: _json(p) for p in sorted((Path(root) / "reports" / "checks").glob("*.json"))}
-    for stage in sorted(reports, key=lambda s: (GATE_ORDER.index(s) if s in GATE_ORDER else 99, s)):
+    reports = {p.stem: read_json(p) for p in sorted((Path(root) / "reports" / "checks").glob("*.json"))}
+    order = stages.names()
+    for stage in sorted(reports, key=lambda s: (order.index(s) if s in order else len(order), s)):
         r = reports[stage] or {}
         failed = [c for c in r.get("checks") or [] if not c.get("success")]
         docs = r.get("data_docs")
@@ -137,7 +142,7 @@ def curves(root: Path) -> dict:
                     continue
         if points:
             out["loss"][phase] = points
-    ev = _json(Path(root) / "metrics" / "eval.json") or {}
+    ev = read_json(Path(root) / "metrics" / "eval.json") or {}
     for phase in PHASES:
         bpb = (ev.get(phase) or {}).get("bpb")
         if isinstance(bpb, dict):
@@ -169,13 +174,13 @@ def version_detail(root: Path, version: str | None, lock: dict | None, current: 
         "version": version,
         "current": current,
         "funnel": funnel(files),
-        "mixture": blend_shares(files.json("data/mix/blend.json")),
-        "token_shares": token_shares(files.json("data/pack/pack.json")),
+        "mixture": blend_shares(files.json(f"{stages.output('mix')}/blend.json")),
+        "token_shares": token_shares(files.json(PACK_SUMMARY)),
     }
     if current:
         detail["gates"] = gates(root)
         detail["curves"] = curves(root)
-        used = _json(Path(root) / "reports" / "pretrain_data_version.json") or {}
+        used = read_json(Path(root) / "reports" / "pretrain_data_version.json") or {}
         detail["trained"] = used.get("version") == version and bool(detail["curves"]["loss"])
     else:
         detail.update(gates=[], curves={"loss": {}, "bpb": {}}, trained=False)
@@ -185,7 +190,7 @@ def version_detail(root: Path, version: str | None, lock: dict | None, current: 
 def collect(root: Path) -> list[dict]:
     """Every known data version, the workspace's current one first."""
     root = Path(root)
-    current = (_json(root / "reports" / "data_version.json") or {}).get("version")
+    current = (read_json(root / "reports" / "data_version.json") or {}).get("version")
     versions = []
     tags = tagged_versions(root)
     if current or (root / "data").exists():

@@ -5,38 +5,18 @@ import json
 from pathlib import Path
 
 from pipelines.config import workspace
-
-FUNNEL = ["ingest", "filter", "dedup", "select"]
-
-
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
+from pipelines.orchestration.data_versions import Files, funnel, read_json
 
 def collect(root: Path | None = None) -> dict:
     root = Path(root or workspace())
-    out: dict = {"funnel": [], "gates": {}, "version": _json(root / "reports/data_version.json")}
-    for stage in FUNNEL:
-        m = _json(root / "data" / stage / "_manifest.json")
-        if m:
-            out["funnel"].append({"stage": stage, "records": m["totals"]["rows"]})
-    blend = _json(root / "data/mix/blend.json") or {}
-    for phase in ("phase1", "phase2", "heldout"):
-        m = _json(root / "data/mix" / phase / "_manifest.json")
-        if m:
-            out["funnel"].append({"stage": f"mix/{phase}", "records": m["totals"]["rows"]})
-    pack = _json(root / "data/pack/pack.json") or {}
-    for phase in ("phase1", "phase2"):
-        p = (pack.get("phases") or pack).get(phase) if isinstance(pack, dict) else None
-        if isinstance(p, dict) and "tokens" in p:
-            out["funnel"].append({"stage": f"pack/{phase}", "tokens": p["tokens"], "sequences": p.get("n_seq")})
+    files = Files(root)
+    out: dict = {"funnel": [], "gates": {}, "version": read_json(root / "reports/data_version.json")}
+    found = funnel(files)
+    out["funnel"] = found["records"] + [{"stage": f"pack/{t['phase']}", "tokens": t["tokens"], "sequences": t["sequences"]}
+                                        for t in found["tokens"]]
     for f in sorted((root / "reports/checks").glob("*.json")):
-        out["gates"][f.stem] = (_json(f) or {}).get("success")
-    out["eval"] = _json(root / "metrics/eval.json")
-    out["blend"] = bool(blend)
+        out["gates"][f.stem] = (read_json(f) or {}).get("success")
+    out["eval"] = read_json(root / "metrics/eval.json")
     return out
 
 

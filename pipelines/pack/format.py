@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.core.atomic import atomic_path, write_json_atomic
+from pipelines.core.store import fetch_uri
 
 INDEX = "index.json"
 
@@ -93,10 +94,12 @@ class PackedDataset:
         self._shards = []
         self._offsets = [0]
         for s in self.index["shards"]:
-            toks = np.load(self.dir / s["tokens"], mmap_mode="r")
-            starts = np.load(self.dir / s["doc_starts"])
-            idx = np.load(self.dir / s["doc_index"])
-            mask = np.load(self.dir / s["loss_mask"], mmap_mode="r") if s.get("loss_mask") else None
+            # A shard's files are in the phase directory, or (``uris``) in the shared store pack wrote them to.
+            where = lambda key: fetch_uri((s.get("uris") or {}).get(key) or str(self.dir / s[key]))  # noqa: E731
+            toks = np.load(where("tokens"), mmap_mode="r")
+            starts = np.load(where("doc_starts"))
+            idx = np.load(where("doc_index"))
+            mask = np.load(where("loss_mask"), mmap_mode="r") if s.get("loss_mask") else None
             self._shards.append((toks, starts, idx, mask))
             self._offsets.append(self._offsets[-1] + toks.shape[0])
 

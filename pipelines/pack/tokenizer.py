@@ -107,18 +107,14 @@ def _save_wrapped(wrapped, out_dir: Path) -> None:
         shutil.rmtree(old)
 
 
-def load_tokenizer(out_dir: Path) -> Tokenizer:
-    tok = Tokenizer.from_file(str(Path(out_dir) / "tokenizer.json"))
-    tok.encode_special_tokens = True
-    return tok
-
-
 # ---------------------------------------------------------------- batch encoding (process-pool tasks)
 
 @lru_cache(maxsize=2)
-def _worker_tokenizer(directory: str, digest: str) -> Tokenizer:
+def _worker_tokenizer(tokenizer_json: str, digest: str) -> Tokenizer:
     """Loaded once per process; ``digest`` (of tokenizer.json) keys the cache, so a rewritten tokenizer reloads."""
-    return load_tokenizer(Path(directory))
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.encode_special_tokens = True
+    return tok
 
 
 def encode_task(task: tuple[str, str, list[str], list[str] | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,11 +122,12 @@ def encode_task(task: tuple[str, str, list[str], list[str] | None]) -> tuple[np.
 
     A text's tokens are its prefix's (if any), then its own, encoded separately so
     the prefix ends on a token boundary (MeCo marks exactly those tokens no-loss).
+    ``tokenizer_json``: a local tokenizer.json (its ``digest`` keys the per-process cache).
     """
-    directory, digest, texts, prefixes = task
+    tokenizer_json, digest, texts, prefixes = task
     if mp.parent_process() is not None:  # a pool worker: one thread each, the pool is the parallelism
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    tok = _worker_tokenizer(directory, digest)
+    tok = _worker_tokenizer(tokenizer_json, digest)
     body = tok.encode_batch(texts, add_special_tokens=False)
     head = tok.encode_batch(prefixes, add_special_tokens=False) if prefixes is not None else None
     ids, lengths, prefix_lengths = [], [], []

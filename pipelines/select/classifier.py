@@ -47,22 +47,30 @@ class QualityModel:
         with atomic_path(npy) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, np.ascontiguousarray(self.coef, dtype=np.float64), allow_pickle=False)
-        meta = {
+        meta = self.describe(hashlib.sha256(npy.read_bytes()).hexdigest(), npy.name, extra)
+        write_json_atomic(stem.with_suffix(".json"), meta)
+        return meta
+
+    def describe(self, coef_sha256: str, coef_file: str, extra: dict | None = None) -> dict:
+        """The model's JSON: everything but the coefficients, which ``coef_file`` holds."""
+        return {
             "kind": "hashing-logreg",
             "features": self.features,
             "ngram_max": self.ngram_max,
             "intercept": self.intercept,
-            "coef_file": npy.name,
-            "coef_sha256": hashlib.sha256(npy.read_bytes()).hexdigest(),
+            "coef_file": coef_file,
+            "coef_sha256": coef_sha256,
             **(extra or {}),
         }
-        write_json_atomic(stem.with_suffix(".json"), meta)
-        return meta
 
     @classmethod
     def load(cls, stem: Path) -> "QualityModel":
-        meta = json.loads(stem.with_suffix(".json").read_text())
-        coef = np.load(stem.with_suffix(".npy"), allow_pickle=False)
+        return cls.from_files(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".npy"))
+
+    @classmethod
+    def from_files(cls, meta: dict, coef_path: Path) -> "QualityModel":
+        """The model from its JSON (as a dict) and its coefficient file (wherever a worker finds it)."""
+        coef = np.load(coef_path, allow_pickle=False)
         return cls(coef=coef, intercept=float(meta["intercept"]), features=int(meta["features"]),
                    ngram_max=int(meta["ngram_max"]))
 

@@ -31,12 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import resolve, section
-from pipelines.core.atomic import atomic_path, write_json_atomic
-from pipelines.core.executor import get_executor
-from pipelines.core.hashing import sha256_file, stage_hash
-from pipelines.core.manifest import load_fragment
-from pipelines.core.shards import read_shard, require_shards
-from pipelines.core.stage import ShardResult, ShardTask, removed_table, run_shard_stage
+from pipelines.core.atomic import write_json_atomic
+from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_table
+from pipelines.core.shards import read_shard
+from pipelines.core.store import fetch_uri
 from pipelines.core.stats import ShardStats, totals
 from pipelines.select import dsir
 from pipelines.select.classifier import QualityModel, train
@@ -44,8 +42,6 @@ from pipelines.select.sampling import kth_largest, quality_logits, sort_keys
 
 log = logging.getLogger(__name__)
 STAGE = "select"
-INPUT_DIR = "data/dedup"
-OUTPUT_DIR = "data/select"
 MODEL_STEM = "quality_model"  # -> quality_model.npy + quality_model.json in the output dir
 REASON = "low_quality"
 SAMPLED_OUT = "not_sampled"  # dropped by a weighted sample, not by a hard threshold
@@ -86,7 +82,7 @@ def _sample_key(seed: int, record_id: str) -> bytes:
     return hashlib.sha1(f"{seed}\x00{record_id}".encode()).digest()
 
 
-def _training_texts(shards: list[Path], cfg: dict) -> tuple[list[str], list[str]]:
+def _training_texts(shards: list[str], cfg: dict) -> tuple[list[str], list[str]]:
     """Positive and negative texts, up to the cap each, chosen and ordered by seeded id hash."""
     positive, keep = set(cfg["positive_sources"]), set(cfg.get("keep_sources") or [])
     chosen: dict[str, list[tuple[bytes, int, int]]] = {"positive": [], "negative": []}
@@ -101,7 +97,7 @@ def _training_texts(shards: list[Path], cfg: dict) -> tuple[list[str], list[str]
         what = {"positive": f"records of select.positive_sources {sorted(positive)}",
                 "negative": f"web records (sources not in select.keep_sources {sorted(keep)})"}
         raise ValueError(
-            f"select: cannot train the quality classifier: no {' and no '.join(what[m] for m in missing)} in {INPUT_DIR}; "
+            f"select: cannot train the quality classifier: no {' and no '.join(what[m] for m in missing)} in data/dedup; "
             "change select.positive_sources / select.keep_sources or the ingest inputs")
     texts = {}
     for cls, rows in chosen.items():
@@ -122,13 +118,13 @@ def _web_mask(table: pa.Table, keep_sources: list[str]) -> np.ndarray:
 
 
 def selection_keys(cfg: dict, ids: list[str], texts: list[str], scores: np.ndarray,
-                   dsir_stem: str | None) -> np.ndarray:
+                   dsir_path: str | None) -> np.ndarray:
     """Per web record, the key the selection cuts at a global threshold (keep ``key >= threshold``)."""
     if cfg["method"] == "quality_topk":
         return np.asarray(scores, dtype=np.float64)
     if cfg["method"] == "quality_temperature":
         return sort_keys(quality_logits(scores, cfg["temperature"]), ids, cfg["seed"], STAGE)
-    model = dsir.ImportanceModel(np.load(dsir_stem + ".npy", allow_pickle=False))
+    model = dsir.ImportanceModel(np.load(fetch_uri(dsir_path), allow_pickle=False))
     return sort_keys(model.log_weights(texts), ids, cfg["seed"], STAGE)
 
 
@@ -142,13 +138,17 @@ def _count_buckets(job: tuple[str, list[str], list[str], int]) -> tuple[np.ndarr
             dsir.bucket_counts(web.column("text").to_pylist(), buckets))
 
 
-def _score_web(job: tuple[str, str, dict, str | None]) -> np.ndarray:
-    path, model_stem, cfg, dsir_stem = job
+def _load_model(model: dict) -> QualityModel:
+    return QualityModel.from_files(model["meta"], fetch_uri(model["coef"]))
+
+
+def _score_web(job: tuple[str, dict, dict, str | None]) -> np.ndarray:
+    path, model, cfg, dsir_path = job
     table = read_shard(path, ["id", "source", "text"])
     web = table.filter(pa.array(_web_mask(table, cfg.get("keep_sources"))))
     texts = web.column("text").to_pylist()
-    scores = QualityModel.load(Path(model_stem)).score(texts)
-    return selection_keys(cfg, web.column("id").to_pylist(), texts, scores, dsir_stem)
+    scores = _load_model(model).score(texts)
+    return selection_keys(cfg, web.column("id").to_pylist(), texts, scores, dsir_path)
 
 
 def _selected_buckets(job: tuple[str, list[str], int, np.ndarray, float]) -> np.ndarray:
@@ -168,7 +168,7 @@ def _selected_buckets(job: tuple[str, list[str], int, np.ndarray, float]) -> np.
 
 def process_shard(task: ShardTask) -> ShardResult:
     table = read_shard(task.inputs[0])
-    model = QualityModel.load(Path(task.context["model_stem"]))
+    model = _load_model(task.context["model"])
     threshold = float(task.context["threshold"])
     texts = table.column("text").to_pylist()
     scores = model.score(texts)
@@ -177,7 +177,7 @@ def process_shard(task: ShardTask) -> ShardResult:
     rows = np.flatnonzero(web)
     ids = table.column("id").to_pylist()
     keys[rows] = selection_keys(task.params, [ids[r] for r in rows], [texts[r] for r in rows], scores[rows],
-                                task.context.get("dsir_stem"))
+                                task.context.get("dsir"))
     keep = ~web | (keys >= threshold)
     topk = task.params["method"] == "quality_topk"
     reason = REASON if topk else SAMPLED_OUT
@@ -196,38 +196,41 @@ def process_shard(task: ShardTask) -> ShardResult:
     return ShardResult(kept, removed_table(dropped, [reason] * dropped.num_rows, details), stats)
 
 
-def run(params: dict) -> dict:
-    cfg = _config(params)
-    in_dir, out_dir = resolve(INPUT_DIR), resolve(OUTPUT_DIR)
-    shards = require_shards(in_dir, "dedup")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / MODEL_STEM
+def _save_npy(array: np.ndarray):
+    def write(path: Path) -> None:
+        with open(path, "wb") as f:
+            np.save(f, np.ascontiguousarray(array, dtype=np.float64), allow_pickle=False)
+    return write
 
+
+def train_and_select(run, cfg: dict) -> dict:
+    """The whole-input pass: train the classifier, fit DSIR, score every web record, cut at a global threshold.
+    Returns the context every shard needs; the quality and selection blocks go to ``run.notes``."""
+    shards = [ref.uri for ref in run.input_shards()]
     positives, negatives = _training_texts(shards, cfg)
     model = train(positives, negatives, features=cfg["features"], ngram_max=cfg["ngram_max"], seed=cfg["seed"])
     train_info = {"positives": len(positives), "negatives": len(negatives)}
-    model.save(stem, {"train": train_info})
+    coef = run.write_artifact(MODEL_STEM + ".npy", _save_npy(model.coef))
+    meta = model.describe(coef["sha256"], MODEL_STEM + ".npy", {"train": train_info})
+    model_ref = {"meta": meta, "coef": run.artifact_uri(MODEL_STEM + ".npy")}
 
     # Bag-of-ngrams models of the target sources and of the raw web pool (DSIR; KL for every method).
-    executor = get_executor(params.get("executor"))
     d = cfg["dsir"]
-    counts = executor.map(_count_buckets, [(str(p), d["target_sources"], cfg.get("keep_sources") or [], d["buckets"])
-                                          for p in shards])
+    counts = run.map(_count_buckets, [(p, d["target_sources"], cfg.get("keep_sources") or [], d["buckets"])
+                                      for p in shards])
     target_counts = np.sum([c[0] for c in counts], axis=0)
     raw_counts = np.sum([c[1] for c in counts], axis=0)
-    dsir_stem = None
+    dsir_path = None
     if cfg["method"] == "dsir":
         if not target_counts.sum():
-            raise ValueError(f"select: no records of select.dsir.target_sources {d['target_sources']} in {INPUT_DIR}")
+            raise ValueError(f"select: no records of select.dsir.target_sources {d['target_sources']} in data/dedup")
         importance = dsir.ImportanceModel.fit(target_counts, raw_counts)
-        dsir_stem = str(out_dir / DSIR_STEM)
-        with atomic_path(Path(dsir_stem + ".npy")) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, importance.log_ratio, allow_pickle=False)
+        run.write_artifact(DSIR_STEM + ".npy", _save_npy(importance.log_ratio))
+        dsir_path = run.artifact_uri(DSIR_STEM + ".npy")
 
     # Pass 1: the global threshold over the keys of every web record of the input.
     # The per-shard keys (map keeps job order) are kept for the selected-bucket counts below.
-    shard_keys = executor.map(_score_web, [(str(p), str(stem), cfg, dsir_stem) for p in shards])
+    shard_keys = run.map(_score_web, [(p, model_ref, cfg, dsir_path) for p in shards])
     web_scores = np.concatenate(shard_keys) if shard_keys else np.zeros(0)
     frac = float(cfg["web_keep_fraction"])
     if cfg["method"] == "quality_topk":
@@ -235,14 +238,14 @@ def run(params: dict) -> dict:
     else:
         threshold = kth_largest(web_scores, int(round(frac * web_scores.size)))
     web_kept = int((web_scores >= threshold).sum())
-    selected_jobs = [(str(p), cfg.get("keep_sources") or [], d["buckets"], keys, threshold)
+    selected_jobs = [(p, cfg.get("keep_sources") or [], d["buckets"], keys, threshold)
                      for p, keys in zip(shards, shard_keys)]
-    selected_counts = np.sum(executor.map(_selected_buckets, selected_jobs), axis=0)
+    selected_counts = np.sum(run.map(_selected_buckets, selected_jobs), axis=0)
     selection = {"method": cfg["method"], "target_sources": d["target_sources"], "buckets": d["buckets"],
                  **({"temperature": cfg["temperature"]} if cfg["method"] == "quality_temperature" else {}),
                  **(dsir.kl_reduction(target_counts, raw_counts, selected_counts)
                     if target_counts.sum() and raw_counts.sum() else {"kl_reduction": None})}
-    quality = {
+    run.notes["quality"] = {
         "threshold": threshold,
         "web_keep_fraction": frac,
         "web_records": int(web_scores.size),
@@ -250,25 +253,42 @@ def run(params: dict) -> dict:
         "web_keep_rate": web_kept / web_scores.size if web_scores.size else 0.0,
         "train": train_info,
     }
-    meta = model.save(stem, {"train": train_info, "threshold": threshold})
+    run.notes["selection"] = selection
+    meta = model.describe(coef["sha256"], MODEL_STEM + ".npy", {"train": train_info, "threshold": threshold})
+    run.write_artifact(MODEL_STEM + ".json", lambda path: write_json_atomic(path, meta))
+    return {"model": model_ref, "threshold": threshold, "dsir": dsir_path}
 
-    # Pass 2: score, tag and drop, shard by shard. The model hash and threshold are part of every
-    # shard's fingerprint: a shard depends on the whole input through them.
-    ph = stage_hash(STAGE, cfg)
-    tasks = [
-        ShardTask(stage=STAGE, shard=p.name, inputs=[str(p)], out_dir=str(out_dir), params=cfg, params_hash=ph,
-                  fingerprints={p.name: sha256_file(p), "model": meta["coef_sha256"], "threshold": repr(threshold),
-                                **({"dsir": sha256_file(Path(dsir_stem + ".npy"))} if dsir_stem else {})},
-                  context={"model_stem": str(stem), "threshold": threshold, "dsir_stem": dsir_stem})
-        for p in shards
-    ]
-    manifest = run_shard_stage(STAGE, tasks, process_shard, executor_params=params.get("executor"),
-                               known_reasons=[REASON, SAMPLED_OUT],
-                               extra_manifest={"quality": quality, "selection": selection})
-    write_json_atomic(resolve(METRICS_FILE), {**selection, "web_records": quality["web_records"], "web_kept": web_kept})
-    all_stats = [ShardStats.from_dict(load_fragment(out_dir, t.shard)["stats"]) for t in tasks]
-    summary = totals(all_stats)
-    summary.update({"stage": STAGE, "shards": manifest["totals"]["shards"], **quality, "selection": selection})
-    log.info("select (%s): KL reduction %s", cfg["method"], selection.get("kl_reduction"))
-    log.info("select: threshold %.4f keeps %d/%d web records", threshold, web_kept, web_scores.size)
-    return summary
+
+class SelectStage(DataStage):
+    name = STAGE
+    input = "dedup"
+    drop_reasons = (REASON, SAMPLED_OUT)
+
+    def config(self, params: dict) -> dict:
+        return _config(params)
+
+    def global_inputs(self, run, tasks: list[ShardTask]) -> dict:
+        # The model and threshold are part of every shard's hash: a shard depends on the whole input through them.
+        context = train_and_select(run, run.cfg)
+        for t in tasks:
+            t.context = context
+        return {"model": context["model"]["meta"]["coef_sha256"], "threshold": repr(context["threshold"]),
+                **({"dsir": run.artifacts[DSIR_STEM + ".npy"]["sha256"]} if context["dsir"] else {})}
+
+    def process(self, task: ShardTask) -> ShardResult:
+        return process_shard(task)
+
+    def finish(self, run, fragments: dict[str, list[dict]]) -> dict:
+        quality, selection = run.notes["quality"], run.notes["selection"]
+        write_json_atomic(resolve(METRICS_FILE), {**selection, "web_records": quality["web_records"],
+                                                  "web_kept": quality["web_kept"]})
+        return {"quality": quality, "selection": selection}
+
+    def summarize(self, run, manifest: dict, stats: list[ShardStats]) -> dict:
+        summary = totals(stats)
+        quality, selection = manifest["quality"], manifest["selection"]
+        summary.update({"stage": STAGE, "shards": manifest["totals"]["shards"], **quality, "selection": selection})
+        log.info("select (%s): KL reduction %s", quality and selection["method"], selection.get("kl_reduction"))
+        log.info("select: threshold %.4f keeps %d/%d web records", quality["threshold"], quality["web_kept"],
+                 quality["web_records"])
+        return summary

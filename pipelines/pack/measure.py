@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipelines.checks.blend import blend_rows
+from pipelines.core.store import fetch_uri
+from pipelines.mix.report import blend_rows
 from pipelines.pack.format import INDEX
 
 LINEAGE = "lineage.parquet"
@@ -94,7 +95,7 @@ def measure_phase(phase_dir: Path, phase: str, summary: dict | None) -> tuple[di
         listed = entry.get("n_seq")
         shard = {"phase": phase, "file": f"{phase}/{name}", "rows": None, "cols": None, "problem": None}
         try:
-            tokens = np.load(phase_dir / name, mmap_mode="r")
+            tokens = np.load(fetch_uri((entry.get("uris") or {}).get("tokens") or str(phase_dir / name)), mmap_mode="r")
         except (FileNotFoundError, ValueError, OSError) as e:
             shard["problem"] = f"{phase}/{name}: cannot load ({type(e).__name__})"
             shards.append(shard)

@@ -1,0 +1,49 @@
+"""check_filter: the standard record checks, a floor on the keep rate, a ceiling on any one rule's drop
+rate, and the fastText percentile keeping its target share of the web input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.checks import inputs
+from pipelines.checks.gx_runner import import_gx
+from pipelines.checks.suites import Batch, GatePlan, recorded, stage_checks, standard_plan, totals_batch
+from pipelines.core.manifest import MANIFEST
+
+
+def plan(params: dict, root: Path) -> GatePlan:
+    E = import_gx().expectations
+    cfg = stage_checks(params, "filter")
+    gate, stats = standard_plan("filter", params, root)
+    if stats is not None:
+        def rates(totals):
+            out = []
+            if cfg.get("min_keep_rate") is not None:
+                out.append(E.ExpectColumnMinToBeBetween(column="keep_rate", min_value=float(cfg["min_keep_rate"])))
+            if cfg.get("max_rule_rate") is not None:
+                out += [E.ExpectColumnMaxToBeBetween(column=c, max_value=float(cfg["max_rule_rate"]))
+                        for c in totals.columns if c.startswith("rule_rate__")]
+            return out
+        gate.batches.append(totals_batch(stats, rates))
+    _quality_keep(gate, params, root / "data" / "filter", root)
+    return gate
+
+
+def _quality_keep(gate: GatePlan, params: dict, stage_dir: Path, root: Path) -> None:
+    """The fastText percentile keeps its target share of the web input: |achieved - target| <= tolerance."""
+    qcfg = ((params.get("filter") or {}).get("quality_model")) or {}
+    tolerance = stage_checks(params, "filter").get("quality_keep_tolerance")
+    if not qcfg.get("enabled", True) or tolerance is None:
+        return
+    quality = (inputs.load_json(stage_dir / MANIFEST) or {}).get("quality")
+    if quality is None:
+        return  # output written without the model (no web records, or by another filter): nothing to check
+    if quality.get("achieved_keep_fraction") is None:
+        recorded(gate, "quality_recorded", stage_dir / MANIFEST, root, "no quality.achieved_keep_fraction in the manifest")
+        return
+    target = float(quality["target_keep_fraction"])
+    frame = pd.DataFrame([{"rule": "quality_fasttext", "achieved_keep_fraction": float(quality["achieved_keep_fraction"])}])
+    gate.batches.append(Batch("quality_keep", frame, [import_gx().expectations.ExpectColumnValuesToBeBetween(
+        column="achieved_keep_fraction", min_value=target - float(tolerance), max_value=target + float(tolerance))],
+        ["rule"]))
