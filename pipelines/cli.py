@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from pipelines.runtime import quiet_threads
+
 # command -> "module:function"; imported lazily so `--help` stays fast.
 COMMANDS = {
     "ingest": "pipelines.ingest.stage:run",
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    quiet_threads()  # before any stage imports torch
     from pipelines.config import load_params
 
     if args.command == "demo":
