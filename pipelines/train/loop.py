@@ -85,6 +85,7 @@ class Run:
 
 
 def pick_device(name: str) -> torch.device:
+    """The device a `device` param names; `auto` (or unset) = cuda when available, else cpu."""
     if name in (None, "auto"):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
