@@ -70,7 +70,8 @@ def make_workspace(root: Path, n_seq: int) -> None:
 def ours(preset: str, micro_batch: int, compile_: bool) -> dict:
     import torch
 
-    from pipelines.train import loop
+    from pipelines.train.loop import train_phase
+    from pipelines.train.model import build_config
 
     root = Path(tempfile.mkdtemp(prefix=f"bench-{preset}-"))
     make_workspace(root, n_seq=micro_batch * STEPS)
@@ -81,14 +82,12 @@ def ours(preset: str, micro_batch: int, compile_: bool) -> dict:
         "phase1_steps": STEPS, "anneal_fraction": 0.1, "decay_shape": "linear", "checkpoint_every": 0,
         "threads": 4, "compile": compile_, "attention": "auto", "tensorboard": False}}
     (root / "params.yaml").write_text(json.dumps(params))
-    times: list[float] = []
-    loop.STEP_TIMES = times  # the loop appends each step's seconds here when set
+    times: list[float] = []  # each optimizer step's seconds, as the loop measured them (up to the loss on the host)
     torch.cuda.reset_peak_memory_stats()
-    metrics = loop.train_phase(params, "phase1")
-    loop.STEP_TIMES = None
+    metrics = train_phase(params, "phase1", on_step=lambda step: times.append(step.seconds))
     tokens_per_step = micro_batch * SEQ
     steady = statistics.median(times[WARMUP:])
-    cfg = loop.build_config(preset, VOCAB, eos_id=0, pad_id=1)
+    cfg = build_config(preset, VOCAB, eos_id=0, pad_id=1)
     return {"tokens_per_s": tokens_per_step / steady, "params": metrics["parameters"], "cfg": cfg,
             "loss_final": metrics["loss_final"], "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9}
 

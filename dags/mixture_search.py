@@ -7,18 +7,18 @@ Thin on purpose: the functions are pipelines.mixture.search's, the same ones
 """
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 
 from airflow.sdk import DAG, task
 
 from pipelines.orchestration.dag_factory import read_params
+from pipelines.runtime import quiet_threads
 
 
 def _params() -> dict:
     from pipelines.config import load_params
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    quiet_threads()
     return load_params()
 
 

@@ -14,6 +14,7 @@ import os
 import sys
 
 from pipelines import stages
+from pipelines.runtime import quiet_threads
 
 # Jobs that are not data stages: command -> "module:function"; imported lazily so `--help` stays fast.
 JOBS = {
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    quiet_threads()  # before any stage imports torch
     from pipelines.config import load_params
 
     if args.command == "demo":

@@ -355,6 +355,19 @@ def test_interrupted_run_resumes_exactly(ws):
     assert not list(ws.path("models").glob(".tmp-*"))  # no temp dirs left behind
 
 
+def test_on_step_sees_every_step_once_as_the_curve_records_it(ws):
+    from pipelines.train.loop import train_phase
+
+    params = tiny_params(ws, phase1_steps=6, checkpoint_every=0)
+    seen = []
+    assert train_phase(params, "phase1", stop_after=2, on_step=seen.append)["step"] == 2
+    train_phase(params, "phase1", on_step=seen.append)  # resumed: steps 3..6
+    curve = read_curve(ws.path("metrics/train_phase1.csv"))
+    assert [s.step for s in seen] == [r["step"] for r in curve] == [1, 2, 3, 4, 5, 6]
+    assert [s.loss for s in seen] == [r["loss"] for r in curve] and [s.lr for s in seen] == [r["lr"] for r in curve]
+    assert all(s.seconds > 0 and s.tokens > 0 and s.grad_norm > 0 for s in seen)
+
+
 def test_seq_len_mismatch_is_a_clear_error(ws):
     from pipelines.train.stage import run_phase1
 

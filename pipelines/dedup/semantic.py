@@ -13,7 +13,6 @@ by id; schema metadata {"model": "all-MiniLM-L6-v2"}) for the mixture stage to r
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +69,9 @@ def model_dir():
 
 def embed(texts: list[str], *, batch_size: int = 32, max_tokens: int = 256) -> np.ndarray:
     """(n, 384) float32 unit vectors."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from pipelines.runtime import quiet_threads
+
+    quiet_threads()
     import torch
     from transformers import AutoModel, AutoTokenizer
 

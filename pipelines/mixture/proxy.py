@@ -8,9 +8,9 @@ mixture weights (seeded), so the token budget is the same for every candidate.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from pipelines.runtime import quiet_threads
 
 
 def train_and_score(work: dict, weights: dict[str, float], cfg: dict, seed: int) -> dict:
@@ -60,4 +60,4 @@ def train_and_score(work: dict, weights: dict[str, float], cfg: dict, seed: int)
     return {"bpb": bpb, "bpb_mean": float(np.mean(list(bpb.values()))), "final_loss": float(loss.item())}
 
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+quiet_threads()

@@ -26,6 +26,7 @@ from pipelines.config import load_params, resolve
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.executor import get_executor
 from pipelines.mixture import search
+from pipelines.runtime import quiet_threads
 
 REPORT_DIR = "reports"
 
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     if args.seeds < 2:
         ap.error("--seeds must be >= 2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    quiet_threads()
     params = _overrides(load_params(args.params), args)
     started, cpu0 = time.monotonic(), _cpu_seconds()
     search.run(params)

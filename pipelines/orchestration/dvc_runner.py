@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipelines.runtime import quiet_threads
+
 log = logging.getLogger(__name__)
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 # Environment variables whose values are credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, *_PASSWORD...).
@@ -37,7 +39,7 @@ def tool_env() -> dict[str, str]:
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting torch threads crawl on a loaded 2-core box
+    quiet_threads(env)
     return env
 
 

@@ -69,3 +69,30 @@ def load_model(directory: Path, device: str | torch.device = "cpu"):
 
     model = LlamaForCausalLM.from_pretrained(directory, attn_implementation="sdpa", dtype=torch.float32)
     return model.to(device)
+
+
+def rng_state(device: torch.device) -> dict:
+    """torch's RNG state (CPU, and the device's on CUDA), as a checkpoint keeps it for an exact resume."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def average_checkpoints(model, snapshots: list[dict], keep: int, final: bool) -> list[dict]:
+    """train.average_last: CPU copies of the weights at the last ``keep`` checkpoints, this one included;
+    at the final step the model's weights become their mean (checkpoint averaging at the end of the anneal).
+
+    Snapshots live in memory: an anneal resumed mid-way averages only the checkpoints taken since."""
+    snapshots = (snapshots + [{k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}])[-keep:]
+    if final and len(snapshots) > 1:
+        log.info("averaging the last %d anneal checkpoints", len(snapshots))
+        avg = {k: sum(s[k].float() for s in snapshots) / len(snapshots) for k in snapshots[0]}
+        model.load_state_dict({k: v.to(snapshots[-1][k].dtype) for k, v in avg.items()})
+    return snapshots

@@ -122,6 +122,14 @@ def choose_parallel(name: str | None, n_params: int, world: World) -> str:
     return name
 
 
+def parallelize(model, name: str | None, device: torch.device, world: World):
+    """(mode, module to call forward on) for this world and `train.parallel` ``name``: none, ddp or fsdp."""
+    mode = choose_parallel(name, sum(p.numel() for p in model.parameters()), world)
+    if mode != "none":
+        log.info("rank %d/%d: %s", world.rank, world.size, mode)
+    return mode, wrap(model, mode, device)
+
+
 def wrap(model, mode: str, device: torch.device):
     """The module the loop calls forward on. DDP wraps; FSDP2 shards ``model`` in place (per decoder layer)."""
     if mode == "ddp":

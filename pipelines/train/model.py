@@ -1,6 +1,7 @@
 """Model presets: Llama architectures as plain data, built with transformers (no download)."""
 from __future__ import annotations
 
+import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 # Architecture only; vocab_size comes from the tokenizer. `tiny` is what CPU
@@ -33,3 +34,12 @@ def build_model(config: LlamaConfig) -> LlamaForCausalLM:
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def make_optimizer(model, tp: dict, device: torch.device) -> torch.optim.AdamW:
+    """AdamW as nanoGPT configures it: weight decay on matrices (embeddings included), not on norms/biases."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": float(tp["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}]
+    betas = tuple(tp.get("betas") or (0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=float(tp["lr"]), betas=betas, eps=1e-8, fused=device.type == "cuda")

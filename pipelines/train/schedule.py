@@ -31,3 +31,11 @@ def wsd_lr(step: int, *, lr: float, min_lr: float, warmup_steps: int, phase1_ste
     progress = min(1.0, (step - phase1_steps + 1) / decay_steps)
     remaining = 1.0 - progress if decay_shape == "linear" else 1.0 - math.sqrt(progress)
     return min_lr + (lr - min_lr) * remaining
+
+
+def lr_at(step: int, tp: dict) -> float:
+    """The LR of global step ``step`` under the ``train`` params."""
+    p1 = int(tp["phase1_steps"])
+    return wsd_lr(step, lr=float(tp["lr"]), min_lr=float(tp["min_lr"]), warmup_steps=int(tp["warmup_steps"]),
+                  phase1_steps=p1, decay_steps=anneal_steps(p1, float(tp["anneal_fraction"])),
+                  decay_shape=tp.get("decay_shape", "linear"))

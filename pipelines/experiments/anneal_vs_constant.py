@@ -8,7 +8,8 @@ so it resumes from the phase-1 checkpoint at exactly the step the anneal started
 Both are scored with the evaluate stage's held-out bits-per-byte per source.
 
 Run it in a workspace with packed data (it overwrites models/ and metrics/train_*):
-``python -m pipelines.train.compare [out.json]``. Not part of the test suite (minutes on CPU).
+``python -m pipelines.experiments anneal_vs_constant [out.json]`` (default out:
+metrics/anneal_vs_constant.json). Not part of the test suite (minutes on CPU).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import copy
 import json
 import logging
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -75,7 +75,3 @@ def main(argv: list[str]) -> int:
     write_json_atomic(out, row)
     print(json.dumps(row, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
