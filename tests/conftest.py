@@ -91,3 +91,7 @@ def airflow_db():
         subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
                        capture_output=True, env=dict(os.environ))
     return home
+
+
+# A real two-node, token-authenticated Ray cluster on 127.0.0.1 (session-scoped; tests/test_ray_executor.py).
+from tests.fixtures.ray_cluster import ray_cluster  # noqa: E402,F401
