@@ -37,14 +37,18 @@ def ray_executor(ray_cluster):
     # The cluster listens on 127.0.0.1 only; Ray would rewrite 127.0.0.1 to the routable IP (see the
     # fixture's module doc). The variable is read when ray is imported, so also set the constant if it was.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    if "ray._private.ray_constants" in sys.modules:
-        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
+    constants = sys.modules.get("ray._private.ray_constants")
+    saved_constant = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
     executor = get_executor({"kind": "ray", "address": ray_cluster.address, "task_cpus": 1, "task_memory_mb": 64,
                              "max_retries": 3})
     try:
         yield executor
     finally:
         executor.shutdown()
+        if constants is not None:
+            constants.ENABLE_RAY_CLUSTER = saved_constant
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
