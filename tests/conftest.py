@@ -104,3 +104,7 @@ def run_and_tell(run, params, caplog) -> tuple[dict, bool]:
     with caplog.at_level(logging.INFO, logger="pipelines.core.runner"):
         summary = run(params)
     return summary, UP_TO_DATE in caplog.text
+
+
+# A real two-node, token-authenticated Ray cluster on 127.0.0.1 (session-scoped; tests/test_ray_executor.py).
+from tests.fixtures.ray_cluster import ray_cluster  # noqa: E402,F401

@@ -2,7 +2,8 @@
 cluster). They are validated: `docker compose config` / `docker-compose config` when a client is
 installed (offline: it only parses, interpolates and schema-checks), and structurally in Python
 (every service, the executor wiring, secrets from the environment, the shared workspace,
-the GPU pod template the DAG factory hands to GPU tasks)."""
+the GPU pod template the DAG factory hands to GPU tasks, the Ray cluster for `executor.kind: ray`
+in compose and as a KubeRay RayCluster with token auth)."""
 from __future__ import annotations
 
 import os
@@ -16,7 +17,8 @@ from tests.conftest import REPO
 
 INFRA = REPO / "infra"
 SECRETS = {"POSTGRES_PASSWORD": "pg", "REDIS_PASSWORD": "rd", "MINIO_ROOT_PASSWORD": "minio-secret",
-           "AIRFLOW_JWT_SECRET": "jwt", "AIRFLOW_SECRET_KEY": "sk"}
+           "AIRFLOW_JWT_SECRET": "jwt", "AIRFLOW_SECRET_KEY": "sk", "RAY_AUTH_TOKEN": "ray-token"}
+RAY_SERVICES = ["ray-head", "ray-worker"]
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"]
 
 
@@ -33,15 +35,20 @@ def test_compose_config_with_the_cli():
     if cli is None:
         pytest.skip("no docker compose client installed (the structural test below still runs)")
     env = {**os.environ, **SECRETS}
-    out = subprocess.run([*cli, "-f", str(INFRA / "docker-compose.yaml"), "--profile", "gpu", "config"],
+    out = subprocess.run([*cli, "-f", str(INFRA / "docker-compose.yaml"), "--profile", "gpu", "--profile", "ray", "config"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     resolved = yaml.safe_load(out.stdout)
-    assert set(AIRFLOW_SERVICES + ["airflow-worker-gpu", "postgres", "redis", "minio"]) <= set(resolved["services"])
+    assert set(AIRFLOW_SERVICES + RAY_SERVICES + ["airflow-worker-gpu", "postgres", "redis", "minio"]) <= set(resolved["services"])
     assert "jwt" == resolved["services"]["airflow-scheduler"]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"]
-    missing = subprocess.run([*cli, "-f", str(INFRA / "docker-compose.yaml"), "config"], capture_output=True, text=True,
-                             env={k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}, timeout=120)
-    assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr  # secrets are required, not defaulted
+    for name in RAY_SERVICES + ["airflow-worker"]:
+        assert resolved["services"][name]["environment"]["RAY_AUTH_TOKEN"] == "ray-token", name
+    worker_cmd = resolved["services"]["ray-worker"]["command"]
+    assert worker_cmd[worker_cmd.index("--num-cpus") + 1] == "2"  # ${RAY_WORKER_CPUS:-2}
+    for secret in ("POSTGRES_PASSWORD", "RAY_AUTH_TOKEN"):  # secrets are required, not defaulted
+        missing = subprocess.run([*cli, "-f", str(INFRA / "docker-compose.yaml"), "config"], capture_output=True, text=True,
+                                 env={k: v for k, v in env.items() if k != secret}, timeout=120)
+        assert missing.returncode != 0 and secret in missing.stderr, secret
 
 
 def test_compose_file_structure():
@@ -66,6 +73,82 @@ def test_compose_file_structure():
     example = dict(line.split("=", 1) for line in (INFRA / ".env.example").read_text().splitlines()
                    if line and not line.startswith("#"))
     assert set(SECRETS) <= set(example) and not any(example[k] for k in SECRETS)  # placeholders only
+
+
+def _published_host_ips(service: dict) -> list[str]:
+    ips = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            ips.append(port.get("host_ip", ""))
+        else:
+            parts = str(port).split(":")
+            ips.append(parts[0] if len(parts) == 3 else "")  # "8080:8080" / "8080" publish on every interface
+    return ips
+
+
+def test_compose_publishes_ports_on_the_host_loopback_only():
+    services = yaml.safe_load((INFRA / "docker-compose.yaml").read_text())["services"]
+    published = {name: _published_host_ips(svc) for name, svc in services.items() if svc.get("ports")}
+    assert published.get("ray-head") == ["127.0.0.1"], "the Ray dashboard is the one Ray port a user reaches"
+    assert all(ip == "127.0.0.1" for ips in published.values() for ip in ips), published
+
+
+def test_compose_ray_cluster_with_token_auth_for_the_airflow_worker():
+    doc = yaml.safe_load((INFRA / "docker-compose.yaml").read_text())
+    services = doc["services"]
+    image = services["airflow-worker"]["image"]
+    for name in RAY_SERVICES:
+        svc = services[name]
+        env = svc["environment"]
+        assert svc["profiles"] == ["ray"], name
+        assert svc["image"] == image, "Ray runs the project image: the same pipelines code as the driver"
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?"), "the token is required, from .env, no default"
+        assert "workspace:/workspace" in svc["volumes"] and env["PIPELINES_WORKSPACE"] == "/workspace", name
+        assert svc["command"][:2] == ["ray", "start"] and "--block" in svc["command"], name
+        assert not any("TOKEN" in str(arg) for arg in svc["command"]), "the token never goes on a command line"
+    head = services["ray-head"]["command"]
+    assert head[head.index("--port") + 1] == "6379" and "--head" in head
+    assert services["ray-worker"]["command"][services["ray-worker"]["command"].index("--address") + 1] == "ray-head:6379"
+    worker_env = services["airflow-worker"]["environment"]
+    assert worker_env["RAY_ADDRESS"] == "ray-head:6379"
+    assert worker_env["RAY_AUTH_TOKEN"] == services["ray-head"]["environment"]["RAY_AUTH_TOKEN"]
+    assert "RAY_AUTH_TOKEN" not in doc["x-airflow-common"]["environment"], "only the worker that drives Ray gets the token"
+    example = dict(line.split("=", 1) for line in (INFRA / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert example["RAY_AUTH_TOKEN"] == ""  # a placeholder, never a committed token
+
+
+def test_kuberay_raycluster_token_auth_from_a_secret():
+    docs = [d for d in yaml.safe_load_all((INFRA / "kuberay/raycluster.yaml").read_text()) if d]
+    assert [d["kind"] for d in docs] == ["RayCluster"], "no Secret with a token value is committed"
+    rc = docs[0]
+    assert rc["apiVersion"] == "ray.io/v1"
+    spec = rc["spec"]
+    assert spec["authOptions"]["mode"] == "token"
+    pin = [line for line in (REPO / "requirements.lock").read_text().splitlines() if line.startswith("ray==")]
+    assert pin == [f"ray=={spec['rayVersion']}"], "the cluster runs the Ray version the driver is locked to"
+    values = yaml.safe_load((INFRA / "helm/values.yaml").read_text())
+    token_env = [e for e in values["secret"] if e["envName"] == "RAY_AUTH_TOKEN"]
+    assert token_env == [{"envName": "RAY_AUTH_TOKEN", "secretName": spec["authOptions"]["secretName"], "secretKey": "auth_token"}]
+    env = {e["name"]: e["value"] for e in values["env"]}
+    assert env["RAY_ADDRESS"] == f"{rc['metadata']['name']}-head-svc:6379"
+    pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    assert len(pods) >= 2 and spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    airflow_image = f"{values['images']['airflow']['repository']}:{values['images']['airflow']['tag']}"
+    for pod in pods:
+        (container,) = pod["spec"]["containers"]
+        assert container["image"] == airflow_image, "Ray runs the project image: the same pipelines code as the driver"
+        res = container["resources"]
+        assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"], container["name"]
+        assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["workspace"] == "/workspace"
+        claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["spec"]["volumes"]}
+        assert claims["workspace"] == "pipelines-workspace"
+        names = {e["name"] for e in container["env"]}
+        assert "RAY_AUTH_TOKEN" not in names and "RAY_AUTH_MODE" not in names, "the operator injects them from the Secret"
+        assert all("value" not in e for e in container["env"] if "SECRET" in e["name"] or "KEY_ID" in e["name"])
+    for group in spec["workerGroupSpecs"]:
+        assert 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
 
 
 def test_helm_values_use_kubernetes_executor_with_shared_workspace():

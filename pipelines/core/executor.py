@@ -1,8 +1,10 @@
 """In-stage parallelism over shards.
 
 ``LocalExecutor`` runs tasks in a process pool (or inline for one worker);
-the interface is the seam where a Ray executor plugs in for a cluster.
-Results come back in task order, so stage outputs do not depend on timing.
+``RayExecutor`` (pipelines/core/ray_executor.py, ``executor.kind: ray``) runs them as Ray tasks on
+a cluster. Both have one method, ``map(fn, tasks) -> list``: ``fn`` is a module-level function,
+each task a picklable object, results small and picklable, returned in task order, so stage
+outputs do not depend on timing or placement.
 """
 from __future__ import annotations
 
@@ -10,13 +12,20 @@ import logging
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Iterable, Protocol, Sequence, TypeVar
 
 from pipelines.core.faults import fault_point
 
 T = TypeVar("T")
 R = TypeVar("R")
 log = logging.getLogger(__name__)
+
+
+KINDS = ("local", "ray")
+
+
+class Executor(Protocol):
+    def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]: ...
 
 
 class LocalExecutor:
@@ -36,14 +45,23 @@ class LocalExecutor:
         return results
 
 
-def get_executor(params: dict | None = None) -> LocalExecutor:
-    """Executor from the ``executor`` params section (``kind: local``, ``workers``)."""
+def get_executor(params: dict | None = None) -> Executor:
+    """Executor from the ``executor`` params section.
+
+    ``kind: local`` (default): ``workers`` (or PIPELINES_WORKERS), ``start_method``.
+    ``kind: ray``: ``address`` (or RAY_ADDRESS), ``task_cpus``, ``task_memory_mb``, ``max_retries``;
+    ray is imported only then.
+    """
     params = params or {}
     kind = params.get("kind", "local")
-    workers = int(os.environ.get("PIPELINES_WORKERS", params.get("workers", 0)) or 0) or None
-    if kind != "local":
-        raise ValueError(f"executor kind {kind!r} is not available in this build (only 'local')")
-    return LocalExecutor(workers=workers, start_method=params.get("start_method", "fork"))
+    if kind == "local":
+        workers = int(os.environ.get("PIPELINES_WORKERS", params.get("workers", 0)) or 0) or None
+        return LocalExecutor(workers=workers, start_method=params.get("start_method", "fork"))
+    if kind == "ray":
+        from pipelines.core.ray_executor import RayExecutor
+
+        return RayExecutor.from_params(params)
+    raise ValueError(f"unknown executor.kind {kind!r} in params.yaml: expected one of {', '.join(KINDS)}")
 
 
 def run_all(fn: Callable[[T], R], tasks: Iterable[T], params: dict | None = None) -> list[R]:
