@@ -108,3 +108,4 @@ def run_and_tell(run, params, caplog) -> tuple[dict, bool]:
 
 # A real two-node, token-authenticated Ray cluster on 127.0.0.1 (session-scoped; tests/test_ray_executor.py).
 from tests.fixtures.ray_cluster import ray_cluster  # noqa: E402,F401
+from tests.fixtures.moto_s3 import moto_s3  # noqa: E402,F401

@@ -185,7 +185,11 @@ def test_dvc_repro_after_a_code_change_recomputes_finished_shards(tmp_path):
     before = {n: (out / n).read_bytes() for n in shards}
     manifest = json.loads((out / "_manifest.json").read_text())
 
-    # The same code, forced: every finished shard is reused (the resume still works).
+    # The same code, forced: the runner finds every output current and does nothing; without the
+    # manifest (as after a crash) every finished shard is reused one by one.
+    forced = subprocess.run([dvc, "repro", "-f", "ingest"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0 and "nothing to do" in forced.stdout + forced.stderr
+    (out / "_manifest.json").unlink()
     forced = subprocess.run([dvc, "repro", "-f", "ingest"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert forced.returncode == 0 and SKIPPED.findall(forced.stdout + forced.stderr) == shards
 

@@ -34,7 +34,9 @@ def _ingest(workspace, limit_bytes: int = 0) -> subprocess.CompletedProcess:
     params = workspace.params()
     params["ingest"].update(warc=[WARC], wet=[], curated={})
     workspace.set_params(params)
-    env = {**os.environ, "PIPELINES_WORKSPACE": str(workspace.root), "PIPELINES_WORKERS": "1"}
+    # No bytecode writes: under the file-size limit a .pyc would be cut short and break later imports.
+    env = {**os.environ, "PIPELINES_WORKSPACE": str(workspace.root), "PIPELINES_WORKERS": "1",
+           "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run([sys.executable, "-c", CHILD.format(limit=limit_bytes)], cwd=workspace.root, env=env,
                           text=True, capture_output=True, timeout=300)
 

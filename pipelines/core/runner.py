@@ -29,7 +29,7 @@ from pipelines.core.executor import get_executor
 from pipelines.core.faults import fault_point
 from pipelines.core.hashing import canonical_json, params_hash, sha256_bytes, sha256_file, stage_hash
 from pipelines.core.manifest import FRAGMENTS, MANIFEST, load_manifest_if_any, write_manifest
-from pipelines.core.shards import ShardRef, stage_shards, write_shard
+from pipelines.core.shards import ShardRef, stage_shards, write_parquet
 from pipelines.core.stats import ShardStats, length_histogram, read_stats, write_stats
 from pipelines.core.store import Store, stage_store, sub_store
 
@@ -132,7 +132,7 @@ def _in_dataset(dataset: str, name: str) -> str:
 # ---------------------------------------------------------------- worker side
 
 def _table_writer(table: pa.Table) -> Callable[[Path], None]:
-    return lambda path: write_shard(path, table)
+    return lambda path: write_parquet(path, table)
 
 
 def finish_stats(stats: ShardStats, kept: pa.Table | None) -> ShardStats:

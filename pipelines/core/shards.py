@@ -74,18 +74,18 @@ def require_shards(directory: str | Path, previous_stage: str) -> list[Path]:
 
 def write_shard(path: str | Path, table: pa.Table, *, conform_schema: bool = True) -> None:
     """Write one shard atomically. Same table -> same bytes (no timestamps, fixed row groups)."""
+    with atomic_path(path) as tmp:
+        write_parquet(tmp, table, conform_schema=conform_schema)
+
+
+def write_parquet(path: str | Path, table: pa.Table, *, conform_schema: bool = True) -> None:
+    """The shard format (zstd, fixed row groups, the schema stored) to ``path`` as it is: the caller makes
+    it atomic (a temp name it renames, or a store that publishes it whole)."""
     if conform_schema:
         table = conform(table)
-    with atomic_path(path) as tmp:
-        pq.write_table(
-            table,
-            tmp,
-            compression="zstd",
-            row_group_size=ROW_GROUP_SIZE,
-            write_statistics=True,
-            store_schema=True,
-        )
-        fault_point("shard_write")
+    pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_SIZE, write_statistics=True,
+                   store_schema=True)
+    fault_point("shard_write")
 
 
 def _local(path: str | Path) -> str | Path:
@@ -117,8 +117,10 @@ def count_rows(path: str | Path) -> int:
 
 
 def read_all(directory: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """Concatenate every shard of a stage output (small data: tests, reports, samples)."""
-    shards = list_shards(directory)
-    if not shards:
+    """Concatenate every shard of a stage output, wherever its store keeps them (small data: tests, reports,
+    samples)."""
+    directory = Path(directory)
+    if not (directory / "_manifest.json").exists() and not list_shards(directory):
         return pa.table({})
+    shards = [ref.uri for ref in stage_shards(directory, directory.name)]
     return pa.concat_tables([read_shard(p, columns) for p in shards], promote_options="default")

@@ -315,7 +315,7 @@ def hashlib_name(uri: str) -> str:
 
 def stage_store(storage: dict | None, stage_dir: Path, stage: str) -> Store:
     """The store of one stage: its workspace directory, or ``<storage.root>/<stage>`` (shared fs or S3)."""
-    root = (storage or {}).get("root") or os.environ.get("PIPELINES_STORAGE_ROOT")
+    root = (storage or {}).get("root")  # params only: DVC tracks it, so a new root re-runs the stage
     if not root:
         return LocalStore(stage_dir)
     root = str(root).rstrip("/")

@@ -19,7 +19,7 @@ from transformers.utils import logging as hf_logging
 
 from pipelines.config import resolve, section
 from pipelines.core.atomic import write_json_atomic
-from pipelines.core.shards import list_shards, read_all
+from pipelines.core.shards import read_all, stage_shards
 from pipelines.evaluate.bpb import Score, score_documents
 from pipelines.train.checkpoint import load_model, load_state
 from pipelines.train.loop import pick_device
@@ -32,8 +32,7 @@ PHASES = {"phase1": "models/phase1", "phase2": "models/phase2"}
 def heldout_documents(max_docs_per_source: int) -> dict[str, list[str]]:
     """Held-out texts per source: the first ``max_docs_per_source`` by id (a stable, seed-free choice)."""
     heldout = resolve(HELDOUT_DIR)
-    if not list_shards(heldout):
-        raise FileNotFoundError(f"{heldout} holds no part-*.parquet shards (run the mix stage first)")
+    stage_shards(heldout, "mix")  # a missing or empty split is a clear error naming it
     rows = sorted(read_all(heldout, columns=["id", "source", "text"]).to_pylist(), key=lambda r: (r["source"], r["id"]))
     docs: dict[str, list[str]] = {}
     for r in rows:

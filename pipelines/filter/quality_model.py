@@ -22,7 +22,7 @@ from pathlib import Path
 from pipelines.config import load_params, resolve, section
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.hashing import params_hash, sha256_file
-from pipelines.core.shards import read_shard, require_shards
+from pipelines.core.shards import read_shard, stage_shards
 
 log = logging.getLogger(__name__)
 MODEL_DIR = "models/quality"
@@ -61,8 +61,8 @@ def training_examples(in_dir: Path, positive_sources: list[str], exempt: list[st
     """(hash, text) per label: positives from the curated reference sources, negatives from web records."""
     pos_set, exempt_set = set(positive_sources), set(exempt)
     by_label: dict[str, list[tuple[str, str]]] = {POSITIVE: [], NEGATIVE: []}
-    for shard in require_shards(in_dir, "ingest"):
-        t = read_shard(shard, columns=["id", "source", "text"])
+    for ref in stage_shards(in_dir, "ingest"):
+        t = read_shard(ref.uri, columns=["id", "source", "text"])
         for rid, source, text in zip(t.column("id").to_pylist(), t.column("source").to_pylist(), t.column("text").to_pylist()):
             label = POSITIVE if source in pos_set else NEGATIVE if source not in exempt_set else None
             line = normalize(text, max_chars) if label else ""
