@@ -67,13 +67,13 @@ def wet_record(url: str, text: str, n: int) -> bytes:
     return head + body + b"\r\n\r\n"
 
 
-def build_inputs(directory: Path, files: int, texts) -> int:
-    """``files`` WET files of RECORDS_PER_FILE edited copies of the real records; returns the record count."""
+def build_inputs(directory: Path, files: int, texts, per_file: int = RECORDS_PER_FILE) -> int:
+    """``files`` WET files of ``per_file`` edited copies of the real records; returns the record count."""
     directory.mkdir(parents=True, exist_ok=True)
     n = 0
     for i in range(files):
         with gzip.open(directory / f"CC-MAIN-2020-50-bench-{i:04d}.warc.wet.gz", "wb", compresslevel=1) as f:
-            for _ in range(RECORDS_PER_FILE):
+            for _ in range(per_file):
                 url, lines = texts[n % len(texts)]
                 copy = n // len(texts)
                 start = copy % max(1, len(lines) - 3)

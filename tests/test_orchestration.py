@@ -190,12 +190,18 @@ def test_apply_form_writes_every_field_and_refuses_paths_outside(tmp_path):
         ({"crawl_segment": "1715971057216.39"}, "needs 'crawl_id'"),
         ({"crawl_id": "CC-MAIN-2024-22", "max_files": 1, "warc": ["samples/x"]}, "not both"),
         ({"no_such_field": 1}, "unknown run-form field"),
+        ({"ray_address": "ray-head:6379"}, "needs executor 'ray'"),
+        ({"executor": "ray", "ray_address": "ray://ray-head:10001"}, "does not match"),
+        ({"executor": "spark"}, "is not one of"),
     ]:
         with pytest.raises(FormError, match=msg):
             apply_form(tmp_path, form)
     assert (tmp_path / "params.yaml").read_text() == before  # a refused form changes nothing
     assert apply_form(tmp_path, {"warc": [str(tmp_path / "samples" / "*.warc.gz")]}) == {
         "ingest.warc": [str(tmp_path / "samples" / "*.warc.gz")]}  # absolute inside the workspace is fine
+    # The cluster: executor kind and the head's address (the token never goes through the form).
+    assert apply_form(tmp_path, {"executor": "ray", "ray_address": "ray-head:6379"}) == {
+        "executor.kind": "ray", "executor.address": "ray-head:6379"}
 
 
 # ---------------------------------------------------------------- retries, failure callbacks, pools

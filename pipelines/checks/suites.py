@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from pipelines import stages
 from pipelines.checks import inputs
 from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.results import CheckResult
@@ -96,7 +97,7 @@ def standard_plan(stage: str, params: dict, root: Path, record_checks: tuple = (
     (in = out + dropped), enough records, and a sample of records has the required, sane columns.
     Returns the plan and the stats frame (for the stage's own rate checks)."""
     cfg = stage_checks(params, stage)
-    stage_dir = root / "data" / stage
+    stage_dir = stages.output_dir(stage, root)
     plan = GatePlan()
     if not stage_dir.is_dir():
         plan.file_checks.append(inputs.file_exists(stage_dir, root))

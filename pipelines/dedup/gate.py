@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines import stages
 from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.suites import Batch, GatePlan, readable, stage_checks, standard_plan, totals_batch
 from pipelines.core.shards import iter_batches, stage_shards
@@ -17,7 +18,7 @@ from pipelines.dedup.normalize import normalize_text
 def plan(params: dict, root: Path) -> GatePlan:
     E = import_gx().expectations
     cfg = stage_checks(params, "dedup")
-    stage_dir = root / "data" / "dedup"
+    stage_dir = stages.output_dir("dedup", root)
     gate, stats = standard_plan("dedup", params, root)
     if stats is not None and cfg.get("max_dup_rate") is not None:
         # Every drop of the dedup stage is a duplicate (exact or near).

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines import stages
 from pipelines.checks import inputs
 from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.suites import Batch, GatePlan, recorded, stage_checks, standard_plan, totals_batch
@@ -26,7 +27,7 @@ def plan(params: dict, root: Path) -> GatePlan:
                         for c in totals.columns if c.startswith("rule_rate__")]
             return out
         gate.batches.append(totals_batch(stats, rates))
-    _quality_keep(gate, params, root / "data" / "filter", root)
+    _quality_keep(gate, params, stages.output_dir("filter", root), root)
     return gate
 
 

@@ -75,22 +75,22 @@ def read_text_file(stream: BinaryIO, name: str, cfg: dict, max_bytes: int, min_c
         yield dropped(cand, "undecodable", error=str(e))
 
 
-def _lines(stream: BinaryIO) -> Iterator[tuple[int, int, bytes]]:
-    """(line number from 1, byte offset, raw line) of a possibly compressed stream."""
+def _lines(stream: BinaryIO, name: str, max_bytes: int) -> Iterator[tuple[Candidate | Skipped, bytes | None]]:
+    """Per line of a possibly compressed stream: a candidate and its raw bytes, or (a skip or a drop, None)."""
     offset = 0
     for number, raw in enumerate(decompressed(stream), start=1):
-        yield number, offset, raw
+        if not raw.strip():
+            yield Skipped("blank_line"), None
+        else:
+            cand = Candidate(key=f"{name}:{number}", offset=offset, bytes_in=len(raw))
+            yield (dropped(cand, "too_large", bytes=len(raw)), None) if len(raw) > max_bytes else (cand, raw)
         offset += len(raw)
 
 
 def read_lines(stream: BinaryIO, name: str, cfg: dict, max_bytes: int, min_chars: int) -> Iterator[Candidate | Skipped]:
-    for number, offset, raw in _lines(stream):
-        if not raw.strip():
-            yield Skipped("blank_line")
-            continue
-        cand = Candidate(key=f"{name}:{number}", offset=offset, bytes_in=len(raw))
-        if len(raw) > max_bytes:
-            yield dropped(cand, "too_large", bytes=len(raw))
+    for cand, raw in _lines(stream, name, max_bytes):
+        if raw is None:
+            yield cand
             continue
         try:
             yield with_text(cand, raw.decode("utf-8"), min_chars)
@@ -101,13 +101,9 @@ def read_lines(stream: BinaryIO, name: str, cfg: dict, max_bytes: int, min_chars
 def read_jsonl(stream: BinaryIO, name: str, cfg: dict, max_bytes: int, min_chars: int) -> Iterator[Candidate | Skipped]:
     fields = cfg.get("fields") or ["text"]
     url_field, date_field = cfg.get("url_field"), cfg.get("date_field")
-    for number, offset, raw in _lines(stream):
-        if not raw.strip():
-            yield Skipped("blank_line")
-            continue
-        cand = Candidate(key=f"{name}:{number}", offset=offset, bytes_in=len(raw))
-        if len(raw) > max_bytes:
-            yield dropped(cand, "too_large", bytes=len(raw))
+    for cand, raw in _lines(stream, name, max_bytes):
+        if raw is None:
+            yield cand
             continue
         try:
             obj = json.loads(raw)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines import stages
 from pipelines.checks import inputs
 from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.suites import (
@@ -21,10 +22,9 @@ DEFAULT_SHARE_TOLERANCE = 0.05
 
 
 def plan(params: dict, root: Path) -> GatePlan:
-    gx = import_gx()
-    E = gx.expectations
+    E = import_gx().expectations
     cfg = stage_checks(params, "mix")
-    mix_dir = root / "data" / "mix"
+    mix_dir = stages.output_dir("mix", root)
     gate = GatePlan()
     gate.file_checks.append(inputs.file_exists(mix_dir / "blend.json", root))
     split_dirs = {s: mix_dir / s for s in MIX_SPLITS}

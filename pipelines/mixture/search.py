@@ -69,7 +69,7 @@ def work_dir() -> Path:
 
 def prepare(params: dict) -> dict:
     """Domains per record, a tokenizer, one token stream per domain, held-out docs per source."""
-    from pipelines.mix.stage import heldout_mask
+    from pipelines.mix.plan import heldout_mask
     from pipelines.pack.tokenizer import sample_texts, save_tokenizer, train_tokenizer
     from transformers import PreTrainedTokenizerFast
 

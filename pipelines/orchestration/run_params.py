@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 CRAWL_ID = r"^CC-MAIN-\d{4}-\d{2}$"
 CRAWL_SEGMENT = r"^\d{13}\.\d{1,3}$"
 CRAWL_BUCKET = "commoncrawl"
+RAY_ADDRESS = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:\d{1,5}$"  # host:port, the head's GCS address
 
 
 class FormError(ValueError):
@@ -81,6 +82,12 @@ def form_schema(params: dict | None = None, root: Path | None = None) -> dict:
                            "description": "source weights for the blends, from orchestration.mixture_presets"},
         "anneal_fraction": {"type": ["null", "number"], "minimum": 0.05, "maximum": 0.5, "title": "Anneal fraction",
                             "description": "share of training steps spent annealing (0.05..0.5)"},
+        "executor": {"type": ["null", "string"], "enum": [None, "local", "ray"], "title": "Executor",
+                     "description": "where the data stages' tasks run: local (a process pool on the Airflow worker) "
+                                    "or ray (a running Ray cluster; same outputs). Empty = keep params.yaml"},
+        "ray_address": {"type": ["null", "string"], "pattern": RAY_ADDRESS, "title": "Ray cluster address",
+                        "description": "the head's GCS address host:port (empty = params.yaml or $RAY_ADDRESS). "
+                                       "The auth token comes from the worker's environment, never from this form"},
     }
     return schema
 
@@ -92,6 +99,8 @@ FORM_FIELDS = {
     "max_files": "ingest.max_files",
     "max_record_bytes": "ingest.max_record_bytes",
     "anneal_fraction": "train.anneal_fraction",
+    "executor": "executor.kind",
+    "ray_address": "executor.address",
 }
 
 
@@ -117,6 +126,8 @@ def validate_form(form: dict, params: dict, root: Path) -> None:
                 raise FormError(f"run form field {what!r}: {uri!r} may not contain '..'")
             if Path(uri).is_absolute() and not Path(uri).resolve().is_relative_to(root):
                 raise FormError(f"run form field {what!r}: {uri!r} is outside the workspace {root}")
+    if form.get("ray_address") and (form.get("executor") or (params.get("executor") or {}).get("kind")) != "ray":
+        raise FormError("run form field 'ray_address' needs executor 'ray' (in the form or params.yaml)")
     if form.get("crawl_segment") and not form.get("crawl_id"):
         raise FormError("run form field 'crawl_segment' needs 'crawl_id'")
     if form.get("crawl_id"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines import stages
 from pipelines.checks import inputs
 from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.suites import Batch, GatePlan, stage_checks
@@ -22,16 +23,13 @@ SHARD_COLUMNS = ["phase", "file", "rows", "cols", "problem"]
 
 
 def plan(params: dict, root: Path) -> GatePlan:
-    gx = import_gx()
-    E = gx.expectations
+    E = import_gx().expectations
     cfg = stage_checks(params, "pack")
-    pack_dir = root / "data" / "pack"
-    gate = GatePlan()
-    gate.file_checks.append(inputs.file_exists(pack_dir / "pack.json", root))
+    pack_dir = stages.output_dir("pack", root)
     # The manifest lists every token shard, index, lineage and tokenizer file with its sha256.
-    gate.file_checks.append(inputs.verify_manifest(pack_dir, root, params))
-    summary = inputs.load_json(pack_dir / "pack.json")
-    summaries = phase_summaries(summary)
+    gate = GatePlan(file_checks=[inputs.file_exists(pack_dir / "pack.json", root),
+                                 inputs.verify_manifest(pack_dir, root, params)])
+    summaries = phase_summaries(inputs.load_json(pack_dir / "pack.json"))
     phase_rows, shard_rows = [], []
     for phase in PACK_PHASES:
         row, shards = measure_phase(pack_dir / phase, phase, summaries.get(phase))
@@ -55,7 +53,7 @@ def plan(params: dict, root: Path) -> GatePlan:
         *[E.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=0)
           for c in ("padding_mismatch", "pad_not_tail", "lineage_gaps", "incomplete_docs", "needless_splits")],
     ], ["phase"]))
-    blend = inputs.load_json(root / "data" / "mix" / "blend.json")
+    blend = inputs.load_json(stages.output_dir("mix", root) / "blend.json")
     shares = token_share_rows(pack_dir, PACK_PHASES, blend) if blend is not None else []
     if shares:
         tolerance = float(cfg.get("share_tolerance", PACK_SHARE_TOLERANCE))

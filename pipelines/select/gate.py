@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines import stages
 from pipelines.checks import inputs
 from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.suites import Batch, GatePlan, recorded, stage_checks, standard_plan
@@ -19,7 +20,7 @@ def plan(params: dict, root: Path) -> GatePlan:
     gate, _ = standard_plan("select", params, root, record_checks=(
         E.ExpectColumnValuesToNotBeNull(column=QUALITY_COLUMN),
         E.ExpectColumnValuesToBeBetween(column=QUALITY_COLUMN, min_value=0, max_value=1)))
-    _kl_reduction(gate, params, root / "data" / "select", root)
+    _kl_reduction(gate, params, stages.output_dir("select", root), root)
     return gate
 
 

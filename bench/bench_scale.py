@@ -1,0 +1,161 @@
+"""Corpus scale: the data stages (ingest -> pack) on the local process pool vs on a Ray cluster, the
+cluster's scaling from one to two nodes, and the driver's memory at 1x vs 8x input.
+
+Input: WET files of edited copies of a real WET sample's records (bench/bench_memory.py's builder:
+each copy a different window of the page plus a unique line, so dedup keeps most of them) plus the
+demo's curated wikipedia / books / news samples (select trains on them). The filter's fastText
+model is off (it is a separate job, not a data stage). Every stage runs as ``python -m pipelines
+<stage>`` in its own process, as dvc runs it; a run is timed from ingest's start to pack's end.
+
+- ``ours`` / ``anchor``: documents per second (ingest's input records / wall seconds) of Ray on one
+  node with 2 CPUs vs the local pool with 2 workers, on the same machine and input; ``ratio`` =
+  ours / anchor (>= 0.9: Ray's overhead within 10%).
+- ``scaling``: the same run on 1 node x 1 CPU vs 2 nodes x 1 CPU (target >= 1.8x).
+- ``driver_peak_rss``: the stage process's own peak RSS (the driver; its pool workers are separate
+  processes) for dedup, mix and pack at 1x vs 8x input (flat = the driver holds keys, not texts).
+
+Scale knobs (env): BENCH_SCALE_PER_FILE (records per WET file, default 2000), BENCH_SCALE_FILES
+(files at 1x, default 4), BENCH_SCALE_FACTOR (default 8). The clusters are real local Ray
+clusters (tests/fixtures/ray_cluster.py: token auth, 127.0.0.1, stopped by PID).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.bench_memory import build_inputs, real_texts
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "bench" / "work" / "scale"
+RESULTS = REPO / "bench" / "results" / "scale.json"
+PER_FILE = int(os.environ.get("BENCH_SCALE_PER_FILE", 2000))
+FILES = int(os.environ.get("BENCH_SCALE_FILES", 4))
+FACTOR = int(os.environ.get("BENCH_SCALE_FACTOR", 8))
+STAGES = ["ingest", "filter", "dedup", "select", "mix", "pack"]
+CHILD = """
+import json, resource, sys, time
+from pipelines.cli import main
+t = time.perf_counter()
+rc = main([sys.argv[1]])
+me = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t, "driver_peak_rss_mb": me.ru_maxrss / 1024}),
+      file=sys.stderr)
+"""
+
+
+def workspace(name: str, files: int, texts, executor: dict) -> tuple[Path, int]:
+    root = WORK / name
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "samples").symlink_to(REPO / "samples")
+    records = build_inputs(root / "inputs", files, texts, per_file=PER_FILE)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    curated = params["ingest"]["curated"]
+    params["ingest"].update(warc=[], wet=["inputs/*.warc.wet.gz"], max_files=0,
+                            curated={k: curated[k] for k in ("wikipedia", "books", "news")})
+    params["filter"]["quality_model"]["enabled"] = False
+    params["filter"]["language"]["min_score"] = 0.5
+    params["mix"]["max_rows_per_shard"] = 4000
+    params["pack"]["max_seq_per_shard"] = 2048
+    params["executor"] = executor
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root, records
+
+
+def run_pipeline(root: Path, env: dict) -> dict:
+    env = {**env, "PIPELINES_WORKSPACE": str(root), "OMP_WAIT_POLICY": "PASSIVE"}
+    stages = {}
+    t0 = time.perf_counter()
+    for stage in STAGES:
+        done = subprocess.run([sys.executable, "-c", CHILD, stage], cwd=root, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{root.name}/{stage} failed:\n{done.stderr[-3000:]}")
+        stages[stage] = {k: round(v, 1) if isinstance(v, float) else v
+                         for k, v in json.loads(done.stderr.strip().splitlines()[-1]).items() if k != "rc"}
+    return {"seconds": round(time.perf_counter() - t0, 1), "stages": stages, "hashes": shard_hashes(root)}
+
+
+def shard_hashes(root: Path) -> dict[str, str]:
+    out = {}
+    for m in sorted((root / "data").rglob("_manifest.json")):
+        for entry in json.loads(m.read_text()).get("shards", {}).values():
+            for name, fe in entry["files"].items():
+                out[f"{m.parent.relative_to(root).as_posix()}/{name}"] = fe["sha256"]
+    return out
+
+
+def on_ray(name: str, nodes: int, cpus: int, texts) -> dict:
+    from tests.fixtures.ray_cluster import RayTestCluster
+
+    cluster = RayTestCluster(num_nodes=nodes, cpus_per_node=cpus).start()
+    try:
+        root, records = workspace(name, FILES, texts, {"kind": "ray", "address": cluster.address, "task_cpus": 1})
+        result = run_pipeline(root, cluster.driver_env())
+    finally:
+        cluster.stop()
+    return {**result, "records": records, "nodes": nodes, "cpus_per_node": cpus}
+
+
+def locally(name: str, files: int, texts) -> dict:
+    root, records = workspace(name, files, texts, {"kind": "local", "workers": 2, "start_method": "fork"})
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINES_WORKERS"}
+    return {**run_pipeline(root, env), "records": records}
+
+
+def docs_per_s(run: dict) -> float:
+    return round(run["records"] / run["seconds"], 1)
+
+
+def main() -> dict:
+    texts = real_texts()
+    t0 = time.perf_counter()
+    local = locally("local_2", FILES, texts)
+    ray_1x2 = on_ray("ray_1x2", 1, 2, texts)
+    ray_1x1 = on_ray("ray_1x1", 1, 1, texts)
+    ray_2x1 = on_ray("ray_2x1", 2, 1, texts)
+    same = all(r["hashes"] == local["hashes"] for r in (ray_1x2, ray_1x1, ray_2x1))
+    big = locally(f"local_2_x{FACTOR}", FILES * FACTOR, texts)
+    rss = {s: {"1x": local["stages"][s]["driver_peak_rss_mb"], f"{FACTOR}x": big["stages"][s]["driver_peak_rss_mb"]}
+           for s in ("dedup", "mix", "pack")}
+    for r in rss.values():
+        r["ratio"] = round(r["1x"] / r[f"{FACTOR}x"], 3)
+    runs = {"local_2": local, "ray_1x2": ray_1x2, "ray_1x1": ray_1x1, "ray_2x1": ray_2x1, f"local_2_x{FACTOR}": big}
+    for r in runs.values():
+        r.pop("hashes")
+        r["docs_per_s"] = docs_per_s(r)
+    result = {
+        "name": "scale",
+        "metric": "documents/s of ingest->pack on Ray (1 node x 2 CPUs) vs the local pool (2 workers), same machine "
+                  "and input; ratio = ours/anchor (>= 0.9: Ray overhead within 10%)",
+        "ours": docs_per_s(ray_1x2),
+        "anchor": docs_per_s(local),
+        "anchor_name": "local process pool, 2 workers",
+        "ratio": round(docs_per_s(ray_1x2) / docs_per_s(local), 3),
+        "scaling": {"1_node_x_1_cpu": docs_per_s(ray_1x1), "2_nodes_x_1_cpu": docs_per_s(ray_2x1),
+                    "speedup": round(docs_per_s(ray_2x1) / docs_per_s(ray_1x1), 3), "target": 1.8},
+        "byte_identical_across_executors": same,
+        "driver_peak_rss_mb": rss,
+        "input": f"{local['records']} (1x) and {big['records']} ({FACTOR}x) WET records of edited copies of a real "
+                 f"WET sample ({PER_FILE} per file) + the demo's wikipedia/books/news samples",
+        "peak_rss_mb": max(s["driver_peak_rss_mb"] for s in big["stages"].values()),
+        "machine": f"{os.cpu_count()} cores; other work may share them (see the per-stage seconds)",
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        "runs": runs,
+        "bench_seconds": round(time.perf_counter() - t0, 1),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(WORK, ignore_errors=True)
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
