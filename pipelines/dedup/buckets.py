@@ -29,7 +29,12 @@ PAIR_DTYPE = np.dtype([("u", "<i8"), ("v", "<i8"), ("us", "<u4"), ("uc", "<u4"),
 def stars(rec: np.ndarray, key_fields: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(members, heads): the position in ``rec`` of every record that is not its key group's best ranked one,
     and the position of that best ranked one (the group's head)."""
-    order = np.lexsort(tuple(rec[f] for f in ("r", *key_fields[::-1])))
+    # Most keys are unique: find the entries whose first key word repeats (one sort), then rank only those.
+    first = rec[key_fields[0]]
+    by_key = np.argsort(first)
+    repeats = first[by_key[1:]] == first[by_key[:-1]]
+    shared = by_key[np.r_[repeats, False] | np.r_[False, repeats]] if len(rec) else by_key
+    order = shared[np.lexsort(tuple(rec[f][shared] for f in ("r", *key_fields[::-1])))]
     rec = rec[order]
     starts = spill.group_starts(np.stack([rec[f] for f in key_fields], 1)) if len(rec) else np.zeros(0, bool)
     head = np.flatnonzero(starts)[np.cumsum(starts) - 1]
