@@ -64,7 +64,7 @@ def band_bucket(job: dict) -> dict:
     with clock("read"):
         rec = spill.read_parts(store, spill.BAND_DTYPE, job["parts"])
         if job["nonheads"] is not None and len(rec):  # exact copies follow their representative
-            bits = spill.load_array(store, job["nonheads"])
+            bits = spill.load_array(store, job["nonheads"], cache=True)  # n / 8 bytes, once per worker process
             rec = rec[((bits[rec["r"] >> 3] >> (rec["r"] & 7)) & 1) == 0]
     with clock("group"):
         member, head = stars(rec, ("k",))

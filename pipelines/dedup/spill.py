@@ -20,6 +20,7 @@ uploaded whole when written.
 from __future__ import annotations
 
 import contextlib
+import io
 from pathlib import Path
 from typing import Iterator
 
@@ -109,8 +110,12 @@ def save_array(store: Store, rel: str, arr: np.ndarray) -> None:
         np.save(path, arr, allow_pickle=False)
 
 
-def load_array(store: Store, rel: str) -> np.ndarray:
-    return np.load(store.fetch(rel), allow_pickle=False)
+def load_array(store: Store, rel: str, cache: bool = False) -> np.ndarray:
+    """An array ``save_array`` wrote; ``cache``: kept downloaded for this process's later tasks (fetch), else
+    read into memory only (no local copy left behind)."""
+    if cache or isinstance(store, LocalStore):
+        return np.load(store.fetch(rel), allow_pickle=False)
+    return np.load(io.BytesIO(store.read_bytes(rel)), allow_pickle=False)
 
 
 class ShingleWriter:
