@@ -8,9 +8,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.core.shards import read_all
+from pipelines.core.store import LocalStore
 from pipelines.dedup import spill
+from pipelines.dedup.clusters import partitions
 from pipelines.dedup.keep import global_rank, parse_keep
 from pipelines.dedup.minhash import MinHasher
+from pipelines.dedup.pass1 import band_kind, write_keys
 from pipelines.dedup.normalize import words
 from pipelines.stages import runner
 run = runner("dedup")
@@ -19,24 +22,28 @@ from test_dedup import _cluster_of, _jaccard, _news, _record, _shingles, _web, _
 
 
 def test_range_partitioned_merge_is_a_bounded_k_way_merge(tmp_path):
-    """Key files of 4 shards merged with a small chunk: every key group whole, slices bounded, same as an in-memory sort."""
+    """Key files of 4 shards cut into hash ranges for a small chunk: every key group whole in one range, ranges
+    bounded, the same entries as an in-memory sort."""
     docs = [words(t) for t in _news(40) + _web(40)]
     docs += docs[:10]  # exact repeats share every band
     hasher = MinHasher(ngram=5, bands=14, rows=8, seed=1)
     bands = hasher.band_hashes(hasher.signatures(docs))
+    rank = np.random.default_rng(0).permutation(len(docs))
     cuts = [0, 17, 40, 41, len(docs)]  # uneven shards, one with a single record
-    for s in range(4):
-        spill.write_shard_keys(tmp_path, s, None, bands[cuts[s]:cuts[s + 1]])
-    offsets = np.array(cuts[:4])
+    store, parts = LocalStore(tmp_path), partitions(len(docs), 8)
+    layout = [write_keys(store, s, spill.hash_bounds(parts), rank[cuts[s]:cuts[s + 1]], np.ones(cuts[s + 1] - cuts[s], bool),
+                         exact=None, url=None, bands=bands[cuts[s]:cuts[s + 1]], shingles=(s, [], []))
+              for s in range(4)]
     for b in (0, 13):
-        files = [spill.band_file(tmp_path, s, b) for s in range(4)]
-        slices = list(spill.merged_slices(files, offsets, chunk=8))
-        assert len(slices) >= 8 and max(len(k) for k, _ in slices) <= 3 * 8  # memory: a slice, not the corpus
-        keys = np.concatenate([k for k, _ in slices])
-        idx = np.concatenate([i for _, i in slices])
+        files = [(spill.key_rel(s, band_kind(b)), layout[s][band_kind(b)]) for s in range(4)]
+        slices = [spill.read_parts(store, spill.BAND_DTYPE, spill.slices(files, p)) for p in range(parts)]
+        slices = [x[np.argsort(x["k"], kind="stable")] for x in slices if len(x)]
+        assert len(slices) >= 8 and max(len(x) for x in slices) <= 3 * 8  # memory: a slice, not the corpus
+        keys = np.concatenate([x["k"] for x in slices])
+        ranks = np.concatenate([x["r"] for x in slices])
         assert (keys[1:] >= keys[:-1]).all()
-        assert sorted(zip(keys.tolist(), idx.tolist())) == sorted(zip(bands[:, b].tolist(), range(len(docs))))
-        assert all(a[0][-1] < b[0][0] for a, b in zip(slices, slices[1:]))  # a key group never straddles two slices
+        assert sorted(zip(keys.tolist(), ranks.tolist())) == sorted(zip(bands[:, b].tolist(), rank.tolist()))
+        assert all(a["k"][-1] < b["k"][0] for a, b in zip(slices, slices[1:]))  # a key group never straddles two ranges
 
 
 def test_tiny_merge_chunk_gives_identical_decisions(workspace, near_dup_set):

@@ -1,26 +1,32 @@
-"""Global duplicate decisions from the merged key files (no texts needed, except for optional verification).
+"""Global duplicate decisions from pass 1's key files, as executor tasks (no texts needed, except shingles to verify).
 
 Records are linked when their exact hashes are equal (each to its group's best
-ranked record) or when they share an LSH band hash (star edges to the bucket's
-best ranked record: a MinHash candidate pair). Duplicate clusters are the
-connected components of that graph (scipy.sparse.csgraph); each cluster keeps
-its best ranked record (pipelines.dedup.keep), so the decision depends only on
-the records, not on how they are sharded. Band hashes are never all in memory:
-they stream slice by slice out of pipelines.dedup.spill; what is held is O(1)
-numbers per record (rank, exact representative, cluster label) plus the
-candidate edges.
+ranked record), when their normalised URLs are (likewise), or when they share
+an LSH band hash (star edges to the bucket's best ranked record: a MinHash
+candidate pair, kept when its true Jaccard reaches ``verify_threshold``).
+Duplicate clusters are the connected components of that graph; each cluster
+keeps its best ranked record (pipelines.dedup.keep), so the decision depends
+only on the records, not on how they are sharded or partitioned.
+
+Steps, each a map over partitions (pipelines.dedup.spill): exact and URL
+bucket tasks (pipelines.dedup.buckets) -> band bucket tasks (exact copies of a
+better ranked record sit out: their representative stands for them) -> pair
+tasks (pipelines.dedup.verify) -> component rounds (pipelines.dedup.components).
+The driver holds per record only the exact / URL non-head flags (one byte each)
+and, at the end, the nodes of the duplicate clusters.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from pipelines.dedup import spill
+from pipelines.dedup.buckets import band_bucket, exact_bucket
+from pipelines.dedup.components import components
+from pipelines.dedup.pass1 import EXACT, URL, band_kind
+from pipelines.dedup.timing import PhaseClock
+from pipelines.dedup.verify import pair_task
 
 EXACT_DUP = "exact_dup"
 NEAR_DUP = "near_dup"
@@ -29,17 +35,19 @@ DUPLICATE_URL = "duplicate_url"
 
 @dataclass
 class Decisions:
-    kept_index: np.ndarray  # (n,) index of the record kept for each record's cluster (itself when kept)
-    reason: np.ndarray  # (n,) object: None (kept), EXACT_DUP, DUPLICATE_URL or NEAR_DUP
-    cluster_size: np.ndarray  # (n,) members of the record's cluster (1 = singleton)
+    """By keep rank: the records in clusters of two or more (the others are kept, alone)."""
+
+    node: np.ndarray  # ranks of every clustered record, sorted
+    kept: np.ndarray  # rank of the record its cluster keeps (itself when kept)
+    size: np.ndarray  # members of its cluster
+    reason: np.ndarray  # object: None (kept), EXACT_DUP, DUPLICATE_URL or NEAR_DUP
     candidate_pairs: int = 0  # distinct LSH candidate pairs
     verified_pairs: int = 0  # of those, kept after Jaccard verification (== candidate_pairs when off)
 
     @property
     def n_clusters(self) -> int:
         """Clusters with at least two members (each has exactly one kept record)."""
-        n = len(self.kept_index)
-        return int(((self.kept_index == np.arange(n)) & (self.cluster_size > 1)).sum())
+        return int((self.kept == self.node).sum())
 
 
 def check_unique_ids(ids: np.ndarray) -> None:
@@ -50,92 +58,73 @@ def check_unique_ids(ids: np.ndarray) -> None:
                          f"({len(clash)} repeated ids); ids must be unique")
 
 
-def _star_edges(keys: np.ndarray, idx: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Edges from every member of a key group to the group's best ranked member."""
-    starts = spill.group_starts(keys)
-    group = np.cumsum(starts) - 1
-    best = np.full(int(group[-1]) + 1 if len(group) else 0, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(best, group, rank[idx])
-    head_rank = best[group]
-    member = rank[idx] != head_rank
-    # rank -> index: the head of each group is the member whose rank equals the group's best
-    head_of_group = np.empty(len(best), dtype=np.int64)
-    head_of_group[group[~member]] = idx[~member]
-    return idx[member], head_of_group[group[member]]
+def partitions(n: int, chunk: int) -> int:
+    """Hash ranges (and node ranges) such that one task holds about ``chunk`` entries of a key kind."""
+    return max(1, -(-n // max(chunk, 1)))
 
 
-def _unique_pairs(src: np.ndarray, dst: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.minimum(src, dst), np.maximum(src, dst)
-    code = np.unique(a * n + b)
-    return code // n, code % n
+def decide(run_map, store, layout: list[dict[str, np.ndarray]], n: int, parts: int, *, exact: bool, bands: int,
+           url: bool, threshold: float | None, clock: PhaseClock) -> Decisions:
+    """Decisions over pass 1's key files; ``layout``: per shard, key kind -> its files' partition offsets.
 
-
-def decide(ids: np.ndarray, rank: np.ndarray, work: Path, offsets: np.ndarray, n_shards: int, *,
-           exact: bool, bands: int, excluded: np.ndarray | None = None, chunk: int = 1 << 20,
-           verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, url: bool = False) -> Decisions:
-    """Decisions over the key files in ``work`` (pipelines.dedup.spill layout).
-
-    ids/rank: (n,) for all records, global index order; offsets: first global index of each shard;
-    excluded: records that take no part (e.g. dropped as contaminated); verify(src, dst) -> keep mask;
-    url: also link records with equal normalised URLs (url key files).
+    ``run_map(fn, jobs)`` runs tasks on the executor; ``store``: the run's scratch store.
     """
-    n = len(ids)
-    check_unique_ids(ids)
-    nodes = np.arange(n)
-    active = np.ones(n, bool) if excluded is None else ~excluded
-    exact_rep = nodes.copy()
-    src_parts, dst_parts = [], []
-    if exact and n:
-        files = [spill.exact_file(work, s) for s in range(n_shards)]
-        for keys, idx in spill.merged_slices(files, offsets, chunk):
-            keep = active[idx]
-            s, d = _star_edges(keys[keep], idx[keep], rank)
-            exact_rep[s] = d
-            src_parts.append(s)
-            dst_parts.append(d)
-    url_rep = nodes.copy()
-    if url and n:
-        files = [spill.url_file(work, s) for s in range(n_shards)]
-        files = [f if f.exists() else None for f in files]  # a shard without any URL writes no file
-        for keys, idx in spill.merged_slices([f for f in files if f is not None],
-                                             offsets[[f is not None for f in files]], chunk):
-            keep = active[idx]
-            s, d = _star_edges(keys[keep], idx[keep], rank)
-            url_rep[s] = d
-            src_parts.append(s)
-            dst_parts.append(d)
-    near_src = near_dst = np.zeros(0, np.int64)
-    candidates = 0
+    bounds = spill.node_bounds(n, parts)
+    files = lambda kind: [(spill.key_rel(s, kind), off[kind]) for s, off in enumerate(layout)]  # noqa: E731
+    edges, nonhead = [], {}
+    with clock("exact_url_buckets"):
+        for kind in [k for k, on in ((EXACT, exact), (URL, url)) if on]:
+            outs = [f"{kind}/p{p:05d}.bin" for p in range(parts)]
+            jobs = [{"store": store, "parts": spill.slices(files(kind), p), "out": outs[p], "bounds": bounds}
+                    for p in range(parts)]
+            results = _run(run_map, exact_bucket, jobs, clock, "exact_worker_")
+            edges += [(out, res["offsets"]) for out, res in zip(outs, results)]
+            flags = np.zeros(n, bool)
+            for out in outs:  # one task's list at a time
+                flags[spill.load_array(store, out + ".nonheads.npy")] = True
+            nonhead[kind] = flags
+    candidates = kept_pairs = 0
     if bands and n:
-        reps = active & (exact_rep == nodes)  # exact copies follow their representative
-        for b in range(bands):
-            files = [spill.band_file(work, s, b) for s in range(n_shards)]
-            for keys, idx in spill.merged_slices(files, offsets, chunk):
-                keep = reps[idx]
-                s, d = _star_edges(keys[keep], idx[keep], rank)
-                near_src, near_dst = np.r_[near_src, s], np.r_[near_dst, d]
-            near_src, near_dst = _unique_pairs(near_src, near_dst, n)  # bands repeat the same pairs
-        candidates = len(near_src)
-        if verify is not None and candidates:
-            ok = verify(near_src, near_dst)
-            near_src, near_dst = near_src[ok], near_dst[ok]
-    src = np.concatenate(src_parts + [near_src]) if n else np.zeros(0, np.int64)
-    dst = np.concatenate(dst_parts + [near_dst]) if n else np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
-    n_comp, label = connected_components(graph, directed=False)
-
-    keep_rank = np.full(n_comp, n, dtype=np.int64)
-    np.minimum.at(keep_rank, label, rank)
-    by_rank = np.empty(n, dtype=np.int64)
-    by_rank[rank] = nodes
-    kept_index = by_rank[keep_rank[label]] if n else nodes
-    size = np.bincount(label, minlength=n_comp)[label] if n else nodes
-    reason = np.full(n, None, dtype=object)
-    dropped = kept_index != nodes
+        with clock("band_buckets"):
+            bits = None
+            if nonhead.get(EXACT) is not None and nonhead[EXACT].any():
+                bits = "exact_nonheads.bits.npy"
+                spill.save_array(store, bits, np.packbits(nonhead[EXACT], bitorder="little"))
+            pair_files, jobs = [], []
+            for b in range(bands):
+                for p in range(parts):
+                    out = f"{band_kind(b)}/p{p:05d}.bin"
+                    pair_files.append(out)
+                    jobs.append({"store": store, "parts": spill.slices(files(band_kind(b)), p), "nonheads": bits,
+                                 "out": out, "bounds": bounds})
+            results = _run(run_map, band_bucket, jobs, clock, "band_worker_")
+            pair_files = list(zip(pair_files, (res["offsets"] for res in results)))
+        with clock("pairs_verify"):
+            outs = [f"pairs/q{q:05d}.bin" for q in range(parts)]
+            jobs = [{"store": store, "parts": spill.slices(pair_files, q), "threshold": threshold, "out": outs[q],
+                     "bounds": bounds} for q in range(parts)]
+            results = _run(run_map, pair_task, jobs, clock, "pair_worker_")
+            edges += [(out, res["offsets"]) for out, res in zip(outs, results)]
+            candidates = sum(res["candidates"] for res in results)
+            kept_pairs = sum(res["verified"] for res in results)
+    with clock("components"):
+        nodes = components(run_map, store, edges, bounds, clock)
+    node, kept = nodes["node"], nodes["label"]
+    reason = np.full(len(node), None, dtype=object)
+    dropped = kept != node
     # A verbatim copy of another record is an exact dup; else one whose URL another record has is a URL dup;
     # any other dropped record is a near dup.
-    reason[dropped & (exact_rep != nodes)] = EXACT_DUP
-    reason[dropped & (exact_rep == nodes) & (url_rep != nodes)] = DUPLICATE_URL
-    reason[dropped & (exact_rep == nodes) & (url_rep == nodes)] = NEAR_DUP
-    return Decisions(kept_index=kept_index, reason=reason, cluster_size=size,
-                     candidate_pairs=candidates, verified_pairs=len(near_src))
+    exact_copy = nonhead[EXACT][node] if EXACT in nonhead else np.zeros(len(node), bool)
+    url_copy = nonhead[URL][node] if URL in nonhead else np.zeros(len(node), bool)
+    reason[dropped & exact_copy] = EXACT_DUP
+    reason[dropped & ~exact_copy & url_copy] = DUPLICATE_URL
+    reason[dropped & ~exact_copy & ~url_copy] = NEAR_DUP
+    return Decisions(node=node, kept=kept, size=nodes["size"], reason=reason, candidate_pairs=candidates,
+                     verified_pairs=kept_pairs)
+
+
+def _run(run_map, fn, jobs: list[dict], clock: PhaseClock, prefix: str) -> list[dict]:
+    results = run_map(fn, jobs)
+    for res in results:
+        clock.add(res["phases"], prefix=prefix)
+    return results

@@ -1,123 +1,141 @@
-"""Out-of-core key files: per shard, one sorted .npy per LSH band (and one for exact hashes).
+"""Scratch files of the global pass, through the run's scratch ``Store`` (a local directory or an S3 prefix).
 
-Pass 1 writes, for every input shard, each band's (hash, local index) pairs
-sorted by hash. Pass 2 merges one band at a time across shards. The merge is
-range-partitioned: the 64-bit hash space is cut into equal slices so that one
-slice of all shards holds about ``chunk`` entries; each shard's sorted file is
-memory-mapped and the slice located by binary search, so only one slice is
-ever in memory, whatever the corpus size (hashes are uniform, so the slices
-are balanced). Within a slice, records sharing a key form a group.
+Every intermediate file is a flat array of fixed-size records, sorted by a
+partition key and cut into ``P`` contiguous partitions; its writer returns the
+``P + 1`` row offsets of those partitions, so a task that owns partition ``p``
+reads just rows ``[offsets[p], offsets[p + 1])`` of each file: a ranged read,
+never the whole file (a seek on a local file, a ranged GET on S3).
+
+- Key files (pass 1, one per shard and key kind: exact, url, band b): hash
+  keys partitioned by hash range (the 64-bit space cut into ``P`` equal
+  slices; hashes are uniform, so partitions are balanced); a key group never
+  straddles two partitions.
+- Pair and edge files (bucket, pair and component tasks): partitioned by node
+  range, a node being a record's keep rank (0 = kept first).
+
+Scratch files live for one run (the runner removes them): a local write goes
+straight to its final name, without a temp file or fsync; an S3 one is
+uploaded whole when written.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-BAND_DTYPE = np.dtype([("k", "<u8"), ("i", "<u4")])
-EXACT_DTYPE = np.dtype([("k", "<u8"), ("k2", "<u8"), ("i", "<u4")])
+from pipelines.core.store import LocalStore, Store
+
+EXACT_DTYPE = np.dtype([("k", "<u8"), ("k2", "<u8"), ("r", "<i8")])  # 128-bit key (exact text, URL), rank
+# Band key, rank, and where the record's shingles are (shard, first shingle, count) for Jaccard verification.
+BAND_DTYPE = np.dtype([("k", "<u8"), ("r", "<i8"), ("s", "<u4"), ("c", "<u4"), ("o", "<u8")])
 _SPACE = 1 << 64
 
 
-def band_file(work: Path, shard: int, band: int) -> Path:
-    return work / f"s{shard:05d}" / f"band_{band:03d}.npy"
+def hash_bounds(parts: int) -> np.ndarray:
+    """The ``parts - 1`` inner cuts of the 64-bit hash space into equal slices."""
+    return np.array([(_SPACE * p) // parts for p in range(1, parts)], dtype=np.uint64)
 
 
-def exact_file(work: Path, shard: int) -> Path:
-    return work / f"s{shard:05d}" / "exact.npy"
+def node_bounds(n: int, parts: int) -> np.ndarray:
+    """The ``parts - 1`` inner cuts of the node (rank) range ``[0, n)`` into equal slices."""
+    return np.array([(n * p) // parts for p in range(1, parts)], dtype=np.int64)
 
 
-def shingle_file(work: Path, shard: int) -> Path:
+def key_rel(shard: int, kind: str) -> str:
+    return f"keys/s{shard:05d}/{kind}.bin"
+
+
+def shingle_rel(shard: int) -> str:
     """Raw little-endian uint64 shingle hashes of the shard's records, concatenated (for Jaccard verification)."""
-    return work / f"s{shard:05d}" / "shingles.u64"
+    return f"shingles/s{shard:05d}.u64"
 
 
-def shingle_index_file(work: Path, shard: int) -> Path:
-    """(n + 1,) int64: record i's shingles are entries [idx[i], idx[i+1]) of shingle_file."""
-    return work / f"s{shard:05d}" / "shingles_index.npy"
+@contextlib.contextmanager
+def writing(store: Store, rel: str) -> Iterator[Path]:
+    """A local path whose bytes become ``rel`` in the store when the block ends."""
+    if isinstance(store, LocalStore):
+        path = store.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield path
+    else:
+        with store.writer(rel) as tmp:
+            yield tmp
+
+
+def write_partitioned(store: Store, rel: str, rec: np.ndarray, key: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Write ``rec`` sorted by ``key`` (stable); returns the row offsets of the ``len(bounds) + 1`` partitions."""
+    order = np.argsort(key, kind="stable")
+    rec, key = rec[order], key[order]
+    with writing(store, rel) as path:
+        rec.tofile(path)
+    return np.r_[0, np.searchsorted(key, bounds, "left"), len(rec)].astype(np.int64)
+
+
+def read_rows(store: Store, rel: str, dtype: np.dtype, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of a flat record file."""
+    if stop <= start:
+        return np.zeros(0, dtype)
+    size = dtype.itemsize
+    if isinstance(store, LocalStore):
+        return np.fromfile(store.root / rel, dtype=dtype, count=stop - start, offset=start * size)
+    return np.frombuffer(read_range(store, rel, start * size, stop * size), dtype=dtype).copy()
+
+
+def read_range(store: Store, rel: str, start: int, stop: int) -> bytes:
+    """Bytes ``[start, stop)`` of a scratch file: a seek locally, one ranged GET on S3."""
+    if isinstance(store, LocalStore):
+        with open(store.root / rel, "rb") as f:
+            f.seek(start)
+            return f.read(stop - start)
+    body = store.client.get_object(Bucket=store.bucket, Key=store.key(rel), Range=f"bytes={start}-{stop - 1}")["Body"]
+    return body.read()
+
+
+def read_parts(store: Store, dtype: np.dtype, parts: list[tuple[str, int, int]]) -> np.ndarray:
+    """One partition of many files: the rows ``(rel, start, stop)`` of each, concatenated."""
+    pieces = [read_rows(store, rel, dtype, a, b) for rel, a, b in parts]
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype)
+
+
+def slices(files: list[tuple[str, np.ndarray]], p: int) -> list[tuple[str, int, int]]:
+    """The non-empty row ranges of partition ``p`` in files given as (rel, partition offsets)."""
+    return [(rel, int(off[p]), int(off[p + 1])) for rel, off in files if off[p + 1] > off[p]]
+
+
+def save_array(store: Store, rel: str, arr: np.ndarray) -> None:
+    with writing(store, rel) as path:
+        np.save(path, arr, allow_pickle=False)
+
+
+def load_array(store: Store, rel: str, cache: bool = False) -> np.ndarray:
+    """An array ``save_array`` wrote; ``cache``: kept downloaded for this process's later tasks (fetch), else
+    read into memory only (no local copy left behind)."""
+    if cache or isinstance(store, LocalStore):
+        return np.load(store.fetch(rel), allow_pickle=False)
+    return np.load(io.BytesIO(store.read_bytes(rel)), allow_pickle=False)
 
 
 class ShingleWriter:
     """Appends each batch's shingle hashes to the shard's shingle file: memory holds one batch, not the shard."""
 
-    def __init__(self, work: Path, shard: int):
-        self.path = shingle_file(work, shard)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "wb")
-        self.counts: list[np.ndarray] = []
+    def __init__(self, store: Store, shard: int):
+        self._stack = contextlib.ExitStack()
+        self.file = open(self._stack.enter_context(writing(store, shingle_rel(shard))), "wb")
+        self.written = 0  # shingles so far: where the next record's start
 
-    def add(self, hashes: np.ndarray, counts: np.ndarray) -> None:
+    def add(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Write a batch; returns each record's first shingle position in the file."""
         self.file.write(np.ascontiguousarray(hashes, dtype="<u8").tobytes())
-        self.counts.append(np.asarray(counts, dtype=np.int64))
+        starts = self.written + np.cumsum(counts) - counts
+        self.written += int(np.sum(counts))
+        return starts.astype(np.uint64)
 
-    def close(self, work: Path, shard: int) -> None:
+    def close(self) -> None:
         self.file.close()
-        counts = np.concatenate(self.counts) if self.counts else np.zeros(0, np.int64)
-        _save(shingle_index_file(work, shard), np.r_[0, np.cumsum(counts)].astype(np.int64))
-
-
-def url_file(work: Path, shard: int) -> Path:
-    return work / f"s{shard:05d}" / "url.npy"
-
-
-def _save(path: Path, arr: np.ndarray) -> None:
-    # Scratch files of one run (deleted after pass 2): no atomic rename or fsync needed.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, arr)
-
-
-def write_shard_keys(work: Path, shard: int, exact: np.ndarray | None, bands: np.ndarray | None,
-                     url: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """exact: (n, 2) uint64 or None; bands: (n, B) uint64 or None; url: (local indices, (m, 2) uint64) of the
-    records that have a URL, or None. Each written sorted by key, then index."""
-    if url is not None:
-        rows, keys = url
-        rec = np.empty(len(rows), EXACT_DTYPE)
-        rec["k"], rec["k2"], rec["i"] = keys[:, 0], keys[:, 1], rows
-        _save(url_file(work, shard), np.sort(rec, order=["k", "k2", "i"]))
-    if exact is not None:
-        rec = np.empty(len(exact), EXACT_DTYPE)
-        rec["k"], rec["k2"], rec["i"] = exact[:, 0], exact[:, 1], np.arange(len(exact))
-        _save(exact_file(work, shard), np.sort(rec, order=["k", "k2", "i"]))
-    if bands is not None:
-        for b in range(bands.shape[1]):
-            rec = np.empty(len(bands), BAND_DTYPE)
-            rec["k"], rec["i"] = bands[:, b], np.arange(len(bands))
-            _save(band_file(work, shard, b), np.sort(rec, order=["k", "i"]))
-
-
-def merged_slices(files: list[Path], offsets: np.ndarray, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (keys, global index) slices of the k-way merge of sorted key files, in key order.
-
-    keys is (m,) uint64 for band files or (m, 2) for exact files; equal keys never straddle two slices.
-    """
-    maps = [np.load(f, mmap_mode="r") for f in files]
-    total = sum(len(m) for m in maps)
-    parts = max(1, -(-total // max(chunk, 1)))
-    edges = [(_SPACE * p) // parts for p in range(parts + 1)]
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        pieces = []
-        for m, off in zip(maps, offsets):
-            if not len(m):
-                continue
-            k = m["k"]
-            s = int(np.searchsorted(k, np.uint64(lo), "left"))
-            e = len(m) if hi >= _SPACE else int(np.searchsorted(k, np.uint64(hi), "left"))
-            if e > s:
-                piece = np.array(m[s:e])  # copy only this slice out of the map
-                pieces.append((piece, off))
-        if not pieces:
-            continue
-        idx = np.concatenate([p["i"].astype(np.int64) + off for p, off in pieces])
-        if "k2" in pieces[0][0].dtype.names:
-            keys = np.stack([np.concatenate([p["k"] for p, _ in pieces]), np.concatenate([p["k2"] for p, _ in pieces])], 1)
-            order = np.lexsort((idx, keys[:, 1], keys[:, 0]))
-        else:
-            keys = np.concatenate([p["k"] for p, _ in pieces])
-            order = np.lexsort((idx, keys))
-        yield keys[order], idx[order]
-    del maps
+        self._stack.close()
 
 
 def group_starts(keys: np.ndarray) -> np.ndarray:

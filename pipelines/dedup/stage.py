@@ -1,21 +1,23 @@
 """Dedup stage: data/filter -> data/dedup.
 
-Pass 1 (parallel, per input shard): read id, text (and the keep-policy
-columns, and url when URL dedup is on); hash every word once (vectorised,
-pipelines.dedup.minhash.text_word_hashes) and derive from those the exact
-key, the MinHash signature and the decontamination n-grams; write each LSH
-band's, the exact hashes' and the URL hashes' (hash, index) pairs as sorted
-key files (pipelines.dedup.spill) and return only ids, keep values and
-benchmark-contamination flags. Pass 2 (global, in this process): merge the
-key files band by band into candidate pairs -> duplicate clusters
-(pipelines.dedup.clusters), optionally verified by true Jaccard; then,
-optionally, semantic dedup of the survivors (pipelines.dedup.semantic), which
-also writes the embedding cache. Pass 3 (parallel, per shard, through the
-core runner): write kept records with ``dup_of`` / ``dup_cluster`` /
-``contamination`` columns and dropped ones under removed/ with their reason.
-Every output shard depends on every input shard (a duplicate may live
-anywhere), so each shard's fingerprints cover all inputs. Phase timings
-(wall + CPU) go to the log, never into outputs.
+The keep pass (parallel, per input shard) reads ids and the keep-policy
+columns; the driver ranks every record in keep order (pipelines.dedup.keep).
+Pass 1 (parallel, per input shard, pipelines.dedup.pass1): hash every word
+once and derive the exact key, the MinHash signature and the decontamination
+n-grams; write the exact, URL and band keys (each with its record's rank) as
+key files partitioned by hash range into the run's scratch store (a local
+directory or S3: pipelines.dedup.spill); return benchmark-contamination flags.
+Pass 2 (executor tasks, pipelines.dedup.clusters): bucket tasks per (key kind,
+hash range), pair tasks that count and verify candidate pairs, then
+connected-component rounds, giving the duplicate clusters; the driver turns
+them into each shard's small context. Then, optionally, semantic dedup of the
+survivors (pipelines.dedup.semantic, on the driver), which also writes the
+embedding cache. Pass 3 (parallel, per shard, through the core runner): write
+kept records with ``dup_of`` / ``dup_cluster`` / ``contamination`` columns and
+dropped ones under removed/ with their reason. Every output shard depends on
+every input shard (a duplicate may live anywhere), so each shard's
+fingerprints cover all inputs. Phase timings (wall + CPU) go to the log,
+never into outputs.
 """
 from __future__ import annotations
 
@@ -30,17 +32,16 @@ import pyarrow.compute as pc
 from pipelines.config import resolve, section
 from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_table
 from pipelines.core.hashing import sha256_file
-from pipelines.core.shards import iter_batches, read_schema, read_shard
+from pipelines.core.shards import read_shard
 from pipelines.core.stats import ShardStats
 from pipelines.dedup import decontam, keep, semantic, spill
-from pipelines.dedup.clusters import DUPLICATE_URL, EXACT_DUP, NEAR_DUP, decide
+from pipelines.dedup.clusters import DUPLICATE_URL, EXACT_DUP, NEAR_DUP, check_unique_ids, decide, partitions
 from pipelines.dedup.decontam import CONTAMINATED
-from pipelines.dedup.exact import exact_hashes
-from pipelines.dedup.minhash import MinHasher, text_word_hashes, word_sequence_digests
+from pipelines.dedup.minhash import MinHasher
+from pipelines.dedup.pass1 import hash_shard, keep_keys
 from pipelines.dedup.semantic import SEMANTIC_DUP
 from pipelines.dedup.timing import PhaseClock
-from pipelines.dedup.urls import url_keys
-from pipelines.dedup.verify import jaccard_verifier, read_text_column
+from pipelines.dedup.verify import read_text_column
 
 log = logging.getLogger(__name__)
 STAGE = "dedup"
@@ -70,77 +71,6 @@ def dedup_config(params: dict) -> dict:
             "semantic": semantic.validate(cfg.get("semantic"))}
 
 
-def hash_shard(job: tuple) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, dict]:
-    """Pass 1 for one shard: write its sorted key files; return (ids, keep-column values, contamination (n, sets), timings)."""
-    path, shard, cfg, work, index = job
-    clock = PhaseClock()
-    exact_cfg, mh_cfg = cfg["exact"], cfg["minhash"]
-    hasher = MinHasher(mh_cfg["ngram"], mh_cfg["bands"], mh_cfg["rows"], mh_cfg["seed"]) if mh_cfg["enabled"] else None
-    present = set(pq_columns(path))
-    value_cols = [c for c in keep.value_columns(keep.parse_keep(cfg["keep"])) if c in present]
-    use_url = exact_cfg["url"]
-    if use_url and "url" not in present:
-        raise ValueError(f"dedup.exact.url is on but {path} has no url column")
-    # With the default exact settings the exact key is the word sequence MinHash reads: hash words once for all.
-    shared = exact_cfg["lowercase"] and exact_cfg["strip_punctuation"]
-    need_words = hasher is not None or index is not None or (exact_cfg["enabled"] and shared)
-    ids, exact, bands, contam, url_rows, url_hashes = [], [], [], [], [], []
-    values: dict[str, list] = {c: [] for c in value_cols}
-    # Jaccard verification reads the shingles back from scratch files instead of re-reading the texts.
-    verifying = hasher is not None and mh_cfg["verify_threshold"] is not None
-    shingle_out = spill.ShingleWriter(Path(work), shard) if verifying else None
-    batches = iter_batches(path, columns=["id", "text", *value_cols, *(["url"] if use_url else [])])
-    while True:
-        with clock("read"):
-            batch = next(batches, None)
-            if batch is None:
-                break
-            texts = batch.column("text").to_pylist()
-            if use_url:
-                urls = batch.column("url").to_pylist()
-        for c in value_cols:
-            try:
-                values[c].append(batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64))
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"dedup.keep: column {c!r} of {path} is not numeric ({e})") from None
-        if use_url:
-            with clock("url"):
-                rows, keys = url_keys(urls)
-                url_rows.append(rows + len(ids))
-                url_hashes.append(keys)
-        ids.extend(batch.column("id").to_pylist())
-        if need_words:
-            with clock("words"):
-                word_hashes, lengths = text_word_hashes(texts)
-        if exact_cfg["enabled"]:
-            with clock("exact"):
-                exact.append(word_sequence_digests(word_hashes, lengths) if shared else exact_hashes(
-                    texts, lowercase=exact_cfg["lowercase"], strip_punctuation=exact_cfg["strip_punctuation"]))
-        if hasher is not None:
-            with clock("minhash"):
-                shingles, counts = hasher.shingles_of_words(word_hashes, lengths, texts)
-                bands.append(hasher.band_hashes(hasher.signatures_of_shingles(shingles, counts)))
-            if shingle_out is not None:
-                with clock("spill"):
-                    shingle_out.add(shingles, counts)
-        if index is not None:
-            with clock("decontam"):
-                contam.append(index.match_words(word_hashes, lengths, texts))
-    n_bands = mh_cfg["bands"] if hasher is not None else 0
-    with clock("spill"):
-        if shingle_out is not None:
-            shingle_out.close(Path(work), shard)
-        spill.write_shard_keys(
-            Path(work), shard,
-            (np.concatenate(exact) if exact else np.zeros((0, 2), np.uint64)) if exact_cfg["enabled"] else None,
-            (np.concatenate(bands) if bands else np.zeros((0, n_bands), np.uint64)) if hasher is not None else None,
-            url=(np.concatenate(url_rows), np.concatenate(url_hashes)) if use_url and url_rows else None,
-        )
-    n_sets = len(index.names) if index is not None else 0
-    return (np.array(ids, dtype=str), {c: np.concatenate(v) if v else np.zeros(0) for c, v in values.items()},
-            np.concatenate(contam) if contam else np.zeros((len(ids), n_sets), bool), clock.phases)
-
-
 def texts_at(inputs: list[str], offsets: np.ndarray, indices: np.ndarray) -> list[str]:
     """Texts of records by global index (sorted indices), re-read one shard at a time (text column only)."""
     out: list[str] = []
@@ -152,85 +82,88 @@ def texts_at(inputs: list[str], offsets: np.ndarray, indices: np.ndarray) -> lis
     return out
 
 
-def pq_columns(path: str) -> list[str]:
-    return read_schema(path).names
-
-
 def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
     """Passes 1 and 2: each shard's small context (its drops, cluster heads and contamination flags)."""
-    inputs = [ref.uri for ref in run.input_shards()]
-    names = [ref.name for ref in run.input_shards()]
+    refs = run.input_shards()
+    inputs, names = [ref.uri for ref in refs], [ref.name for ref in refs]
     dc = cfg["decontam"]
     with clock("decontam_index"):
         index = decontam.build_index(dc, resolve) if dc["enabled"] else None
-    work = run.scratch.local_root()
-    with clock("pass1_hash"):
-        shard_out = run.map(hash_shard, [(p, s, cfg, str(work), index) for s, p in enumerate(inputs)])
-    for o in shard_out:
-        clock.add(o[3], prefix="pass1_worker_")
     with clock("keep_rank"):
-        ids = np.concatenate([o[0] for o in shard_out])
-        sizes = np.array([len(o[0]) for o in shard_out], dtype=np.int64)
-        offsets = np.cumsum(sizes) - sizes
-        policy = keep.parse_keep(cfg["keep"])
-        values = {}
-        for c in keep.value_columns(policy):  # a shard without the column: missing values (rank last)
-            if any(c in o[1] for o in shard_out):
-                values[c] = np.concatenate([o[1].get(c, np.full(len(o[0]), np.nan)) for o in shard_out])
-        rank = keep.global_rank(ids, values, policy)
-    contam = np.concatenate([o[2] for o in shard_out]) if index is not None else np.zeros((len(ids), 0), bool)
-    excluded = contam.any(axis=1) if dc["mode"] == "drop" else None
-    mh = cfg["minhash"]
-    verify = None
-    if mh["enabled"] and mh["verify_threshold"] is not None:
-        check = jaccard_verifier(work, offsets, float(mh["verify_threshold"]))
-
-        def verify(src, dst):
-            with clock("verify"):
-                return check(src, dst)
-
-    with clock("merge_cluster"):
-        decisions = decide(ids, rank, work, offsets, len(inputs), exact=cfg["exact"]["enabled"],
-                           bands=mh["bands"] if mh["enabled"] else 0, excluded=excluded, chunk=cfg["merge_chunk"],
-                           verify=verify, url=cfg["exact"]["url"])
-    if "verify" in clock.phases:  # merge_cluster's numbers include verification: report them apart
-        for k in ("wall_s", "cpu_s"):
-            clock.phases["merge_cluster"][k] -= clock.phases["verify"][k]
-    run.drop_scratch()  # key and shingle files: not needed past the merge
-    log.info("%s: %d records, %d candidate pairs, %d after verification, %d clusters", STAGE, len(ids),
+        ids, offsets, rank = keep_rank(run, inputs, cfg["keep"])
+    n, mh = len(ids), cfg["minhash"]
+    parts = partitions(n, cfg["merge_chunk"])
+    store = run.scratch
+    with clock("pass1_hash"):
+        jobs = [{"path": p, "shard": s, "cfg": cfg, "store": store, "index": index, "bounds": spill.hash_bounds(parts),
+                 "rank": rank[offsets[s]:offsets[s + 1]]} for s, p in enumerate(inputs)]
+        shard_out = run.map(hash_shard, jobs)
+    for o in shard_out:
+        clock.add(o["phases"], prefix="pass1_worker_")
+    decisions = decide(run.map, store, [o["offsets"] for o in shard_out], n, parts, exact=cfg["exact"]["enabled"],
+                       bands=mh["bands"] if mh["enabled"] else 0, url=cfg["exact"]["url"],
+                       threshold=mh["verify_threshold"] if mh["enabled"] else None, clock=clock)
+    run.drop_scratch()  # key, shingle and edge files: not needed past the components
+    log.info("%s: %d records, %d candidate pairs, %d after verification, %d clusters", STAGE, n,
              decisions.candidate_pairs, decisions.verified_pairs, decisions.n_clusters)
-    sem_of = np.full(len(ids), -1, dtype=np.int64)
+    with clock("finalize"):
+        by_rank = np.empty(n, dtype=np.int64)
+        by_rank[rank] = np.arange(n)
+        sets = index.names if index is not None else []
+        contexts = {name: {"drops": {}, "heads": {}, "flags": {}, "sets": sets} for name in names}
+        excluded = []
+        for s, o in enumerate(shard_out):
+            rows, flags = o["contam"]
+            ctx = contexts[names[s]]
+            for i, f in zip((offsets[s] + rows).tolist(), flags):
+                ctx["flags"][str(ids[i])] = [sets[j] for j in np.flatnonzero(f)]
+                if dc["mode"] == "drop":
+                    ctx["drops"][str(ids[i])] = (CONTAMINATED, None, 1)
+                    excluded.append(i)
+        member = by_rank[decisions.node]
+        kept_id = ids[by_rank[decisions.kept]]
+        shard_of = np.searchsorted(offsets, member, side="right") - 1
+        for i, s, reason, head, size in zip(member.tolist(), shard_of.tolist(), decisions.reason, kept_id.tolist(),
+                                            decisions.size.tolist()):
+            ctx = contexts[names[s]]
+            if reason is not None:
+                ctx["drops"][str(ids[i])] = (reason, str(head), size)
+            else:
+                ctx["heads"][str(ids[i])] = size
     if cfg["semantic"]["enabled"]:
         with clock("semantic"):
-            survivors = (decisions.kept_index == np.arange(len(ids)))
-            if excluded is not None:
-                survivors &= ~excluded
+            survivors = np.ones(n, bool)
+            survivors[member[decisions.kept != decisions.node]] = False
+            survivors[np.asarray(excluded, dtype=np.int64)] = False
             sem_of = semantic_pass(run, inputs, offsets, ids, rank, np.flatnonzero(survivors), cfg["semantic"])
-    sets = index.names if index is not None else []
-    contexts = {}
-    for s in range(len(inputs)):
-        start, stop = int(offsets[s]), int(offsets[s] + sizes[s])
-        drops, heads, flags = {}, {}, {}
-        for i in start + np.flatnonzero(contam[start:stop].any(axis=1)):
-            flags[str(ids[i])] = [sets[j] for j in np.flatnonzero(contam[i])]
-            if excluded is not None:
-                drops[str(ids[i])] = (CONTAMINATED, None, 1)
-        for i in start + np.flatnonzero(decisions.cluster_size[start:stop] > 1):  # singletons need no entry
-            size = int(decisions.cluster_size[i])
-            if decisions.reason[i] is not None:
-                drops[str(ids[i])] = (decisions.reason[i], str(ids[decisions.kept_index[i]]), size)
-            else:
-                heads[str(ids[i])] = size
-        contexts[names[s]] = {"drops": drops, "heads": heads, "flags": flags, "sets": sets}
-    if (sem_of >= 0).any():
-        group = np.bincount(sem_of[sem_of >= 0], minlength=len(ids)) + 1  # a kept record and its semantic dups
-        shard_of = np.searchsorted(offsets, np.arange(len(ids)), side="right") - 1
-        for i in np.flatnonzero(sem_of >= 0):
-            head = int(sem_of[i])
-            contexts[names[shard_of[i]]]["drops"][str(ids[i])] = (SEMANTIC_DUP, str(ids[head]), int(group[head]))
-            heads = contexts[names[shard_of[head]]]["heads"]
-            heads[str(ids[head])] = max(heads.get(str(ids[head]), 1), int(group[head]))
+        add_semantic(contexts, names, offsets, ids, sem_of)
     return contexts
+
+
+def keep_rank(run, inputs: list[str], policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, shard offsets (n_shards + 1), keep rank) of every record, in global index order."""
+    shard_keys = run.map(keep_keys, [(p, policy) for p in inputs])
+    ids = np.concatenate([k[0] for k in shard_keys]) if shard_keys else np.zeros(0, str)
+    offsets = np.r_[0, np.cumsum([len(k[0]) for k in shard_keys])].astype(np.int64)
+    check_unique_ids(ids)
+    values = {}
+    for c in keep.value_columns(keep.parse_keep(policy)):  # a shard without the column: missing values (rank last)
+        if any(c in k[1] for k in shard_keys):
+            values[c] = np.concatenate([k[1].get(c, np.full(len(k[0]), np.nan)) for k in shard_keys])
+    return ids, offsets, keep.global_rank(ids, values, keep.parse_keep(policy))
+
+
+def add_semantic(contexts: dict, names: list[str], offsets: np.ndarray, ids: np.ndarray, sem_of: np.ndarray) -> None:
+    """Semantic duplicates into the shards' contexts (dropped, naming their kept record, whose cluster grows)."""
+    if not (sem_of >= 0).any():
+        return
+    group = np.bincount(sem_of[sem_of >= 0], minlength=len(ids)) + 1  # a kept record and its semantic dups
+    shard_of = np.searchsorted(offsets, np.arange(len(ids)), side="right") - 1
+    for i in np.flatnonzero(sem_of >= 0):
+        head = int(sem_of[i])
+        contexts[names[shard_of[i]]]["drops"][str(ids[i])] = (SEMANTIC_DUP, str(ids[head]), int(group[head]))
+        heads = contexts[names[shard_of[head]]]["heads"]
+        heads[str(ids[head])] = max(heads.get(str(ids[head]), 1), int(group[head]))
 
 
 def semantic_pass(run, inputs: list[str], offsets: np.ndarray, ids: np.ndarray, rank: np.ndarray, candidates: np.ndarray,

@@ -1,22 +1,31 @@
-"""Optional check of LSH candidate pairs by the true Jaccard similarity of their shingle sets.
+"""Pair tasks: one per node range, on the executor: distinct LSH candidate pairs, optionally verified by Jaccard.
 
-Pass 1 spills every record's shingle hashes (the ones its MinHash signature
-was computed from) to a scratch file per shard (pipelines.dedup.spill); here
-each record of a candidate pair is read back by offset (no mmap: the pages
-do not stay resident), so memory is bounded by a small cache of shingle
-sets, not by the number of candidates, and no text is re-read or re-shingled.
+The band bucket tasks write candidate pairs partitioned by the node range of
+their first (better ranked) record; the same pair comes from every band the
+two records share, so a pair task keeps each pair once (that is the candidate
+count), checks it by the true Jaccard similarity of the two shingle sets when
+``verify_threshold`` is set, and writes the pairs it keeps as edges for the
+components (pipelines.dedup.components).
+
+Pass 1 spilled every record's shingle hashes (the ones its MinHash signature
+was computed from) to a scratch file per shard, and each key entry says where
+its record's shingles are: a record is read back by offset (a ranged read;
+locally no mmap, so the pages do not stay resident), memory is bounded by a
+small cache of shingle sets, and no text is re-read or re-shingled.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.dedup import spill
+from pipelines.dedup.buckets import PAIR_DTYPE
+from pipelines.dedup.components import LARGE, write_edges
+from pipelines.dedup.timing import PhaseClock
 
 CACHE_RECORDS = 4096  # >= 2; shingle sets kept between pairs (pairs come sorted by their first record)
+SHINGLE = np.dtype("<u8")
 
 
 def read_text_column(path) -> pa.ChunkedArray:
@@ -31,30 +40,39 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union else 1.0
 
 
-def jaccard_verifier(work: Path, offsets: np.ndarray, threshold: float):
-    """A callable (src, dst) -> bool mask of the pairs whose shingle-set Jaccard >= threshold."""
-    bounds = np.asarray(offsets, dtype=np.int64)
-    starts = {}  # shard -> (n+1,) offsets of its records in its shingle file
+def verified(store, pairs: np.ndarray, threshold: float) -> np.ndarray:
+    """Bool mask of the pairs (sorted by first record) whose shingle-set Jaccard >= threshold."""
+    out = np.zeros(len(pairs), dtype=bool)
+    cache: dict[int, np.ndarray] = {}
 
-    def shingles_of(g: int) -> np.ndarray:
-        s = int(np.searchsorted(bounds, g, side="right") - 1)
-        if s not in starts:
-            starts[s] = np.load(spill.shingle_index_file(work, s))
-        local = g - int(bounds[s])
-        a, b = int(starts[s][local]), int(starts[s][local + 1])
-        return np.unique(np.fromfile(spill.shingle_file(work, s), dtype="<u8", count=b - a, offset=8 * a))
+    def shingles(rank: int, shard: int, first: int, count: int) -> np.ndarray:
+        if rank not in cache:
+            rel = spill.shingle_rel(shard)
+            cache[rank] = np.unique(spill.read_rows(store, rel, SHINGLE, first, first + count))
+        return cache[rank]
 
-    def verify(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(src), dtype=bool)
-        cache: dict[int, np.ndarray] = {}
-        for k in np.lexsort((dst, src)).tolist():
-            a, b = int(src[k]), int(dst[k])
-            if len(cache) + 2 > CACHE_RECORDS and (a not in cache or b not in cache):
-                cache.clear()  # never between loading a and b: both stay for this pair
-            for g in (a, b):
-                if g not in cache:
-                    cache[g] = shingles_of(g)
-            out[k] = jaccard(cache[a], cache[b]) >= threshold
-        return out
+    for k, p in enumerate(pairs.tolist()):
+        u, v, us, uc, uo, vs, vc, vo = p
+        if len(cache) + 2 > CACHE_RECORDS and (u not in cache or v not in cache):
+            cache.clear()  # never between loading u and v: both stay for this pair
+        out[k] = jaccard(shingles(u, us, uo, uc), shingles(v, vs, vo, vc)) >= threshold
+    return out
 
-    return verify
+
+def pair_task(job: dict) -> dict:
+    """The distinct candidate pairs of one node range (those kept, verified when asked) -> component edges."""
+    clock = PhaseClock()
+    store = job["store"]
+    with clock("read"):
+        pairs = spill.read_parts(store, PAIR_DTYPE, job["parts"])
+    with clock("distinct"):
+        pairs = pairs[np.lexsort((pairs["v"], pairs["u"]))]
+        if len(pairs):
+            pairs = pairs[spill.group_starts(np.stack([pairs["u"], pairs["v"]], 1))]
+    candidates = len(pairs)
+    if job["threshold"] is not None and candidates:
+        with clock("verify"):
+            pairs = pairs[verified(store, pairs, float(job["threshold"]))]
+    with clock("write"):
+        offsets = write_edges(store, job["out"], pairs["u"], pairs["v"], LARGE, job["bounds"])
+    return {"offsets": offsets, "candidates": candidates, "verified": len(pairs), "phases": clock.phases}

@@ -1,0 +1,146 @@
+"""Pass 1 of dedup, one task per input shard (on the executor): keys of every record, written to scratch.
+
+``keep_keys`` reads the columns the keep policy ranks by (id and the numeric
+keep columns) for the driver's global keep rank. ``hash_shard`` then reads id,
+text (and url when URL dedup is on); hashes every word once (vectorised,
+pipelines.dedup.minhash.text_word_hashes) and derives from those the exact
+key, the MinHash signature and the decontamination n-grams; and writes, per
+key kind (exact, url, band b), one key file sorted by hash and cut into the
+hash-range partitions of the bucket tasks (pipelines.dedup.spill), each entry
+carrying the record's keep rank (and, for bands, where its shingles are).
+Records dropped as contaminated get no keys: they take no part in dedup.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.core.shards import iter_batches, read_schema
+from pipelines.dedup import keep, spill
+from pipelines.dedup.exact import exact_hashes
+from pipelines.dedup.minhash import MinHasher, text_word_hashes, word_sequence_digests
+from pipelines.dedup.timing import PhaseClock
+from pipelines.dedup.urls import url_keys
+
+EXACT, URL = "exact", "url"
+
+
+def band_kind(b: int) -> str:
+    return f"band_{b:03d}"
+
+
+def pq_columns(path: str) -> list[str]:
+    return read_schema(path).names
+
+
+def keep_keys(job: tuple) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(ids, keep-column values) of one shard; a column the shard lacks is left out (missing: ranks last)."""
+    path, policy = job
+    present = set(pq_columns(path))
+    value_cols = [c for c in keep.value_columns(keep.parse_keep(policy)) if c in present]
+    ids, values = [], {c: [] for c in value_cols}
+    for batch in iter_batches(path, columns=["id", *value_cols]):
+        ids.extend(batch.column("id").to_pylist())
+        for c in value_cols:
+            try:
+                values[c].append(batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"dedup.keep: column {c!r} of {path} is not numeric ({e})") from None
+    return np.array(ids, dtype=str), {c: np.concatenate(v) if v else np.zeros(0) for c, v in values.items()}
+
+
+def hash_shard(job: dict) -> dict:
+    """Pass 1 for one shard: write its partitioned key files (and shingles); return the files' partition offsets,
+    its contamination flags (rows, (m, sets) bool) and timings."""
+    path, shard, cfg, store, index, rank = (job[k] for k in ("path", "shard", "cfg", "store", "index", "rank"))
+    clock = PhaseClock()
+    exact_cfg, mh_cfg = cfg["exact"], cfg["minhash"]
+    hasher = MinHasher(mh_cfg["ngram"], mh_cfg["bands"], mh_cfg["rows"], mh_cfg["seed"]) if mh_cfg["enabled"] else None
+    use_url = exact_cfg["url"]
+    if use_url and "url" not in set(pq_columns(path)):
+        raise ValueError(f"dedup.exact.url is on but {path} has no url column")
+    # With the default exact settings the exact key is the word sequence MinHash reads: hash words once for all.
+    shared = exact_cfg["lowercase"] and exact_cfg["strip_punctuation"]
+    need_words = hasher is not None or index is not None or (exact_cfg["enabled"] and shared)
+    exact, bands, counts, starts, contam, url_rows, url_hashes = [], [], [], [], [], [], []
+    # Jaccard verification reads the shingles back from scratch files instead of re-reading the texts.
+    shingle_out = spill.ShingleWriter(store, shard) if hasher is not None and mh_cfg["verify_threshold"] is not None else None
+    batches = iter_batches(path, columns=["text", *(["url"] if use_url else [])])
+    seen = 0
+    while True:
+        with clock("read"):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            texts = batch.column("text").to_pylist()
+        if use_url:
+            with clock("url"):
+                rows, keys = url_keys(batch.column("url").to_pylist())
+                url_rows.append(rows + seen)
+                url_hashes.append(keys)
+        seen += len(texts)
+        if need_words:
+            with clock("words"):
+                word_hashes, lengths = text_word_hashes(texts)
+        if exact_cfg["enabled"]:
+            with clock("exact"):
+                exact.append(word_sequence_digests(word_hashes, lengths) if shared else exact_hashes(
+                    texts, lowercase=exact_cfg["lowercase"], strip_punctuation=exact_cfg["strip_punctuation"]))
+        if hasher is not None:
+            with clock("minhash"):
+                shingles, n_shingles = hasher.shingles_of_words(word_hashes, lengths, texts)
+                bands.append(hasher.band_hashes(hasher.signatures_of_shingles(shingles, n_shingles)))
+            if shingle_out is not None:
+                with clock("spill"):
+                    starts.append(shingle_out.add(shingles, n_shingles))
+                    counts.append(n_shingles)
+        if index is not None:
+            with clock("decontam"):
+                contam.append(index.match_words(word_hashes, lengths, texts))
+    if len(rank) != seen:
+        raise RuntimeError(f"dedup: {path} changed between the keep pass and pass 1 ({len(rank)} != {seen} records)")
+    n_sets = len(index.names) if index is not None else 0
+    flags = np.concatenate(contam) if contam else np.zeros((seen, n_sets), bool)
+    active = ~flags.any(axis=1) if cfg["decontam"]["mode"] == "drop" else np.ones(seen, bool)
+    with clock("spill"):
+        if shingle_out is not None:
+            shingle_out.close()
+        offsets = write_keys(store, shard, job["bounds"], rank, active, exact=_cat(exact, (0, 2)) if exact_cfg["enabled"] else None,
+                             url=(_cat(url_rows, (0,), np.int64), _cat(url_hashes, (0, 2))) if use_url else None,
+                             bands=_cat(bands, (0, mh_cfg["bands"])) if hasher is not None else None,
+                             shingles=(shard, _cat(counts, (0,), np.int64), _cat(starts, (0,))))
+    flagged = np.flatnonzero(flags.any(axis=1))
+    return {"offsets": offsets, "contam": (flagged, flags[flagged]), "phases": clock.phases}
+
+
+def _cat(parts: list, empty_shape: tuple, dtype=np.uint64) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(empty_shape, dtype)
+
+
+def write_keys(store, shard: int, bounds: np.ndarray, rank: np.ndarray, active: np.ndarray, *, exact, url, bands,
+               shingles) -> dict[str, np.ndarray]:
+    """Write a shard's key files (active records only); returns kind -> partition row offsets."""
+    offsets = {}
+    if exact is not None:
+        rows = np.flatnonzero(active)
+        offsets[EXACT] = _write_exact(store, spill.key_rel(shard, EXACT), exact[rows], rank[rows], bounds)
+    if url is not None:
+        rows, keys = url
+        mine = active[rows]
+        offsets[URL] = _write_exact(store, spill.key_rel(shard, URL), keys[mine], rank[rows[mine]], bounds)
+    if bands is not None:
+        rows = np.flatnonzero(active)
+        shard_id, counts, starts = shingles
+        rec = np.zeros(len(rows), spill.BAND_DTYPE)
+        rec["r"], rec["s"] = rank[rows], shard_id
+        if len(counts):  # verification on: where each record's shingles are
+            rec["c"], rec["o"] = counts[rows], starts[rows]
+        for b in range(bands.shape[1]):
+            rec["k"] = bands[rows, b]
+            offsets[band_kind(b)] = spill.write_partitioned(store, spill.key_rel(shard, band_kind(b)), rec, rec["k"], bounds)
+    return offsets
+
+
+def _write_exact(store, rel: str, keys: np.ndarray, rank: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    rec = np.empty(len(keys), spill.EXACT_DTYPE)
+    rec["k"], rec["k2"], rec["r"] = keys[:, 0], keys[:, 1], rank
+    return spill.write_partitioned(store, rel, rec, rec["k"], bounds)
