@@ -18,6 +18,7 @@ send with it).
 from __future__ import annotations
 
 import base64
+import hashlib
 import contextlib
 import json
 import os
@@ -241,10 +242,17 @@ class S3Store(Store):
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return "missing"
             raise
-        # S3 verified the sha256 when the object was written (we sent it); the key is that sha256 too.
-        if head["ContentLength"] != entry.get("bytes") or head.get("ChecksumSHA256") not in (None, _b64(entry["sha256"])):
+        if head["ContentLength"] != entry.get("bytes"):
             return "sha256 mismatch"
-        return None
+        # S3 verified the sha256 we sent when we wrote the object; one written otherwise is read and hashed.
+        checksum = head.get("ChecksumSHA256")
+        if checksum is None:
+            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: body.read(1 << 20), b""):
+                digest.update(chunk)
+            checksum = _b64(digest.hexdigest())
+        return None if checksum == _b64(entry["sha256"]) else "sha256 mismatch"
 
     def problem(self, name: str, entry: dict) -> str | None:
         if not entry.get("uri"):
@@ -300,16 +308,14 @@ def fetch_uri(uri: str) -> Path:
         cache = Path(tempfile.gettempdir()) / f"pipelines-fetch-{os.getpid()}"
         cache.mkdir(parents=True, exist_ok=True)
         bucket, key = split_s3(uri)
-        path = cache / hashlib_name(uri)
+        path = cache / _cache_name(uri)
         with atomic_path(path) as tmp:
             s3_client().download_file(bucket, key, str(tmp))
         _FETCHED[uri] = path
     return _FETCHED[uri]
 
 
-def hashlib_name(uri: str) -> str:
-    import hashlib
-
+def _cache_name(uri: str) -> str:
     return hashlib.sha1(uri.encode()).hexdigest()[:20] + "-" + Path(split_s3(uri)[1]).name
 
 
