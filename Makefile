@@ -31,10 +31,10 @@ test: $(VENV_STAMP)
 # Local Airflow (api-server, scheduler, dag-processor, triggerer; SQLite; auth on) on
 # AIRFLOW_PORT (8080); the admin password is generated and printed once.
 airflow: $(VENV_STAMP)
-	$(PY) -m pipelines.orchestration.services start
+	$(PY) -m pipelines.local_airflow.services start
 
 airflow-stop:
-	$(PY) -m pipelines.orchestration.services stop
+	$(PY) -m pipelines.local_airflow.services stop
 
 bench: $(VENV_STAMP)
 	$(PY) -m bench

@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 
 from airflow.sdk import DAG, Asset, Param, task
 
-from pipelines.orchestration.dag_factory import default_args, project_root, read_params, sinks, sources, stage_tasks
+from pipelines.config import load_params, workspace
+from pipelines.orchestration.dag_factory import default_args, sinks, sources, stage_tasks
 from pipelines.orchestration.run_params import form_schema
 
-PARAMS = read_params()
+PARAMS = load_params()
 ORCH = PARAMS.get("orchestration") or {}
 CORPUS = Asset(name="corpus", uri=ORCH.get("corpus_asset", "pipelines://corpus"))
 
@@ -24,7 +25,7 @@ with DAG(
     max_active_runs=1,
     default_args=default_args(PARAMS),
     # The trigger form: each field is validated (JSON schema) on UI and REST triggers.
-    params={name: Param(None, **schema) for name, schema in form_schema(PARAMS, project_root()).items()},
+    params={name: Param(None, **schema) for name, schema in form_schema(PARAMS, workspace()).items()},
     tags=["data", "dvc"],
     doc_md=__doc__,
 ) as dag:
@@ -33,14 +34,13 @@ with DAG(
     def apply_run_params(params=None) -> dict:
         from pipelines.orchestration.run_params import apply_form
 
-        return apply_form(project_root(), dict(params or {}))
+        return apply_form(workspace(), dict(params or {}))
 
     @task(outlets=[CORPUS])
     def record_version(outlet_events=None) -> dict:
-        from pipelines.config import load_params
-        from pipelines.orchestration.version import record_data_version
+        from pipelines.versions.record import record_data_version
 
-        result = record_data_version(load_params(project_root() / "params.yaml"))
+        result = record_data_version(load_params())  # params.yaml as apply_run_params left it
         outlet_events[CORPUS].extra = result
         return result
 

@@ -11,13 +11,11 @@ from datetime import datetime, timezone
 
 from airflow.sdk import DAG, task
 
-from pipelines.orchestration.dag_factory import read_params
+from pipelines.config import load_params
 from pipelines.runtime import quiet_threads
 
 
 def _params() -> dict:
-    from pipelines.config import load_params
-
     quiet_threads()
     return load_params()
 
@@ -56,7 +54,7 @@ def finalize(results: list[dict]) -> dict:
     return {"best": doc["best_candidate"], "phase1_weights": doc["phase1_weights"]}
 
 
-ROUNDS = int(((read_params().get("mixture") or {}).get("rounds")) or 1)
+ROUNDS = int(((load_params().get("mixture") or {}).get("rounds")) or 1)
 
 with DAG(
     dag_id="mixture_search",

@@ -9,9 +9,10 @@ from datetime import datetime, timezone
 
 from airflow.sdk import DAG, Asset, task
 
-from pipelines.orchestration.dag_factory import default_args, project_root, read_params, sources, stage_tasks
+from pipelines.config import load_params, workspace
+from pipelines.orchestration.dag_factory import default_args, sources, stage_tasks
 
-PARAMS = read_params()
+PARAMS = load_params()
 ORCH = PARAMS.get("orchestration") or {}
 CORPUS = Asset(name="corpus", uri=ORCH.get("corpus_asset", "pipelines://corpus"))
 
@@ -28,9 +29,9 @@ with DAG(
 
     @task
     def resolve_data_version(triggering_asset_events=None) -> dict:
-        from pipelines.orchestration.version import training_data_version
+        from pipelines.versions.record import training_data_version
 
-        return training_data_version(project_root(), triggering_asset_events)
+        return training_data_version(workspace(), triggering_asset_events)
 
     stages = stage_tasks("pretrain", params=PARAMS)
     version = resolve_data_version()

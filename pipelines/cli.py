@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import load_params
 
     if args.command == "demo":
-        return _load("pipelines.orchestration.demo:main")()
+        return _load("pipelines.demo.run:main")()
     params = load_params(args.params)
     if args.command == "check":
         from pipelines.checks.gate import GateFailed, run_gate
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"stage": args.stage, "success": result["success"]}, indent=2))
         return 0
     if args.command == "version":
-        result = _load("pipelines.orchestration.version:record_data_version")(params)
+        result = _load("pipelines.versions.record:record_data_version")(params)
     elif args.command == "summary":
-        print(_load("pipelines.orchestration.summary:render")(params))
+        print(_load("pipelines.demo.summary:render")(params))
         return 0
     elif args.command in JOBS:
         result = _load(JOBS[args.command])(params)

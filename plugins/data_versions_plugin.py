@@ -1,10 +1,10 @@
 """Airflow 3 plugin: the "Data versions" page (funnel, gates, mixture, token shares, curves
-per data version). Thin: the page lives in pipelines.orchestration.data_versions_page."""
+per data version). Thin: the page lives in pipelines.versions.page."""
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from pipelines.orchestration.data_versions_page import LazyApp, create_app
+from pipelines.versions.page import LazyApp, create_app
 
 URL_PREFIX = "/data-versions"
 

@@ -62,7 +62,7 @@ def _make(root: Path, target: str, env: dict) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
-    from pipelines.orchestration.services import _tree, free_port
+    from pipelines.local_airflow.services import _tree, free_port
 
     root = copy_project(tmp_path_factory.mktemp("airflow-live") / "project")
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -87,7 +87,7 @@ def airflow(tmp_path_factory):
     finally:
         before = _tree(state["pids"].values())
         stopped = _make(root, "airflow-stop", env)
-        from pipelines.orchestration.services import _alive
+        from pipelines.local_airflow.services import _alive
 
         left = [p for p in before if _alive(p)]
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -91,7 +91,7 @@ def project(tmp_path) -> Path:
 def test_page_shows_funnel_gates_mixture_tokens_and_curves(project):
     from fastapi.testclient import TestClient
 
-    from pipelines.orchestration.data_versions_page import create_app
+    from pipelines.versions.page import create_app
 
     client = TestClient(create_app(project, require_auth=False))
     html = client.get("/").text
@@ -123,7 +123,7 @@ def test_page_shows_funnel_gates_mixture_tokens_and_curves(project):
 def test_page_without_any_build_says_so(tmp_path):
     from fastapi.testclient import TestClient
 
-    from pipelines.orchestration.data_versions_page import create_app
+    from pipelines.versions.page import create_app
 
     assert "No data version yet" in TestClient(create_app(tmp_path, require_auth=False)).get("/").text
 

@@ -86,7 +86,7 @@ def _git(root: Path, *args: str) -> str:
 
 
 def test_version_tag_leaves_branch_and_index_alone(tmp_path, monkeypatch):
-    from pipelines.orchestration.version import data_version, tag_version
+    from pipelines.versions.record import data_version, tag_version
 
     root = tmp_path
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ingest": {"cmd": "x", "outs": ["o"], "meta": {"dag": "corpus_refresh"}},

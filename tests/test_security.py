@@ -174,7 +174,7 @@ def test_config_resolve_refuses_paths_outside_the_workspace(tmp_path, monkeypatc
 
 
 def test_local_airflow_runs_with_authentication_on(tmp_path):
-    services = pytest.importorskip("pipelines.orchestration.services")
+    services = pytest.importorskip("pipelines.local_airflow.services")
     (tmp_path / "home").mkdir()
     env = services.service_env(tmp_path, tmp_path / "home", "127.0.0.1", 8080)
     assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("SimpleAuthManager")

@@ -1,1 +1,1 @@
-"""Airflow side: DAGs derived from dvc.yaml, the DVC stage operator, data versions, the demo."""
+"""Airflow DAGs built from dvc.yaml: the stage graph, one DVC stage operator per stage, the run form, failure reports."""

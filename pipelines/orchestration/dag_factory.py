@@ -1,7 +1,8 @@
 """Build Airflow DAGs from dvc.yaml: one task per DVC stage (gates included),
 grouped per stage, edges taken from the stages' deps/outs.
 
-Import-cheap on purpose (yaml + airflow.sdk): DAG files are parsed often.
+Import-cheap on purpose (yaml + airflow.sdk): DAG files are parsed often. The workspace and
+params.yaml come from ``pipelines.config`` (``workspace()``, ``load_params``), as for every stage.
 """
 from __future__ import annotations
 
@@ -12,20 +13,10 @@ from pathlib import Path
 import yaml
 from airflow.sdk import BaseOperator, TaskGroup
 
+from pipelines.config import load_params, workspace
 from pipelines.orchestration.graph import StageSpec, load_stages, topological, upstream
 
 GPU_POOL_SLOTS = 1  # `make airflow` creates the pools named in dvc.yaml meta.pool with this many slots
-
-
-def project_root() -> Path:
-    """The DVC workspace the tasks run in: $PIPELINES_WORKSPACE, else the repo holding dags/."""
-    env = os.environ.get("PIPELINES_WORKSPACE")
-    return Path(env).resolve() if env else Path(__file__).resolve().parents[2]
-
-
-def read_params(root: Path | None = None) -> dict:
-    with open((root or project_root()) / "params.yaml") as f:
-        return yaml.safe_load(f) or {}
 
 
 def default_args(params: dict | None = None) -> dict:
@@ -49,7 +40,7 @@ def report_failure(context) -> None:
 
     task = context.get("task")
     stage = getattr(task, "stage", None) or getattr(task, "task_id", "?")
-    message = failure_summary(stage, bool(getattr(task, "is_gate", False)), project_root(), context.get("exception"))
+    message = failure_summary(stage, bool(getattr(task, "is_gate", False)), workspace(), context.get("exception"))
     logging.getLogger("pipelines.failures").error("%s", message)
 
 
@@ -68,7 +59,7 @@ class DvcStageOperator(BaseOperator):
         from pipelines.orchestration.dvc_runner import StageFailed, repro_stage
 
         try:
-            repro_stage(self.stage, os.environ.get("PIPELINES_WORKSPACE") or project_root())
+            repro_stage(self.stage, workspace())
         except StageFailed as e:
             kind = "gate" if self.is_gate else "stage"
             raise RuntimeError(f"{kind} {self.stage} failed; the run stops here.\n{e}") from None
@@ -77,10 +68,10 @@ class DvcStageOperator(BaseOperator):
 def stage_tasks(dag_id: str, dvc_yaml: Path | None = None, params: dict | None = None) -> dict[str, BaseOperator]:
     """Create the tasks for every dvc.yaml stage whose meta.dag is ``dag_id`` (call inside a DAG context);
     ``params`` is the DAG file's params.yaml, read once per parse."""
-    stages = load_stages(dvc_yaml or project_root() / "dvc.yaml")
+    stages = load_stages(dvc_yaml or workspace() / "dvc.yaml")
     mine: dict[str, StageSpec] = {n: s for n, s in stages.items() if s.dag == dag_id}
     edges = upstream(stages)
-    k8s = kubernetes_launcher(params if params is not None else read_params()) if any(s.meta.get("pool") == "gpu" for s in mine.values()) else None
+    k8s = kubernetes_launcher(params if params is not None else load_params()) if any(s.meta.get("pool") == "gpu" for s in mine.values()) else None
     groups: dict[str, TaskGroup] = {}
     tasks: dict[str, BaseOperator] = {}
     for name in topological(stages):
@@ -126,7 +117,7 @@ def resources(spec: StageSpec) -> dict:
 
 
 def pools(dvc_yaml: Path | None = None) -> list[str]:
-    return sorted({s.meta["pool"] for s in load_stages(dvc_yaml or project_root() / "dvc.yaml").values() if s.meta.get("pool")})
+    return sorted({s.meta["pool"] for s in load_stages(dvc_yaml or workspace() / "dvc.yaml").values() if s.meta.get("pool")})
 
 
 def sinks(tasks: dict[str, BaseOperator]) -> list[BaseOperator]:
@@ -162,7 +153,7 @@ def kubernetes_launcher(params: dict) -> dict | None:
 def gpu_pod_template(cfg: dict, root: Path | None = None) -> dict:
     """The pod template (infra/) as a dict, its base container asking for ``gpus`` GPUs."""
     path = Path(cfg.get("pod_template") or "infra/helm/gpu-pod-template.yaml")
-    with open(path if path.is_absolute() else (root or project_root()) / path) as f:
+    with open(path if path.is_absolute() else (root or workspace()) / path) as f:
         pod = yaml.safe_load(f)
     gpus = int(cfg.get("gpus", 1))
     for c in pod["spec"]["containers"]:

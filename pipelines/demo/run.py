@@ -6,8 +6,8 @@ import sys
 import time
 
 from pipelines.config import workspace
-from pipelines.orchestration.airflow_env import airflow_cli, ensure_db
-from pipelines.orchestration.summary import render
+from pipelines.local_airflow.env import airflow_cli, ensure_db
+from pipelines.demo.summary import render
 
 
 def main() -> int:

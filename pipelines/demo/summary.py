@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from pipelines.config import workspace
-from pipelines.orchestration.data_versions import Files, funnel, read_json
+from pipelines.versions.read import Files, funnel, read_json
 
 def collect(root: Path | None = None) -> dict:
     root = Path(root or workspace())

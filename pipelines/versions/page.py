@@ -1,5 +1,5 @@
 """The "Data versions" page of the Airflow plugin: a FastAPI app rendering
-pipelines.orchestration.data_versions as HTML with inline SVG charts, plus the GX Data
+pipelines.versions.read as HTML with inline SVG charts, plus the GX Data
 Docs served read-only from reports/gx. Reads files only.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 from html import escape
 from pathlib import Path
 
-from pipelines.orchestration.data_versions import collect
+from pipelines.versions.read import collect
 
 COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
 

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.orchestration.airflow_env import airflow_env, ensure_db
+from pipelines.local_airflow.env import airflow_env, ensure_db
 
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 STATE_FILE = "services.json"
@@ -226,7 +226,7 @@ def _reap(pids) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.orchestration.services")
+    ap = argparse.ArgumentParser(prog="python -m pipelines.local_airflow.services")
     ap.add_argument("action", choices=["start", "stop"])
     ap.add_argument("--home", type=Path, default=None, help="AIRFLOW_HOME (default: <workspace>/.airflow)")
     ap.add_argument("--host", default=os.environ.get("AIRFLOW_HOST", "127.0.0.1"))
