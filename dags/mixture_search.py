@@ -1,6 +1,6 @@
 """mixture_search: the CLIMB-style search with one mapped task per proxy model.
 
-Thin on purpose: the functions are pipelines.mixture.search's, the same ones
+Thin on purpose: the functions are pipelines.mixture_search.search's, the same ones
 `dvc repro` runs with a process pool. Rounds are unrolled from params.yaml
 (mixture.rounds); each round proposes candidates, maps run_proxy over them
 (dynamic task mapping) and hands all results so far to the next round.
@@ -22,21 +22,21 @@ def _params() -> dict:
 
 @task
 def prepare() -> dict:
-    from pipelines.mixture.search import prepare as _prepare
+    from pipelines.mixture_search.search import prepare as _prepare
 
     return {"domains": _prepare(_params())["domains"]}
 
 
 @task
 def propose(round_index: int, _prepared: dict, results: list[dict] | None = None) -> list[dict]:
-    from pipelines.mixture.search import propose as _propose
+    from pipelines.mixture_search.search import propose as _propose
 
     return _propose(_params(), round_index, list(results or []))
 
 
 @task
 def run_proxy(candidate: dict) -> dict:
-    from pipelines.mixture.search import run_proxy as _run
+    from pipelines.mixture_search.search import run_proxy as _run
 
     return _run(_params(), candidate)
 
@@ -48,7 +48,7 @@ def gather(previous: list[dict] | None, new: list[dict]) -> list[dict]:
 
 @task
 def finalize(results: list[dict]) -> dict:
-    from pipelines.mixture.search import finalize as _finalize
+    from pipelines.mixture_search.search import finalize as _finalize
 
     doc = _finalize(_params(), list(results))
     return {"best": doc["best_candidate"], "phase1_weights": doc["phase1_weights"]}

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.mixture import domains as dom
+from pipelines.mixture_search import domains as dom
 from tests.test_dsir import TEXT, _lines
 
 DIM = 384
@@ -80,7 +80,7 @@ def test_bad_cache_and_bad_embedder_are_clear_errors(tmp_path):
 def test_search_prepare_with_minilm_uses_cached_vectors(toy):
     """The search's prepare step on the toy pool: web records cached by dedup are not re-embedded."""
     from pipelines.core.shards import read_all
-    from pipelines.mixture import search
+    from pipelines.mixture_search import search
 
     web = read_all(toy.path("data/select"), ["id", "source"]).to_pandas()
     web_ids = sorted(web[web.source == "web"].id)

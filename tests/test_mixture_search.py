@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.core.schema import make_record_id
 from pipelines.core.shards import write_shard
-from pipelines.mixture import search
+from pipelines.mixture_search import search
 from tests.conftest import REPO
 from tests.test_dsir import TEXT, _jsonl, _lines
 

@@ -1,4 +1,4 @@
-"""``python -m pipelines.mixture.report``: the evidence for the mixture search at demo size.
+"""``python -m pipelines.mixture_search.report``: the evidence for the mixture search at demo size.
 
 Runs the search (``mixture.enabled`` forced on) in the current workspace (needs
 ``data/select``), then re-trains proxies at fresh seeds (``--seeds``, the same
@@ -25,7 +25,7 @@ import numpy as np
 from pipelines.config import load_params, resolve
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.executor import get_executor
-from pipelines.mixture import search
+from pipelines.mixture_search import search
 from pipelines.runtime import quiet_threads
 
 REPORT_DIR = "reports"
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     anchors = {c["name"]: c["bpb_mean"] for c in doc["candidates"] if c["round"] == 0}
     lines = [
         "# Mixture search (CLIMB-style) at demo size", "",
-        f"Command: `{' '.join(['python -m pipelines.mixture.report', *(argv if argv is not None else sys.argv[1:])])}`.",
+        f"Command: `{' '.join(['python -m pipelines.mixture_search.report', *(argv if argv is not None else sys.argv[1:])])}`.",
         "",
         f"Target: {doc['target']} (`mixture.target: {doc['config']['target']}`). Proxy: {doc['config']['proxy']}. "
         f"{len(doc['candidates'])} candidates over {doc['config']['rounds']} rounds (round 0 includes the anchors "

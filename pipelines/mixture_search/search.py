@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 from pipelines.config import resolve, section
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.shards import read_all, write_shard
-from pipelines.mixture import domains as dom
-from pipelines.mixture.proxy import train_and_score
+from pipelines.mixture_search import domains as dom
+from pipelines.mixture_search.proxy import train_and_score
 
 log = logging.getLogger(__name__)
 IN_DIR = "data/select"
