@@ -1,7 +1,7 @@
 """DSIR selection throughput vs the existing quality classifier's scoring, on the same real text.
 
 ours: records/s to compute DSIR keys (hashed uni+bigram counts -> importance log-weight -> Gumbel key);
-anchor: records/s of QualityModel.score (the quality_topk method's per-record cost). Both in the
+anchor: records/s of NgramQualityClassifier.score (the quality_topk method's per-record cost). Both in the
 same run, so the ratio is meaningful on a shared machine. Also reports the known-answer precision
 (share of the target source in a DSIR sample from a 4-source pool).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.select import dsir
-from pipelines.select.classifier import train
+from pipelines.select.ngram_classifier import train
 from pipelines.select.sampling import gumbel_top_k, sort_keys
 
 HERE = Path(__file__).resolve().parent
@@ -61,7 +61,7 @@ def main() -> dict:
     mask = gumbel_top_k(model.log_weights(pool), ids, k, 1)
     precision = float((np.asarray(labels)[mask] == "news").mean())
     result = {"name": "dsir", "metric": "records/s scored (higher is better)", "ours": round(ours, 1),
-              "anchor": round(anchor, 1), "anchor_name": "QualityModel.score (hashed 2^18 logreg)",
+              "anchor": round(anchor, 1), "anchor_name": "NgramQualityClassifier.score (hashed 2^18 logreg)",
               "ratio": round(ours / anchor, 3), "input": f"{len(pool)} real records, 4 sources (news target)",
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
               "known_answer_precision": round(precision, 3), "random_precision": round(k / len(pool), 3)}

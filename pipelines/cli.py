@@ -18,7 +18,7 @@ from pipelines.runtime import quiet_threads
 
 # Jobs that are not data stages: command -> "module:function"; imported lazily so `--help` stays fast.
 JOBS = {
-    "quality_model": "pipelines.filter.quality_model:train",
+    "quality_model": "pipelines.filter.fasttext_quality:train",
     "mixture_search": "pipelines.mixture_search.search:run",
     "train": "pipelines.train.stage:run_phase1",
     "anneal": "pipelines.train.stage:run_anneal",

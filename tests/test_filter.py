@@ -15,7 +15,7 @@ from pipelines import stages
 from pipelines.config import load_params
 from pipelines.core.schema import domain_of, make_record_id
 from pipelines.core.shards import read_all, read_shard, write_shard
-from pipelines.filter import quality_model
+from pipelines.filter import fasttext_quality
 from pipelines.filter import stage as filter_stage
 from pipelines.filter.rules import RULE_NAMES, Doc, GopherQualityRule, GopherRepetitionRule, LanguageRule, build_rules
 from tests.conftest import REPO, SHARED_DATA
@@ -127,7 +127,7 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
     expected = _write_ingest(workspace, web, good_paragraph)
     params = workspace.params()
     params["filter"]["quality_model"]["web_keep_fraction"] = 0.4  # low enough to bite after the heuristic rules
-    quality_model.train(params)
+    fasttext_quality.train(params)
     summary = stages.run("filter", params)
 
     inp = read_all(workspace.path("data/ingest"))
@@ -184,7 +184,7 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
     n_web = sum(1 for s in inp.column("source").to_pylist() if s not in exempt)
     assert q["web_records"] == summary["checks"]["quality_fasttext.web_scored"] == n_web
     assert abs(q["achieved_keep_fraction"] - q["target_keep_fraction"]) <= 1.5 / n_web + q["rank_error_bound"]
-    scores = inp_scores = quality_model.QualityScorer(workspace.path("models/quality/quality.bin"), 20000).score(
+    scores = inp_scores = fasttext_quality.QualityScorer(workspace.path("models/quality/quality.bin"), 20000).score(
         [t for t, s in zip(inp.column("text").to_pylist(), inp.column("source").to_pylist()) if s not in exempt])
     assert sum(x >= q["threshold"] for x in inp_scores) == summary["checks"]["quality_fasttext.web_at_or_above_threshold"]
     below = [json.loads(d)["value"] for r, d in zip(removed.column("drop_reason").to_pylist(),
@@ -218,7 +218,7 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
 def test_bad_params_and_missing_input_fail_clearly(workspace):
     params = workspace.params()
     with pytest.raises(FileNotFoundError, match="data/ingest"):
-        quality_model.train(params)
+        fasttext_quality.train(params)
     with pytest.raises(FileNotFoundError, match="data/ingest"):
         stages.run("filter", params)
     params["filter"]["language"]["allowed"] = []

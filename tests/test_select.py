@@ -16,7 +16,7 @@ from pipelines import stages
 from pipelines.core.schema import domain_of, make_record_id
 from pipelines.core.shards import read_all, read_shard, write_shard
 from pipelines.select import stage as select_stage
-from pipelines.select.classifier import QualityModel, train
+from pipelines.select.ngram_classifier import NgramQualityClassifier, train
 from tests.conftest import SHARED_DATA
 
 TEXT = SHARED_DATA / "text"
@@ -75,7 +75,7 @@ def test_model_round_trips_through_npy_and_json(corpus, tmp_path):
     model = train([r["text"] for r in corpus["positive"][:50]], [r["text"] for r in corpus["web"][:50]],
                   features=4096, ngram_max=1, seed=1)
     model.save(tmp_path / "m")
-    again = QualityModel.load(tmp_path / "m")
+    again = NgramQualityClassifier.load(tmp_path / "m")
     texts = [r["text"] for r in corpus["web"][50:60]]
     assert np.array_equal(model.score(texts), again.score(texts))
 

@@ -1,7 +1,7 @@
 """Filter stage: ``data/ingest`` -> ``data/filter``, shard to shard, in two passes.
 
 Pass 1 scores every web record of the whole stage input with the fastText quality
-model (``quality_model.py``) and merges per-shard quantile sketches
+model (``fasttext_quality.py``) and merges per-shard quantile sketches
 (``quantile_sketch.py``) into one; the threshold is the (1 - web_keep_fraction)
 quantile of the web scores. Pass 2 runs the rules in order (url_filter, language,
 gopher_quality, gopher_repetition, c4_quality, fineweb_quality, then
@@ -30,7 +30,7 @@ from pipelines.core.hashing import sha256_file
 from pipelines.core.shards import read_shard
 from pipelines.core.store import fetch_uri
 from pipelines.core.stats import ShardStats, totals
-from pipelines.filter import quality_model
+from pipelines.filter import fasttext_quality
 from pipelines.filter.quantile_sketch import QuantileSketch
 from pipelines.filter.rules import RULE_NAMES, Doc, build_rules
 from pipelines.filter.words import english_splitter
@@ -47,8 +47,8 @@ def _inc(stats: ShardStats, key: str, n: int = 1) -> None:
 
 
 @lru_cache(maxsize=2)
-def _scorer(model_path: str, model_sha: str, max_chars: int) -> quality_model.QualityScorer:
-    return quality_model.QualityScorer(fetch_uri(model_path), max_chars)  # one load per worker process and model
+def _scorer(model_path: str, model_sha: str, max_chars: int) -> fasttext_quality.QualityScorer:
+    return fasttext_quality.QualityScorer(fetch_uri(model_path), max_chars)  # one load per worker process and model
 
 
 def _scores(table: pa.Table, q: dict | None) -> list[float | None]:
@@ -139,10 +139,10 @@ def _sketch_shard(job: tuple[str, dict, list[str]]) -> dict:
 def quality_threshold(params: dict, run) -> dict | None:
     """Pass 1 over the whole input: the score threshold that keeps the top web_keep_fraction of web records."""
     cfg = section(params, STAGE)
-    qcfg = quality_model.config(cfg)
+    qcfg = fasttext_quality.config(cfg)
     if not qcfg["enabled"]:
         return None
-    model = resolve(quality_model.MODEL_DIR) / quality_model.MODEL_FILE
+    model = resolve(fasttext_quality.MODEL_DIR) / fasttext_quality.MODEL_FILE
     if not model.exists():
         raise FileNotFoundError(f"{model}: no quality model (run the quality_model stage first)")
     q = {"model_path": run.share(model), "model_sha256": sha256_file(model), "max_chars": int(qcfg["max_chars"])}
@@ -170,7 +170,7 @@ class FilterStage(DataStage):
         return cfg
 
     def external_inputs(self, run) -> dict[str, str]:
-        model = resolve(quality_model.MODEL_DIR) / quality_model.MODEL_FILE
+        model = resolve(fasttext_quality.MODEL_DIR) / fasttext_quality.MODEL_FILE
         return {"quality_model": sha256_file(model)} if model.exists() else {}
 
     def global_inputs(self, run, tasks: list[ShardTask]) -> dict:

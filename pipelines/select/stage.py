@@ -37,7 +37,7 @@ from pipelines.core.shards import read_shard
 from pipelines.core.store import fetch_uri
 from pipelines.core.stats import ShardStats, totals
 from pipelines.select import dsir
-from pipelines.select.classifier import QualityModel, train
+from pipelines.select.ngram_classifier import NgramQualityClassifier, train
 from pipelines.select.sampling import kth_largest, quality_logits, sort_keys
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,8 @@ def _count_buckets(job: tuple[str, list[str], list[str], int]) -> tuple[np.ndarr
             dsir.bucket_counts(web.column("text").to_pylist(), buckets))
 
 
-def _load_model(model: dict) -> QualityModel:
-    return QualityModel.from_files(model["meta"], fetch_uri(model["coef"]))
+def _load_model(model: dict) -> NgramQualityClassifier:
+    return NgramQualityClassifier.from_files(model["meta"], fetch_uri(model["coef"]))
 
 
 def _score_web(job: tuple[str, dict, dict, str | None]) -> np.ndarray:

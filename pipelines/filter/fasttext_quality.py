@@ -1,11 +1,12 @@
 """DCLM-style quality classifier: fastText trained on curated text (positive) vs raw web (negative).
 
-``python -m pipelines.filter.quality_model`` (the ``quality_model`` stage of dvc.yaml) reads
+``python -m pipelines.filter.fasttext_quality`` (the ``quality_model`` stage of dvc.yaml) reads
 ``data/ingest``, picks up to ``max_per_class`` records per class by a seeded hash of the id
 (balanced classes), holds out ``heldout_fraction`` of each class for an accuracy estimate,
 trains with one thread and a fixed seed (fastText is deterministic then), and writes
 ``models/quality/quality.bin`` plus ``card.json`` (data, params, held-out accuracy, model hash).
-The filter stage scores every record with ``score_texts``: P(__label__hq).
+The filter stage scores every record with ``score_texts``: P(__label__hq). (Select trains its own
+classifier in-stage: ``pipelines.select.ngram_classifier``.)
 """
 from __future__ import annotations
 

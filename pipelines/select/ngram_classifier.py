@@ -1,4 +1,5 @@
-"""The quality classifier: hashed word n-grams + logistic regression (SGD), trained in-stage.
+"""Select's quality classifier: hashed word n-grams + logistic regression (SGD), trained in-stage
+(the filter's fastText model, its own DVC stage, is ``pipelines.filter.fasttext_quality``).
 
 DCLM-style (Li et al. 2024): positives are curated, high-quality text,
 negatives raw web text; the score is the probability of "high quality".
@@ -25,7 +26,7 @@ def make_vectorizer(features: int, ngram_max: int) -> HashingVectorizer:
 
 
 @dataclass
-class QualityModel:
+class NgramQualityClassifier:
     coef: np.ndarray  # (features,) float64
     intercept: float
     features: int
@@ -64,11 +65,11 @@ class QualityModel:
         }
 
     @classmethod
-    def load(cls, stem: Path) -> "QualityModel":
+    def load(cls, stem: Path) -> "NgramQualityClassifier":
         return cls.from_files(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".npy"))
 
     @classmethod
-    def from_files(cls, meta: dict, coef_path: Path) -> "QualityModel":
+    def from_files(cls, meta: dict, coef_path: Path) -> "NgramQualityClassifier":
         """The model from its JSON (as a dict) and its coefficient file (wherever a worker finds it)."""
         coef = np.load(coef_path, allow_pickle=False)
         return cls(coef=coef, intercept=float(meta["intercept"]), features=int(meta["features"]),
@@ -76,7 +77,7 @@ class QualityModel:
 
 
 def train(positives: list[str], negatives: list[str], *, features: int, ngram_max: int, seed: int,
-          alpha: float = 1e-4) -> QualityModel:
+          alpha: float = 1e-4) -> NgramQualityClassifier:
     """Logistic regression by seeded SGD on the given texts, classes balanced.
 
     Deterministic for the same texts in the same order (the caller fixes the order). SGD rather
@@ -90,5 +91,5 @@ def train(positives: list[str], negatives: list[str], *, features: int, ngram_ma
     clf = SGDClassifier(loss="log_loss", alpha=alpha, class_weight="balanced", max_iter=1000, tol=1e-3,
                         random_state=seed)
     clf.fit(X, y)
-    return QualityModel(coef=clf.coef_[0].astype(np.float64), intercept=float(clf.intercept_[0]),
+    return NgramQualityClassifier(coef=clf.coef_[0].astype(np.float64), intercept=float(clf.intercept_[0]),
                         features=int(features), ngram_max=int(ngram_max))
