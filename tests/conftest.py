@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "samples"
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests.fixtures.project import REPO, SAMPLES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -67,22 +65,6 @@ def workspace(tmp_path, monkeypatch) -> Workspace:
     return Workspace(root)
 
 
-def copy_project(dest: Path) -> Path:
-    """A fresh clone-like copy of the project (tracked + new files, no data/venv) as its own git repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split()
-    for rel in files:
-        src = REPO / rel
-        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/", "reports/", "dvc.lock")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "fresh clone"], cwd=dest, check=True)
-    return dest
-
-
 @pytest.fixture(scope="session")
 def airflow_db():
     """Migrate the session's SQLite metadata DB once."""
@@ -91,19 +73,6 @@ def airflow_db():
         subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
                        capture_output=True, env=dict(os.environ))
     return home
-
-
-UP_TO_DATE = "nothing to do"  # what the runner logs when a stage's outputs are current
-
-
-def run_and_tell(run, params, caplog) -> tuple[dict, bool]:
-    """Run a stage; returns (its summary, whether the runner found it up to date and skipped it)."""
-    import logging
-
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pipelines.core.runner"):
-        summary = run(params)
-    return summary, UP_TO_DATE in caplog.text
 
 
 # A real two-node, token-authenticated Ray cluster on 127.0.0.1 (session-scoped; tests/test_ray_executor.py).

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.fixtures.project import REPO
 
 INFRA = REPO / "infra"
 SECRETS = {"POSTGRES_PASSWORD": "pg", "REDIS_PASSWORD": "rd", "MINIO_ROOT_PASSWORD": "minio-secret",

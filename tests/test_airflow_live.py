@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, copy_project
+from tests.fixtures.project import REPO, copy_project
 
 pytestmark = pytest.mark.slow
 

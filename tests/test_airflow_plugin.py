@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.fixtures.project import REPO
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 

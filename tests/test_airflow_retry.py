@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project
-from tests.test_reliability_crash import SKIPPED, small_inputs, snapshot
+from tests.fixtures.airflow_dags import load_dag
+from tests.fixtures.crash_resume import SKIPPED, small_inputs
+from tests.fixtures.outputs import snapshot
+from tests.fixtures.project import copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -68,19 +70,12 @@ class StageLog(logging.Handler):
 
 
 def test_a_retried_ingest_task_resumes_and_matches_an_uninterrupted_run(project, airflow_db, monkeypatch, tmp_path):
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
-
     marker = tmp_path / "fault-once"
     marker.touch()
     monkeypatch.setenv("PIPELINES_FAULT_KILL", "shard_done:2")  # after two of the four shards are complete
     monkeypatch.setenv("PIPELINES_FAULT_ONCE", str(marker))  # the first attempt consumes it: the retry runs clean
 
-    DagBundlesManager().sync_bundles_to_db()
-    bag = BundleDagBag(dag_folder=str(project / "dags"), bundle_path=project / "dags", bundle_name="dags-folder")
-    assert not bag.import_errors, bag.import_errors
-    sync_bag_to_db(bag, "dags-folder", None)
-    dag = bag.dags["corpus_refresh"]
+    dag = load_dag(project, "corpus_refresh")
     ingest = dag.task_dict["ingest.ingest"]
     assert ingest.retries == 1, "the retry policy must come from params.orchestration"
 

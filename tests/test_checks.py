@@ -18,7 +18,7 @@ from pipelines.core.schema import make_record_id
 from pipelines.core.shards import list_shards, read_shard, write_shard
 from pipelines.core.stats import ShardStats, write_stats
 from pipelines.pack.format import write_index, write_packed_shard
-from tests.conftest import SHARED_DATA
+from tests.fixtures.project import SHARED_DATA
 
 NEWS = SHARED_DATA / "text" / "news" / "lee_background.cor"
 N_SHARDS = 3

@@ -13,8 +13,9 @@ from pipelines.dedup.normalize import words
 from pipelines.stages import runner
 run = runner("dedup")
 
-from conftest import SAMPLES
-from test_dedup import _news, _record, _web, _write_filter
+from tests.fixtures.dedup_inputs import dedup_record, write_filter_output
+from tests.fixtures.project import SAMPLES
+from tests.fixtures.real_text import news_articles, web_articles
 
 EVAL = SAMPLES / "eval"
 SETS = {"gsm8k": (EVAL / "gsm8k_test_lines0001-0500.jsonl", "gsm8k"),
@@ -72,7 +73,7 @@ def test_gsm8k_train_against_test_matches_brute_force(index, items):
 
 def _planted_corpus(items) -> tuple[list[dict], dict[str, set]]:
     """Real news/web documents, some with a real eval item pasted into the middle."""
-    hosts = _news(12) + _web(12)
+    hosts = news_articles(12) + web_articles(12)
     records, planted = [], {name: set() for name in SETS}
     plant = {0: ("gsm8k", 3), 1: ("gsm8k", 250), 2: ("humaneval", 10), 3: ("humaneval", 99),
              4: ("commonsenseqa", 7), 5: ("commonsenseqa", 1000)}
@@ -83,12 +84,12 @@ def _planted_corpus(items) -> tuple[list[dict], dict[str, set]]:
             text = " ".join(tokens[:60]) + "\n" + items[name][k] + "\n" + " ".join(tokens[60:])
         elif i == 6:  # a 12-word fragment of a GSM8K question is below n: not contamination
             text = " ".join(tokens[:60] + words(items["gsm8k"][3])[:N - 1] + tokens[60:])
-        rec = _record("web", f"host-{i}", text)
+        rec = dedup_record("web", f"host-{i}", text)
         records.append(rec)
         if i in plant:
             planted[plant[i][0]].add(rec["id"])
     # A verbatim copy of a contaminated record: contaminated as well, never a cluster head for anything kept.
-    records.append(_record("web", "host-0-copy", records[0]["text"]))
+    records.append(dedup_record("web", "host-0-copy", records[0]["text"]))
     planted["gsm8k"].add(records[-1]["id"])
     return records, planted
 
@@ -96,7 +97,7 @@ def _planted_corpus(items) -> tuple[list[dict], dict[str, set]]:
 def test_stage_drops_planted_items_and_gate_holds(workspace, items):
     workspace.update("checks.data_docs", False)
     records, planted = _planted_corpus(items)
-    _write_filter(workspace, records, 3)
+    write_filter_output(workspace, records, 3)
     summary = run(workspace.params())
     removed = read_all(workspace.path("data", "dedup", "removed"))
     by_reason = {}
@@ -130,7 +131,7 @@ def test_stage_drops_planted_items_and_gate_holds(workspace, items):
 
 
 def test_decontam_params_are_validated(workspace):
-    _write_filter(workspace, [_record("news", "a", _news(1)[0])], 1)
+    write_filter_output(workspace, [dedup_record("news", "a", news_articles(1)[0])], 1)
     with pytest.raises(ValueError, match="dedup.decontam.mode"):
         run(workspace.update("dedup.decontam.mode", "remove"))
     workspace.update("dedup.decontam.mode", "drop")

@@ -1,140 +1,26 @@
 """Dedup stage on real text: exact copies, controlled near-duplicates against exact Jaccard, shard-invariance."""
 from __future__ import annotations
 
-import gzip
 import json
 import random
-import re
 import shutil
 from itertools import combinations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from pipelines.core.schema import make_record_id
-from pipelines.core.shards import read_all, read_shard, shard_name, write_shard
+from pipelines.core.shards import read_all, read_shard
 from pipelines.dedup.clusters import EXACT_DUP, NEAR_DUP
 from pipelines.dedup.minhash import MinHasher, mulmod61
 from pipelines.dedup.normalize import normalize_text, words
 from pipelines.stages import runner
 run = runner("dedup")
 
-from conftest import SHARED_DATA
-
-TEXT = SHARED_DATA / "text"
-SHAKESPEARE = TEXT / "books" / "open-shakespeare"
-NGRAM = 5
-POSITIVE_LEVELS = [0.82, 0.88, 0.95]  # target Jaccard of the near-duplicate edits
-HARD_LEVELS = [0.71, 0.74, 0.77]  # hard negatives: LSH often pairs them, verification (0.8) must not merge them
-NEGATIVE_LEVEL = 0.3
-
-
-# ---------------------------------------------------------------- real documents
-
-def _scenes(play: str, folio: bool, max_words: int = 1200) -> list[str]:
-    """Scene-sized documents of a play (modern or First Folio spelling), truncated to keep tests fast."""
-    path = SHAKESPEARE / f"{play}_gut{'_f' if folio else ''}.txt"
-    pattern = r"^\s*(?:Actus|Scena|Scoena|Scene)\b.*$" if folio else r"^\s*SCENE [IVXL]+\..*$"
-    parts = re.split(pattern, path.read_text(encoding="utf-8"), flags=re.M | (0 if folio else re.I))
-    return [" ".join(p.split()[:max_words]) for p in parts if len(p.split()) >= 200]
-
-
-def _news(n: int) -> list[str]:
-    lines = (TEXT / "news" / "lee_background.cor").read_text(encoding="utf-8").splitlines()
-    return [line for line in lines if len(line.split()) >= 120][:n]
-
-
-def _web(n: int) -> list[str]:
-    path = next((TEXT / "web_cc").glob("dolma_*.jsonl.gz"))
-    docs = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            text = json.loads(line)["text"]
-            if 150 <= len(text.split()) <= 1500:
-                docs.append(text)
-            if len(docs) == n:
-                break
-    return docs
-
-
-def _shingles(text: str) -> set:
-    w = words(text)
-    return {tuple(w[i:i + NGRAM]) for i in range(len(w) - NGRAM + 1)} if len(w) >= NGRAM else {tuple(w)}
-
-
-def _jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
-
-
-def _edit_to_jaccard(text: str, target: float, rng: random.Random, vocab: list[str], above: bool) -> str:
-    """Substitute words at random positions: the most edits keeping J >= target (above) or the fewest reaching J <= target."""
-    tokens = text.split()
-    order = rng.sample(range(len(tokens)), len(tokens))
-    replacements = [rng.choice(vocab) for _ in order]
-    base = _shingles(text)
-
-    def edited(k: int) -> str:
-        t = list(tokens)
-        for pos, word in zip(order[:k], replacements[:k]):
-            t[pos] = word
-        return " ".join(t)
-
-    lo, hi = int(above), len(tokens)  # binary search on the number of substitutions (J falls as k grows); >= 1 edit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2 if above else (lo + hi) // 2
-        ok = _jaccard(base, _shingles(edited(mid))) >= target if above else _jaccard(base, _shingles(edited(mid))) <= target
-        if above:
-            lo, hi = (mid, hi) if ok else (lo, mid - 1)
-        else:
-            lo, hi = (lo, mid) if ok else (mid + 1, hi)
-    return edited(lo)
-
-
-def _record(source: str, key: str, text: str) -> dict:
-    return {"id": make_record_id(source, key), "url": f"https://example.org/{source}/{key}", "source": source, "text": text}
-
-
-@pytest.fixture(scope="module")
-def near_dup_set() -> list[dict]:
-    """Real base documents, each with a near-duplicate (J >= 0.8) and a distant edit (J <= 0.3), plus Folio scenes."""
-    rng = random.Random(7)
-    bases = [("news", t) for t in _news(12)] + [("web", t) for t in _web(12)] + [("books", t) for t in _scenes("macbeth", False)[:10]]
-    vocab = sorted({w for _, t in bases for w in t.split() if w.isalpha()})
-    records = []
-    for i, (source, text) in enumerate(bases):
-        records.append(_record(source, f"base-{i}", text))
-        level = POSITIVE_LEVELS[i % len(POSITIVE_LEVELS)]
-        records.append(_record(source, f"near-{i}", _edit_to_jaccard(text, level, rng, vocab, above=True)))
-        records.append(_record(source, f"far-{i}", _edit_to_jaccard(text, NEGATIVE_LEVEL, rng, vocab, above=False)))
-        if i % 2 == 0:  # J in [0.7, 0.8): near the threshold, on the wrong side
-            records.append(_record(source, f"hard-{i}", _edit_to_jaccard(text, HARD_LEVELS[i // 2 % 3], rng, vocab, above=True)))
-    # First Folio spelling of the same play: natural related documents (J ~ 0.1-0.2), not duplicates.
-    records += [_record("books", f"folio-{i}", t) for i, t in enumerate(_scenes("macbeth", True)[:10])]
-    return records
-
-
-def _write_filter(ws, records: list[dict], n_shards: int) -> None:
-    out = ws.path("data", "filter")
-    if out.exists():
-        shutil.rmtree(out)
-    for s in range(n_shards):
-        write_shard(out / shard_name(s), pa.Table.from_pylist(records[s::n_shards]))
-
-
-def _cluster_of(ws) -> dict[str, str]:
-    """Record id -> id of the record kept for its cluster (itself when kept)."""
-    kept = read_all(ws.path("data", "dedup"), columns=["id"]).column("id").to_pylist()
-    mapping = {i: i for i in kept}
-    removed_dir = ws.path("data", "dedup", "removed")
-    if removed_dir.exists() and list(removed_dir.glob("part-*.parquet")):
-        removed = read_all(removed_dir, columns=["id", "dup_of"])
-        mapping.update(zip(removed.column("id").to_pylist(), removed.column("dup_of").to_pylist()))
-    return mapping
-
-
-def _snapshot(path) -> dict:
-    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+from tests.fixtures.dedup_inputs import (NEGATIVE_LEVEL, cluster_of, dedup_record, jaccard, near_dup_set,  # noqa: F401 (fixture)
+                                         shingle_set, write_filter_output)
+from tests.fixtures.outputs import snapshot
+from tests.fixtures.real_text import news_articles, web_articles
 
 
 # ---------------------------------------------------------------- units
@@ -166,7 +52,7 @@ def test_vectorised_word_hashing_tokenises_exactly_like_words():
     rng = random.Random(5)
     alphabet = "abcAB é_-,.!?\u00a0\u2019\u2014\ufb01\uff11\u216b\u00b2\u00df \u0130\t\n\u65e5\u672c\U0001F600\x00\ud800"
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40))) for _ in range(400)]
-    texts += _news(2) + ["", "   ", "word"]
+    texts += news_articles(2) + ["", "   ", "word"]
     hashes, counts = text_word_hashes(texts)
     expected = [words(t) for t in texts]
     assert counts.tolist() == [len(w) for w in expected]
@@ -190,7 +76,7 @@ def test_vectorised_word_hashing_tokenises_exactly_like_words():
 # ---------------------------------------------------------------- stage
 
 def test_exact_copies_with_case_space_punctuation_changes_are_dropped(workspace):
-    docs = _news(3) + _web(2)
+    docs = news_articles(3) + web_articles(2)
     records = []
     for i, text in enumerate(docs):
         tokens = text.split()
@@ -200,10 +86,10 @@ def test_exact_copies_with_case_space_punctuation_changes_are_dropped(workspace)
             "\n\n  " + "   ".join(tokens) + " \t",
             " ".join(t + ("," if j % 7 == 3 else "") for j, t in enumerate(tokens)).replace(".", " ").replace("\u0020", "\u00a0", 3),
         ]
-        records += [_record("news" if i < 3 else "web", f"doc{i}-copy{c}", t) for c, t in enumerate(copies)]
+        records += [dedup_record("news" if i < 3 else "web", f"doc{i}-copy{c}", t) for c, t in enumerate(copies)]
         # One substituted word is not an exact copy (it is a near duplicate).
-        records.append(_record("web", f"doc{i}-edited", " ".join(tokens[:50] + ["zebra"] + tokens[51:])))
-    _write_filter(workspace, records, 2)
+        records.append(dedup_record("web", f"doc{i}-edited", " ".join(tokens[:50] + ["zebra"] + tokens[51:])))
+    write_filter_output(workspace, records, 2)
     summary = run(workspace.params())
 
     removed = read_all(workspace.path("data", "dedup", "removed")).to_pylist()
@@ -230,10 +116,10 @@ def test_exact_copies_with_case_space_punctuation_changes_are_dropped(workspace)
 
 
 def _pair_scores(records: list[dict], cluster: dict[str, str]) -> dict:
-    shingles = {r["id"]: _shingles(r["text"]) for r in records}
+    shingles = {r["id"]: shingle_set(r["text"]) for r in records}
     truth, predicted, far_merged, hard, hard_merged = set(), set(), [], 0, []
     for a, b in combinations(sorted(shingles), 2):
-        j = _jaccard(shingles[a], shingles[b])
+        j = jaccard(shingles[a], shingles[b])
         same = cluster[a] == cluster[b]
         if j >= 0.8:
             truth.add((a, b))
@@ -250,11 +136,11 @@ def _pair_scores(records: list[dict], cluster: dict[str, str]) -> dict:
 
 
 def test_near_duplicates_against_exact_jaccard(workspace, near_dup_set):
-    _write_filter(workspace, near_dup_set, 3)
+    write_filter_output(workspace, near_dup_set, 3)
     params = workspace.params()
     assert params["dedup"]["minhash"]["verify_threshold"] == 0.8
     summary = run(params)
-    cluster = _cluster_of(workspace)
+    cluster = cluster_of(workspace)
     assert len(cluster) == len(near_dup_set)
     score = _pair_scores(near_dup_set, cluster)
     assert len(score["truth"]) >= 30  # the set really contains near duplicates
@@ -269,16 +155,16 @@ def test_near_duplicates_against_exact_jaccard(workspace, near_dup_set):
 
     # Without verification the LSH (14x8: P(J=0.75) ~ 0.77) merges hard pairs: the hard cases really test it.
     run(workspace.update("dedup.minhash.verify_threshold", None))
-    loose = _pair_scores(near_dup_set, _cluster_of(workspace))
+    loose = _pair_scores(near_dup_set, cluster_of(workspace))
     assert loose["hard_merged"] and loose["precision"] < score["precision"]
 
 
 def test_url_dedup_normalises_urls_and_keeps_by_policy(workspace):
-    docs = _news(4)
+    docs = news_articles(4)
     variants = ["https://www.Example.org/a/b/?y=2&x=1#top", "http://example.org/a/b?x=1&y=2", "https://example.org:443/a/b/"]
-    records = [{**_record("news", f"u{i}", docs[i]), "url": u} for i, u in enumerate(variants)]
-    records.append({**_record("news", "other", docs[3]), "url": "https://example.org/a/c"})
-    _write_filter(workspace, records, 2)
+    records = [{**dedup_record("news", f"u{i}", docs[i]), "url": u} for i, u in enumerate(variants)]
+    records.append({**dedup_record("news", "other", docs[3]), "url": "https://example.org/a/c"})
+    write_filter_output(workspace, records, 2)
     assert run(workspace.params())["duplicate_url"] == 0  # off by default: different texts all stay
     summary = run(workspace.update("dedup.exact.url", True))
     removed = read_all(workspace.path("data", "dedup", "removed")).to_pylist()
@@ -291,14 +177,14 @@ def test_url_dedup_normalises_urls_and_keeps_by_policy(workspace):
 
 def test_keep_policy_is_independent_of_sharding_and_outputs_balance(workspace, near_dup_set, monkeypatch):
     records = list(near_dup_set)
-    _write_filter(workspace, records, 1)
+    write_filter_output(workspace, records, 1)
     one = run(workspace.params())
-    one_clusters = _cluster_of(workspace)
+    one_clusters = cluster_of(workspace)
 
     random.Random(1).shuffle(records)  # other order, other shards: the same decisions
-    _write_filter(workspace, records, 3)
+    write_filter_output(workspace, records, 3)
     three = run(workspace.params())
-    assert _cluster_of(workspace) == one_clusters
+    assert cluster_of(workspace) == one_clusters
     assert {k: v for k, v in three.items() if k != "shards"} == {k: v for k, v in one.items() if k != "shards"}
     for group in set(one_clusters.values()):
         members = [i for i, k in one_clusters.items() if k == group]
@@ -323,13 +209,13 @@ def test_keep_policy_is_independent_of_sharding_and_outputs_balance(workspace, n
     assert {"url", "source", "text"} <= set(removed.column_names)
 
     # Byte-identical re-run from scratch (other worker count), and a resumed run that changes nothing.
-    before = _snapshot(out)
+    before = snapshot(out)
     shutil.rmtree(out)
     monkeypatch.setenv("PIPELINES_WORKERS", "1")
     assert run(workspace.params()) == three
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     assert run(workspace.params()) == three
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     # Changing a decision-relevant param redoes every shard under the new params hash.
     old_hash = json.loads((out / "_manifest.json").read_text())["params_hash"]
     run(workspace.update("dedup.minhash.seed", 2))
@@ -342,8 +228,8 @@ def test_bad_input_and_params(workspace):
     params = workspace.params()
     with pytest.raises(FileNotFoundError, match="data/filter"):
         run(params)
-    docs = _news(2)
-    _write_filter(workspace, [_record("news", "a", docs[0]), _record("news", "a", docs[1])], 2)
+    docs = news_articles(2)
+    write_filter_output(workspace, [dedup_record("news", "a", docs[0]), dedup_record("news", "a", docs[1])], 2)
     with pytest.raises(ValueError, match="occurs more than once"):
         run(params)
     with pytest.raises(ValueError, match="dedup.keep"):

@@ -24,7 +24,8 @@ from pipelines.dedup.normalize import normalize_text, words
 from pipelines.dedup.timing import PhaseClock
 from pipelines.dedup.urls import normalize_url
 from pipelines.stages import runner
-from test_dedup import _record, _snapshot, _write_filter, near_dup_set  # noqa: F401
+from tests.fixtures.dedup_inputs import dedup_record, near_dup_set, write_filter_output  # noqa: F401 (fixture)
+from tests.fixtures.outputs import snapshot
 from test_reliability_s3 import moto_url, s3env  # noqa: F401
 
 run = runner("dedup")
@@ -73,15 +74,15 @@ def planted(near_dup_set) -> list[dict]:
         r["quality_score"] = None
     for i, r in enumerate(records[:40:3]):  # exact copies: case and spacing changed
         copy = r["text"].upper() if i % 2 else "  " + r["text"].replace(" ", "   ")
-        records.append(dict(_record("web", f"copy-{i}", copy), quality_score=rng.choice([None, 0.9, 0.2])))
+        records.append(dict(dedup_record("web", f"copy-{i}", copy), quality_score=rng.choice([None, 0.9, 0.2])))
     for i, r in enumerate(records[5:60:6]):  # another page at the same URL (another spelling of it)
         text = " ".join(r["text"].split()[::-1])  # a text of its own (reversed words: no shared 5-gram)
         url = r["url"].replace("https://", "http://www.") + "/#top"
-        records.append(dict(_record("news", f"url-{i}", text), url=url, quality_score=0.95 if i % 2 else 0.05))
+        records.append(dict(dedup_record("news", f"url-{i}", text), url=url, quality_score=0.95 if i % 2 else 0.05))
     with open("samples/eval/gsm8k_test_lines0001-0500.jsonl") as f:
         questions = [json.loads(line)["question"] for line in f][:3]
     for i, q in enumerate(questions + questions[:1]):
-        records.append(dict(_record("math", f"eval-{i}", q + " " + q), quality_score=0.5))
+        records.append(dict(dedup_record("math", f"eval-{i}", q + " " + q), quality_score=0.5))
     rng.shuffle(records)
     return records
 
@@ -163,12 +164,12 @@ def _dedup(ws, caplog, monkeypatch, workers: int, chunk: int) -> tuple[dict, tup
 
 
 def _shards(ws) -> dict:
-    return {k: v for k, v in _snapshot(ws.path("data", "dedup")).items() if k.suffix == ".parquet"}
+    return {k: v for k, v in snapshot(ws.path("data", "dedup")).items() if k.endswith(".parquet")}
 
 
 def test_partitions_and_workers_give_the_same_bytes_and_the_reference_clusters(workspace, planted, caplog, monkeypatch):
     workspace.update("dedup.exact.url", True)
-    _write_filter(workspace, planted, 3)
+    write_filter_output(workspace, planted, 3)
     one, counts = _dedup(workspace, caplog, monkeypatch, workers=1, chunk=1_000_000)  # one range per key kind
     reference = _shards(workspace)
     clusters, excluded = _stage_clusters(workspace)
@@ -190,7 +191,7 @@ def test_s3_scratch_gives_the_bytes_of_a_local_run(workspace, near_dup_set, s3en
     """storage.root on S3: the stage's store, and so its scratch (key, shingle, pair and edge files), is an S3Store."""
     s3, bucket = s3env
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
-    _write_filter(workspace, near_dup_set, 3)
+    write_filter_output(workspace, near_dup_set, 3)
     workspace.update("dedup.merge_chunk", 40)  # a few ranges: ranged reads of several partitions per file
     run(workspace.params())
     local = json.loads(workspace.path("data", "dedup", "_manifest.json").read_text())

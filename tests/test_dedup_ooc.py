@@ -18,13 +18,15 @@ from pipelines.dedup.normalize import words
 from pipelines.stages import runner
 run = runner("dedup")
 
-from test_dedup import _cluster_of, _jaccard, _news, _record, _shingles, _web, _write_filter, near_dup_set  # noqa: F401
+from tests.fixtures.dedup_inputs import (cluster_of, jaccard, near_dup_set,  # noqa: F401 (fixture)
+                                         shingle_set, write_filter_output)
+from tests.fixtures.real_text import news_articles, web_articles
 
 
 def test_range_partitioned_merge_is_a_bounded_k_way_merge(tmp_path):
     """Key files of 4 shards cut into hash ranges for a small chunk: every key group whole in one range, ranges
     bounded, the same entries as an in-memory sort."""
-    docs = [words(t) for t in _news(40) + _web(40)]
+    docs = [words(t) for t in news_articles(40) + web_articles(40)]
     docs += docs[:10]  # exact repeats share every band
     hasher = MinHasher(ngram=5, bands=14, rows=8, seed=1)
     bands = hasher.band_hashes(hasher.signatures(docs))
@@ -47,11 +49,11 @@ def test_range_partitioned_merge_is_a_bounded_k_way_merge(tmp_path):
 
 
 def test_tiny_merge_chunk_gives_identical_decisions(workspace, near_dup_set):
-    _write_filter(workspace, near_dup_set, 3)
+    write_filter_output(workspace, near_dup_set, 3)
     big = run(workspace.params())
-    clusters = _cluster_of(workspace)
+    clusters = cluster_of(workspace)
     small = run(workspace.update("dedup.merge_chunk", 5))
-    assert small == big and _cluster_of(workspace) == clusters
+    assert small == big and cluster_of(workspace) == clusters
     assert big["near_dup"] > 0
 
 
@@ -60,14 +62,14 @@ def test_keep_policy_prefers_quality_then_id_across_shard_counts(workspace, near
     records = [dict(r, quality_score=round(rng.random(), 3)) for r in near_dup_set]
     for r in records[::7]:
         r["quality_score"] = None  # missing ranks last
-    _write_filter(workspace, records, 1)
+    write_filter_output(workspace, records, 1)
     run(workspace.params())
-    one = _cluster_of(workspace)
+    one = cluster_of(workspace)
     shuffled = list(records)
     random.Random(2).shuffle(shuffled)
-    _write_filter(workspace, shuffled, 4)
+    write_filter_output(workspace, shuffled, 4)
     run(workspace.params())
-    assert _cluster_of(workspace) == one
+    assert cluster_of(workspace) == one
     quality = {r["id"]: r["quality_score"] for r in records}
     groups = {}
     for rid, head in one.items():
@@ -96,18 +98,18 @@ def test_jaccard_verification_cuts_false_candidates(workspace, near_dup_set, mon
     from pipelines.dedup import verify
 
     monkeypatch.setattr(verify, "CACHE_RECORDS", 2)  # the bounded shingle-set cache evicts all the time
-    _write_filter(workspace, records, 2)
+    write_filter_output(workspace, records, 2)
     workspace.update("dedup.minhash.bands", 20)  # a looser LSH (more false candidates) for verification to cut
     workspace.update("dedup.minhash.rows", 4)
     loose = run(workspace.update("dedup.minhash.verify_threshold", None))
-    loose_clusters = _cluster_of(workspace)
+    loose_clusters = cluster_of(workspace)
     verified = run(workspace.update("dedup.minhash.verify_threshold", 0.7))
-    clusters = _cluster_of(workspace)
-    shingles = {r["id"]: _shingles(r["text"]) for r in records}
+    clusters = cluster_of(workspace)
+    shingles = {r["id"]: shingle_set(r["text"]) for r in records}
     truth = pred = hit = 0
     loose_false = 0
     for a, b in combinations(sorted(shingles), 2):
-        j = _jaccard(shingles[a], shingles[b])
+        j = jaccard(shingles[a], shingles[b])
         same = clusters[a] == clusters[b]
         truth += j >= 0.8
         pred += same

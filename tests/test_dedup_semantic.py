@@ -6,13 +6,13 @@ import pytest
 
 from pipelines.core.hashing import sha256_file
 from pipelines.dedup.semantic import embed, semantic_duplicates
-
-from test_dedup import _news, _scenes
+from tests.fixtures.dedup_inputs import dedup_record, write_filter_output
+from tests.fixtures.real_text import news_articles, play_scenes
 
 
 def test_paraphrase_level_duplicates_are_found_and_distinct_texts_kept():
-    news = [" ".join(t.split()[:120]) for t in _news(6)]  # short enough that truncation (256 tokens) keeps all of it
-    modern = _scenes("macbeth", False, max_words=150)[:3]
+    news = [" ".join(t.split()[:120]) for t in news_articles(6)]  # short enough that truncation (256 tokens) keeps all of it
+    modern = play_scenes("macbeth", False, max_words=150)[:3]
     # The same news text with its sentences reordered: different n-grams, same meaning.
     reordered = [". ".join(reversed(t.split(". "))) for t in news[:3]]
     texts = news + reordered + modern
@@ -42,14 +42,12 @@ def _swap_pairs(text: str) -> str:
 
 def _semantic_corpus() -> tuple[list[dict], dict[str, str]]:
     """40 records: 31 distinct real texts (news, Macbeth) plus 9 paraphrase-like copies of news texts."""
-    from test_dedup import _record
-
-    news = [" ".join(t.split()[:80]) for t in _news(22)]  # short: embedding on CPU is the test's cost
-    records = [_record("news", f"n{i:02d}", t) for i, t in enumerate(news)]
-    records += [_record("books", f"m{i:02d}", t) for i, t in enumerate(_scenes("macbeth", False, max_words=80)[:9])]
+    news = [" ".join(t.split()[:80]) for t in news_articles(22)]  # short: embedding on CPU is the test's cost
+    records = [dedup_record("news", f"n{i:02d}", t) for i, t in enumerate(news)]
+    records += [dedup_record("books", f"m{i:02d}", t) for i, t in enumerate(play_scenes("macbeth", False, max_words=80)[:9])]
     pairs = {}
     for i, text in enumerate(news[:9]):
-        para = _record("news", f"p{i:02d}", _swap_pairs(text))
+        para = dedup_record("news", f"p{i:02d}", _swap_pairs(text))
         records.append(para)
         pairs[para["id"]] = records[i]["id"]
     return records, pairs
@@ -67,8 +65,6 @@ def test_stage_semantic_dedup_drops_paraphrases_and_caches_embeddings(workspace)
     from pipelines.stages import runner
     run = runner("dedup")
 
-    from test_dedup import _write_filter
-
     records, pairs = _semantic_corpus()
     assert len(records) == 40
     workspace.update("checks.data_docs", False)
@@ -78,7 +74,7 @@ def test_stage_semantic_dedup_drops_paraphrases_and_caches_embeddings(workspace)
     workspace.update("dedup.semantic.max_tokens", 128)
     params = workspace.update("dedup.semantic.enabled", True)
     params = workspace.update("dedup.semantic.threshold", 0.9)
-    _write_filter(workspace, records, 3)
+    write_filter_output(workspace, records, 3)
     summary = run(params)
 
     out = workspace.path("data", "dedup")
@@ -115,7 +111,7 @@ def test_stage_semantic_dedup_drops_paraphrases_and_caches_embeddings(workspace)
     import random
 
     random.Random(2).shuffle(records)
-    _write_filter(workspace, records, 1)
+    write_filter_output(workspace, records, 1)
     assert run(params) == {**summary, "shards": 1}
     assert path.read_bytes() == cache
 

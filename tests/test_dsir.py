@@ -3,7 +3,6 @@ that source out of a mixed pool, the KL reduction is positive, samples are repro
 and independent of input order, and the temperature interpolates between top-k and uniform."""
 from __future__ import annotations
 
-import gzip
 import json
 
 import numpy as np
@@ -16,29 +15,17 @@ from pipelines.core.shards import read_all, write_shard
 from pipelines.select import dsir
 from pipelines.select import stage as select_stage
 from pipelines.select.sampling import gumbel_top_k, kth_largest, quality_logits, sort_keys
-from tests.conftest import SHARED_DATA
-
-TEXT = SHARED_DATA / "text"
-
-
-def _lines(path, n, min_chars=150):
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    return [ln for ln in lines if len(ln) >= min_chars and not ln.startswith("=")][:n]
-
-
-def _jsonl(path, n, fields):
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        texts = ("\n".join(json.loads(line)[k] for k in fields) for line in f)
-        return [t for _, t in zip(range(n), (t for t in texts if len(t.strip()) >= 50))]
+from tests.fixtures.project import TEXT
+from tests.fixtures.real_text import jsonl_texts, long_lines
 
 
 @pytest.fixture(scope="module")
 def sources() -> dict[str, list[str]]:
     return {
-        "news": _lines(TEXT / "news" / "lee_background.cor", 240),
-        "wikipedia": _lines(TEXT / "wikipedia" / "wikitext-2_valid.txt", 240),
-        "math": _jsonl(TEXT / "math" / "gsm8k_train_lines0001-3737.jsonl.gz", 240, ["question", "answer"]),
-        "web": _jsonl(TEXT / "web_cc" / "dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz", 240, ["text"]),
+        "news": long_lines(TEXT / "news" / "lee_background.cor", 240),
+        "wikipedia": long_lines(TEXT / "wikipedia" / "wikitext-2_valid.txt", 240),
+        "math": jsonl_texts(TEXT / "math" / "gsm8k_train_lines0001-3737.jsonl.gz", 240, ["question", "answer"]),
+        "web": jsonl_texts(TEXT / "web_cc" / "dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz", 240, ["text"]),
     }
 
 

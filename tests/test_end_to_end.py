@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project
+from tests.fixtures.airflow_dags import load_dag
+from tests.fixtures.project import copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -45,18 +46,6 @@ def project(tmp_path_factory, airflow_db):
             os.environ[k] = v
 
 
-def _dag(root: Path, dag_id: str):
-    """Parse the project's DAG files and serialize them to the metadata DB (what the dag-processor does)."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = BundleDagBag(dag_folder=str(root / "dags"), bundle_path=root / "dags", bundle_name="dags-folder")
-    assert not bag.import_errors, bag.import_errors
-    sync_bag_to_db(bag, "dags-folder", None)
-    return bag.dags[dag_id]
-
-
 def _states(dagrun) -> dict[str, str]:
     return {ti.task_id.split(".")[-1]: str(ti.state) for ti in dagrun.get_task_instances()}
 
@@ -68,7 +57,7 @@ def _dvc(root: Path, *args: str) -> str:
 
 
 def test_airflow_runs_corpus_refresh_then_pretrain(project):
-    run = _dag(project, "corpus_refresh").test()
+    run = load_dag(project, "corpus_refresh").test()
     states = _states(run)
     assert str(run.state) == "success", states
     assert set(states.values()) == {"success"}
@@ -85,7 +74,7 @@ def test_airflow_runs_corpus_refresh_then_pretrain(project):
         events = session.query(AssetEvent).all()
         assert any((e.extra or {}).get("version") == version["version"] for e in events)
 
-    run = _dag(project, "pretrain").test()
+    run = load_dag(project, "pretrain").test()
     assert str(run.state) == "success", _states(run)
     ev = json.loads((project / "metrics/eval.json").read_text())
     for phase in ("phase1", "phase2"):
@@ -135,7 +124,7 @@ def test_failing_gate_stops_the_dag_run(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["checks"]["ingest"]["min_records"] = 10**9  # impossible: the gate must fail
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run = _dag(project, "corpus_refresh").test()
+    run = load_dag(project, "corpus_refresh").test()
     states = _states(run)
     assert str(run.state) == "failed"
     assert states["check_ingest"] == "failed"

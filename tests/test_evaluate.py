@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-# Shared real-text inputs (tokenizer, packs, held-out shard); tests/ is on sys.path under pytest.
-from test_train import built_inputs, tiny_model, trained_phase1  # noqa: F401  (built_inputs is a fixture)
+# Shared real-text inputs (tokenizer, packs, held-out shard), built once per test process.
+from tests.fixtures.training import built_inputs, tiny_model, trained_phase1  # noqa: F401  (built_inputs is a fixture)
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_min_k_prob_is_the_mean_of_the_lowest_k_share():
 
 def test_min_k_audit_flags_text_the_model_was_trained_on(ws, tmp_path_factory):
     """Documents of the phase-1 pack score higher Min-K% than held-out text; fresh items do not."""
-    from test_train import real_documents
+    from tests.fixtures.training import real_documents
 
     from pipelines.evaluate.contamination import audit
     from pipelines.train.checkpoint import load_model

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipelines.core.executor import LocalExecutor, get_executor
-from tests.conftest import REPO
+from tests.fixtures.project import REPO
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ every drop is audited, stats balance, re-runs are byte-identical, and the Gopher
 exactly as datatrove 0.10.1's filters do on real web documents."""
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 from collections import Counter
@@ -18,28 +17,13 @@ from pipelines.core.shards import read_all, read_shard, write_shard
 from pipelines.filter import fasttext_quality
 from pipelines.filter import stage as filter_stage
 from pipelines.filter.rules import RULE_NAMES, Doc, GopherQualityRule, GopherRepetitionRule, LanguageRule, build_rules
-from tests.conftest import REPO, SHARED_DATA
+from tests.fixtures.langid import LANGID
+from tests.fixtures.project import REPO, SHARED_DATA
+from tests.fixtures.real_text import web_docs
 
-WEB = SHARED_DATA / "text" / "web_cc" / "dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"
 WIKI = SHARED_DATA / "text" / "wikipedia" / "wikitext-2_valid.txt"
 NEWS = SHARED_DATA / "text" / "news" / "lee_background.cor"
 WEB_SOURCE = "cc-main-2019-30"
-
-
-def _langid():
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    load = getattr(LanguageIdentifier, "from_model_file", None) or LanguageIdentifier.from_pickled_model
-    return load(MODEL_FILE, norm_probs=True)
-
-
-LANGID = _langid()
-
-
-def web_docs() -> list[dict]:
-    with gzip.open(WEB, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
-    return [{"text": r["text"], "url": r["metadata"]["warc_url"]} for r in rows if r["text"].strip()]
 
 
 def record(source: str, text: str, key: str, url: str | None = None) -> dict:

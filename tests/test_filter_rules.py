@@ -10,8 +10,8 @@ import pytest
 from pipelines.config import load_params
 from pipelines.filter.rules import C4QualityRule, Doc, FineWebQualityRule, build_rules
 from pipelines.filter.url_filter import LISTS_DIR, URLFilterRule, read_list
-from tests.conftest import REPO
-from tests.test_filter import web_docs
+from tests.fixtures.project import REPO
+from tests.fixtures.real_text import web_docs
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import pytest
 
 from pipelines.filter.rules import Doc
 from pipelines.filter.url_filter import LISTS_DIR, URLFilterRule, read_list
-from tests.conftest import REPO
-from tests.test_filter import web_docs
+from tests.fixtures.project import REPO
+from tests.fixtures.real_text import web_docs
 
 pytest.importorskip("datatrove")
 pytest.importorskip("ahocorasick")

@@ -16,8 +16,9 @@ from pipelines.ingest.items import Candidate
 from pipelines.stages import runner
 run = runner("ingest")
 from pipelines.ingest.warc import read_archive
-from tests.conftest import SHARED_DATA
-from tests.test_filter import LANGID, web_docs
+from tests.fixtures.langid import LANGID
+from tests.fixtures.project import SHARED_DATA
+from tests.fixtures.real_text import web_docs
 
 BENCH = SHARED_DATA / "html" / "article-extraction-benchmark"
 

@@ -1,82 +1,18 @@
 """mix: held-out split, weighted phase blends, replay, accounting, determinism (real text)."""
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.conftest import run_and_tell
 from pipelines.core.schema import make_record_id
 from pipelines.core.shards import list_shards, read_all, read_shard, write_shard
-
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
-
-
-def _wikipedia_docs(limit):
-    """wikitext-2 lines grouped into articles at each top-level ' = Title = ' heading."""
-    docs, cur = [], []
-    for line in (TEXT / "wikipedia" / "wikitext-2_valid.txt").read_text(encoding="utf-8").splitlines():
-        s = line.strip()
-        if s.startswith("= ") and not s.startswith("= =") and cur:
-            docs.append("\n".join(cur).strip())
-            cur = []
-            if len(docs) >= limit:
-                break
-        if s:
-            cur.append(s)
-    return docs
-
-
-def _jsonl(path, fields, limit):
-    out = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            out.append("\n".join(row[k] for k in fields))
-            if len(out) >= limit:
-                break
-    return out
-
-
-def real_docs(per_source: int = 40) -> dict[str, list[str]]:
-    web = _jsonl(next((TEXT / "web_cc").glob("*.jsonl.gz")), ["text"], 3 * per_source)
-    shakespeare = (TEXT / "books" / "tinyshakespeare_input.txt").read_text(encoding="utf-8").split("\n\n")
-    return {
-        "wikipedia": _wikipedia_docs(per_source),
-        "news": (TEXT / "news" / "lee_background.cor").read_text(encoding="utf-8").splitlines()[:per_source],
-        "math": _jsonl(TEXT / "math" / "gsm8k_train_lines0001-3737.jsonl.gz", ["question", "answer"], per_source),
-        "code": _jsonl(TEXT / "code" / "humaneval-x_cpp.jsonl.gz", ["prompt", "canonical_solution"], per_source),
-        "books": ["\n\n".join(shakespeare[i:i + 8]) for i in range(0, 8 * per_source, 8)],
-        "cc-main-2019-30": web[:per_source],
-        "cc-main-2024-22": web[per_source:2 * per_source],
-        "forum": web[2 * per_source:3 * per_source],  # matches no weight pattern: excluded
-    }
-
-
-def build_select(root: Path, per_source: int = 40, n_shards: int = 3, max_chars: int = 3000) -> pa.Table:
-    """Write `data/select` shards (core schema + quality_score) from real text; returns all records.
-    Documents are cut to ``max_chars`` to keep the tests fast (wikitext articles run to 30k chars)."""
-    rows = []
-    for source, docs in real_docs(per_source).items():
-        for i, text in enumerate(docs):
-            if not text.strip():
-                continue  # select never passes empty documents
-            rows.append({"id": make_record_id(source, str(i)), "url": f"https://{source}.example/{i}",
-                         "source": source, "text": text[:max_chars], "lang": "en", "lang_score": 0.99,
-                         "quality_score": float((i * 37 % 100) / 100)})
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(rows))
-    rows = [rows[i] for i in order]
-    out = root / "data" / "select"
-    for k in range(n_shards):
-        write_shard(out / f"part-{k:05d}.parquet", pa.Table.from_pylist(rows[k::n_shards]))
-    return pa.Table.from_pylist(rows)
+from tests.fixtures.mix_inputs import build_select
+from tests.fixtures.project import run_and_tell
 
 
 def _run(params):

@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.mixture_search import domains as dom
-from tests.test_dsir import TEXT, _lines
+from tests.fixtures.mixture_toy import toy  # noqa: F401 (fixture)
+from tests.fixtures.project import TEXT
+from tests.fixtures.real_text import long_lines
 
 DIM = 384
 
@@ -42,7 +44,7 @@ class CountingEmbedder:
 
 
 def test_minilm_embeds_and_reuses_the_dedup_cache(tmp_path):
-    news = _lines(TEXT / "news" / "lee_background.cor", 4)
+    news = long_lines(TEXT / "news" / "lee_background.cor", 4)
     texts = [news[0], news[0] + " ", news[1], news[2], news[3], "def add(a, b):\n    return a + b\n"]
     ids = [f"r{k}" for k in range(len(texts))]
     cache = tmp_path / "data" / "dedup" / "embeddings.parquet"
@@ -103,8 +105,3 @@ def test_search_prepare_with_minilm_uses_cached_vectors(toy):
     assert prepared["embeddings"]["cached"] == len(cached)
 
 
-@pytest.fixture
-def toy(workspace):
-    from tests.test_mixture_search import build_toy
-
-    return build_toy(workspace)

@@ -4,40 +4,14 @@ candidate's measured and predicted score; disabled search writes an empty result
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
-import pyarrow as pa
 import pytest
 
-from pipelines.core.schema import make_record_id
-from pipelines.core.shards import write_shard
 from pipelines.mixture_search import search
-from tests.conftest import REPO
-from tests.test_dsir import TEXT, _jsonl, _lines
-
-TOY = {"enabled": True, "clusters": 2, "rounds": 2, "candidates_per_round": 2, "pool_samples": 200,
-       "anchors": ["uniform"], "final": {"method": "top_k_mean", "k": 3},
-       "vocab_size": 300, "heldout_docs_per_source": 3, "eval_tokens_per_doc": 64,
-       "curated_sources": ["news", "math"],
-       "proxy": {"preset": "tiny", "steps": 3, "seq_len": 32, "micro_batch": 2, "lr": 0.003, "threads": 1,
-                 "model": {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64}}}
-
-
-@pytest.fixture
-def toy(workspace):
-    return build_toy(workspace)
-
-
-def build_toy(workspace):
-    texts = {"news": _lines(TEXT / "news" / "lee_background.cor", 60),
-             "math": _jsonl(TEXT / "math" / "gsm8k_train_lines0001-3737.jsonl.gz", 60, ["question", "answer"]),
-             "web": _jsonl(TEXT / "web_cc" / "dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz", 60, ["text"])}
-    rows = [{"id": make_record_id(s, f"{s}#{i}"), "url": None, "source": s, "text": t, "source_file": "t",
-             "source_offset": i, "quality_score": 0.5} for s, ts in texts.items() for i, t in enumerate(ts)]
-    write_shard(workspace.path("data/select/part-00000.parquet"), pa.Table.from_pylist(rows))
-    workspace.update("mixture", TOY)
-    return workspace
+from tests.fixtures.airflow_dags import load_dag
+from tests.fixtures.mixture_toy import toy  # noqa: F401 (fixture)
+from tests.fixtures.project import REPO
 
 
 def _check(doc):
@@ -66,12 +40,10 @@ def test_pool_and_mapped_tasks_run_the_same_search(toy, airflow_db, monkeypatch)
     _check(doc)
     assert pool["candidates"] == 4
 
-    from tests.test_end_to_end import _dag
-
     shutil.copytree(REPO / "dags", toy.path("dags"), ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(toy.path("dags")))
     toy.path("data/mixture/mixture.json").unlink()
-    run = _dag(toy.root, "mixture_search").test()
+    run = load_dag(toy.root, "mixture_search").test()
     assert str(run.state) == "success"
     proxies = [ti for ti in run.get_task_instances() if ti.task_id.startswith("proxy_r")]
     assert len(proxies) == 4 and all(ti.map_index >= 0 for ti in proxies)  # one mapped task per proxy

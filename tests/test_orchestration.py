@@ -12,7 +12,7 @@ import yaml
 
 from pipelines.orchestration.graph import load_stages, topological, upstream
 from pipelines.orchestration.run_params import apply_form
-from tests.conftest import REPO
+from tests.fixtures.project import REPO
 
 
 def test_graph_from_dvc_yaml_has_a_gate_after_each_data_stage():

@@ -5,89 +5,20 @@ import json
 import shutil
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import run_and_tell
-from pipelines.core.shards import read_all
 from pipelines.pack.binpack import best_fit_decreasing, concat_split, split_documents
-from pipelines.pack.format import PackedDataset
-from test_mix import build_select
-
-SEQ_LEN = 128
-
-
-def _prepare(ws, per_source=12, **pack):
-    build_select(ws.root, per_source=per_source)
-    params = ws.params()
-    params["pack"].update({"vocab_size": 512, "seq_len": SEQ_LEN, "tokenizer_sample_chars": 150_000,
-                           "max_seq_per_shard": 64, **pack})
-    ws.set_params(params)
-    from pipelines.stages import runner
-    run_mix = runner("mix")
-
-    run_mix(params)
-    return params
-
-
-def _run(params):
-    from pipelines.stages import runner
-    run = runner("pack")
-
-    return run(params)
+from tests.fixtures.pack_inputs import SEQ_LEN, check_packed_phase, prepare_pack, run_pack
+from tests.fixtures.project import run_and_tell
 
 
 def _snapshot(d):
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def _check_phase(ws, phase, tokenizer):
-    """Every invariant of a packed phase, checked against the mix output it came from."""
-    phase_dir = ws.path("data", "pack", phase)
-    ds = PackedDataset(phase_dir)
-    index = json.loads((phase_dir / "index.json").read_text())
-    lineage = pq.read_table(phase_dir / "lineage.parquet").to_pandas()
-    rows = read_all(ws.path("data", "mix", phase)).to_pandas()
-    texts = dict(zip(rows.id, rows.text))
-    # Reference tokenization through the saved tokenizer, as the trainer/evaluator will load it.
-    ref = {rid: tokenizer(t, add_special_tokens=False)["input_ids"] + [ds.eos_id] for rid, t in texts.items()}
-
-    assert len(ds) == index["n_seq"] > 0
-    assert index["dtype"] == "uint16" and len(index["shards"]) > 1
-    covered = np.zeros((len(ds), SEQ_LEN), dtype=np.int32)
-    by_seq = lineage.groupby("seq")
-    pieces: dict[tuple, list] = {}
-    for i in range(len(ds)):
-        item = ds[i]
-        assert item.tokens.shape == (SEQ_LEN,) and item.tokens.dtype == np.uint16
-        assert (item.tokens[item.n_real:] == ds.pad_id).all() and (item.tokens[:item.n_real] != ds.pad_id).all()
-        lin = by_seq.get_group(i).sort_values("start")
-        assert lin.start.tolist() == item.doc_starts.tolist() and item.doc_starts[0] == 0
-        assert lin.end.iloc[-1] == item.n_real
-        for r in lin.itertuples():
-            covered[i, r.start:r.end] += 1
-            piece = item.tokens[r.start:r.end].tolist()
-            assert piece == ref[r.record_id][r.doc_offset:r.doc_offset + (r.end - r.start)]
-            pieces.setdefault((r.record_id, r.blend_copy), []).append((r.doc_offset, piece))
-    # Every non-pad token belongs to exactly one piece; padding to none.
-    tokens = np.stack([ds[i].tokens for i in range(len(ds))])
-    assert np.array_equal(covered, (tokens != ds.pad_id).astype(np.int32))
-    # Each mix row is packed once, whole: its pieces decode back to its text.
-    assert set(pieces) == set(zip(rows.id, rows.blend_copy))
-    for (rid, _), parts in pieces.items():
-        ids = [t for _, p in sorted(parts) for t in p]
-        assert ids == ref[rid]
-        assert tokenizer.decode(ids[:-1]) == texts[rid]
-    # Tokens in = tokens out.
-    tokens_in = sum(len(ref[rid]) for rid in rows.id)
-    assert tokens_in == index["tokens"] == int((tokens != ds.pad_id).sum())
-    assert index["padding"] == len(ds) * SEQ_LEN - tokens_in
-    return lineage, pieces
-
-
 def test_pack_best_fit_round_trips_to_the_original_text(workspace):
-    params = _prepare(workspace)
-    summary = _run(params)
+    params = prepare_pack(workspace)
+    summary = run_pack(params)
     assert summary["phase1"] > 0
     from transformers import AutoTokenizer
 
@@ -96,7 +27,7 @@ def test_pack_best_fit_round_trips_to_the_original_text(workspace):
     assert tokenizer.eos_token_id == pack["eos_id"] and tokenizer.pad_token_id == pack["pad_id"]
     assert pack["vocab_size"] == len(tokenizer) == 512
     for phase in ("phase1", "phase2"):
-        lineage, pieces = _check_phase(workspace, phase, tokenizer)
+        lineage, pieces = check_packed_phase(workspace, phase, tokenizer)
         stats = pack["phases"][phase]
         # Best fit cuts a document only when it does not fit in one sequence.
         for (rid, copy), parts in pieces.items():
@@ -109,15 +40,15 @@ def test_pack_best_fit_round_trips_to_the_original_text(workspace):
 
 
 def test_concat_mode_is_exact_but_splits_more(workspace):
-    params = _prepare(workspace, per_source=8)
-    _run(params)
+    params = prepare_pack(workspace, per_source=8)
+    run_pack(params)
     best = json.loads(workspace.path("data", "pack", "pack.json").read_text())["phases"]["phase1"]
     params["pack"]["packing"] = "concat"
-    _run(params)
+    run_pack(params)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(workspace.path("data", "pack", "tokenizer")))
-    _check_phase(workspace, "phase1", tokenizer)
+    check_packed_phase(workspace, "phase1", tokenizer)
     concat = json.loads(workspace.path("data", "pack", "pack.json").read_text())["phases"]["phase1"]
     assert concat["tokens"] == best["tokens"]
     assert concat["docs_split"] > best["docs_split"]
@@ -125,29 +56,29 @@ def test_concat_mode_is_exact_but_splits_more(workspace):
 
 
 def test_rerun_is_byte_identical_and_skips(workspace, caplog):
-    params = _prepare(workspace, per_source=6)
-    _run(params)
+    params = prepare_pack(workspace, per_source=6)
+    run_pack(params)
     pack = workspace.path("data", "pack")
     before = _snapshot(pack)
-    assert run_and_tell(_run, params, caplog)[1] is True
+    assert run_and_tell(run_pack, params, caplog)[1] is True
     shutil.rmtree(pack)
-    assert run_and_tell(_run, params, caplog)[1] is False
+    assert run_and_tell(run_pack, params, caplog)[1] is False
     assert _snapshot(pack) == before  # tokenizer training included
     # A damaged file is noticed and the stage redoes its work.
     (pack / "phase1" / "lineage.parquet").write_bytes(b"broken")
-    assert run_and_tell(_run, params, caplog)[1] is False and _snapshot(pack) == before
+    assert run_and_tell(run_pack, params, caplog)[1] is False and _snapshot(pack) == before
 
 
 def test_bad_params_and_missing_input(workspace):
     with pytest.raises(FileNotFoundError, match="run the mix stage first"):
-        _run(workspace.params())
-    params = _prepare(workspace, per_source=3)
+        run_pack(workspace.params())
+    params = prepare_pack(workspace, per_source=3)
     params["pack"]["packing"] = "first_fit"
     with pytest.raises(ValueError, match="pack.packing"):
-        _run(params)
+        run_pack(params)
     params["pack"].update(packing="best_fit", vocab_size=100)
     with pytest.raises(ValueError, match="pack.vocab_size"):
-        _run(params)
+        run_pack(params)
 
 
 def _naive_best_fit_fills(lengths, seq_len):

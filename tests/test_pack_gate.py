@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.checks.gate import GateFailed, run_gate
 from pipelines.pack.measure import token_share_rows
-from test_pack import _prepare, _run
+from tests.fixtures.pack_inputs import prepare_pack, run_pack
 
 
 def _gate(ws, params):
@@ -25,9 +25,9 @@ def _lineage(ws, phase="phase1"):
 
 
 def test_pack_gate_passes_on_real_pack_and_fails_on_each_broken_invariant(workspace):
-    params = _prepare(workspace, per_source=6)
+    params = prepare_pack(workspace, per_source=6)
     params["checks"]["data_docs"] = False
-    _run(params)
+    run_pack(params)
     result = run_gate("pack", params)
     assert result["success"]
     shares = token_share_rows(workspace.path("data", "pack"), ("phase1", "phase2"),

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from pipelines.core.shards import read_all
 from pipelines.pack.format import PackedDataset
 from pipelines.train.data import IGNORE, encode_sequence, make_batch
-from test_pack import SEQ_LEN, _check_phase, _prepare, _run
+from tests.fixtures.pack_inputs import SEQ_LEN, check_packed_phase, prepare_pack, run_pack
 
 
 def _tokenizer(ws):
@@ -20,8 +20,8 @@ def _tokenizer(ws):
 
 
 def test_meco_prefixes_phase1_masks_the_prefix_and_the_trainer_ignores_it(workspace):
-    params = _prepare(workspace, per_source=6, meco=True)
-    _run(params)
+    params = prepare_pack(workspace, per_source=6, meco=True)
+    run_pack(params)
     tok = _tokenizer(workspace)
     pack = json.loads(workspace.path("data", "pack", "pack.json").read_text())
     rows = read_all(workspace.path("data", "mix", "phase1")).to_pandas()
@@ -67,7 +67,7 @@ def test_meco_prefixes_phase1_masks_the_prefix_and_the_trainer_ignores_it(worksp
     # Phase 2 is the cool-down: no prefix, no mask, and the pieces decode to the bare documents.
     d2 = workspace.path("data", "pack", "phase2")
     assert not list(d2.glob("loss_mask-*.npy")) and PackedDataset(d2)[0].loss_mask is None
-    _check_phase(workspace, "phase2", tok)
+    check_packed_phase(workspace, "phase2", tok)
 
 
 def test_masked_targets_drop_out_of_the_loss():
@@ -85,7 +85,7 @@ def test_masked_targets_drop_out_of_the_loss():
 def test_local_hf_tokenizer_directory_is_used_and_gets_a_pad_token(workspace, tmp_path):
     from transformers import PreTrainedTokenizerFast
 
-    params = _prepare(workspace, per_source=4)
+    params = prepare_pack(workspace, per_source=4)
     texts = read_all(workspace.path("data", "mix", "phase1")).column("text").to_pylist()
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -95,10 +95,10 @@ def test_local_hf_tokenizer_directory_is_used_and_gets_a_pad_token(workspace, tm
                                                        show_progress=False))
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>").save_pretrained(str(tmp_path / "hf"))
     params["pack"]["tokenizer_dir"] = str(tmp_path / "hf")
-    _run(params)
+    run_pack(params)
     tok = _tokenizer(workspace)
     pack = json.loads(workspace.path("data", "pack", "pack.json").read_text())
     assert pack["tokenizer_source"] == str(tmp_path / "hf") and pack["tokenizer_sample"]["docs"] == 0
     assert tok.eos_token == "</s>" and tok.pad_token == "<|pad|>" and pack["vocab_size"] == len(tok) == 401
     assert pack["eos_id"] == tok.eos_token_id != pack["pad_id"] == tok.pad_token_id
-    _check_phase(workspace, "phase1", tok)
+    check_packed_phase(workspace, "phase1", tok)

@@ -24,19 +24,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import copy_project
-
-# Four real archives (three WARC, one WET): four ingest shards, quick to extract.
-WARC = ["samples/warc/cc-main-2020-34_resiliparse-sample.warc.gz", "samples/warc/cc-main-2024-22_whirlwind.warc.gz",
-        "samples/warc/dolma_sample-0000.warc.gz"]
-WET = ["samples/warc/cc-main-2024-22_whirlwind.warc.wet.gz"]
-SKIPPED = re.compile(r"(part-\d+\.parquet) already complete, skipped")
-
-
-def small_inputs(params: dict) -> dict:
-    params["ingest"].update(warc=WARC, wet=WET, curated={}, max_files=0)
-    params["executor"]["workers"] = 1  # kill points count per process: one process makes them exact
-    return params
+from tests.fixtures.crash_resume import SKIPPED, small_inputs
+from tests.fixtures.outputs import snapshot
+from tests.fixtures.project import copy_project
 
 
 def stage(root: Path, name: str, fault: str | None = None) -> subprocess.CompletedProcess:
@@ -46,10 +36,6 @@ def stage(root: Path, name: str, fault: str | None = None) -> subprocess.Complet
         env["PIPELINES_FAULT_KILL"] = fault
     return subprocess.run([sys.executable, "-m", "pipelines", name], cwd=root, env=env, capture_output=True,
                           text=True, timeout=300)
-
-
-def snapshot(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def assert_nothing_partial(out: Path) -> list[str]:
@@ -81,7 +67,7 @@ def filtered(tmp_path_factory):
     """A workspace with ingest and dedup done on the small inputs: the uninterrupted reference outputs."""
     import yaml
 
-    from tests.conftest import REPO, SAMPLES
+    from tests.fixtures.project import REPO, SAMPLES
 
     root = tmp_path_factory.mktemp("crash") / "ws"
     root.mkdir()
@@ -212,8 +198,8 @@ def test_dvc_repro_after_a_code_change_recomputes_finished_shards(tmp_path):
 def test_training_sigkilled_after_a_checkpoint_resumes_to_the_same_loss_curve(tmp_path, monkeypatch):
     import yaml
 
-    from tests.conftest import REPO
-    from tests.test_train import build_inputs
+    from tests.fixtures.project import REPO
+    from tests.fixtures.training import build_inputs
 
     root = tmp_path / "ws"
     root.mkdir()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.fixtures.project import REPO
 
 SECRET = "Zx9-not-a-real-secret-7Qw2-LEAKCHECK"
 LEAKY = f"""stages:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, SAMPLES
+from tests.fixtures.project import REPO, SAMPLES
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.fixtures.project import REPO
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY-NOT-REAL-9z"
 KEY_ID = "pipelines-test-key-id"

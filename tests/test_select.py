@@ -17,7 +17,7 @@ from pipelines.core.schema import domain_of, make_record_id
 from pipelines.core.shards import read_all, read_shard, write_shard
 from pipelines.select import stage as select_stage
 from pipelines.select.ngram_classifier import NgramQualityClassifier, train
-from tests.conftest import SHARED_DATA
+from tests.fixtures.project import SHARED_DATA
 
 TEXT = SHARED_DATA / "text"
 WEB = TEXT / "web_cc" / "dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"

@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from test_train import built_inputs, read_curve, tiny_params  # noqa: F401  (built_inputs is a fixture)
+from tests.fixtures.training import built_inputs, read_curve, tiny_params  # noqa: F401  (built_inputs is a fixture)
 
 STEPS = 8  # + 2 anneal steps (anneal_fraction 0.2)
 # Runs under torchrun: train_phase stopped after 2 steps (as if killed), the checkpoint read back, then resumed.
