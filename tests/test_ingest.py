@@ -260,43 +260,29 @@ def test_trafilatura_extractor_and_charset_decoding(workspace):
     assert wikitext_to_text("'''X''' is [[a|b]].<ref>c</ref>\n[[File:y.png|thumb|z]]\n== H ==\n{{t}}") == "X is b.\n\nH"
 
 
-def test_s3_inputs_match_local_file(workspace, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+def test_s3_inputs_match_local_file(workspace, moto_s3, monkeypatch):
+    moto_s3.setenv(monkeypatch)
+    s3 = moto_s3.empty_bucket("bucket")
+    key = "crawl-data/CC-MAIN-2024-22/segments/1/warc/x.warc.gz"
+    s3.put_object(Bucket="bucket", Key=key, Body=workspace.path(RESILIPARSE_WARC).read_bytes())
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        monkeypatch.delenv("PIPELINES_S3_ANONYMOUS", raising=False)
-        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-        s3.create_bucket(Bucket="bucket")
-        key = "crawl-data/CC-MAIN-2024-22/segments/1/warc/x.warc.gz"
-        s3.put_object(Bucket="bucket", Key=key, Body=workspace.path(RESILIPARSE_WARC).read_bytes())
+    params = workspace.params()
+    params["ingest"].update(warc=[RESILIPARSE_WARC], wet=[], curated={})
+    local = run(params)
+    local_rows = read_all(_out(workspace)).to_pylist()
+    shutil.rmtree(_out(workspace))
 
-        params = workspace.params()
-        params["ingest"].update(warc=[RESILIPARSE_WARC], wet=[], curated={})
-        local = run(params)
-        local_rows = read_all(_out(workspace)).to_pylist()
-        shutil.rmtree(_out(workspace))
+    params["ingest"]["warc"] = ["s3://bucket/crawl-data/CC-MAIN-2024-22/segments/*/warc/*.warc.gz"]
+    remote = run(params)
+    remote_rows = read_all(_out(workspace)).to_pylist()
+    assert remote["records_out"] == local["records_out"] == 16
+    assert {r["source"] for r in remote_rows} == {"cc-main-2024-22"}
+    assert {r["source_file"] for r in remote_rows} == {f"s3://bucket/{key}"}
+    same = ("text", "url", "crawl_date", "lang", "source_offset")
+    assert [{k: r[k] for k in same} for r in remote_rows] == [{k: r[k] for k in same} for r in local_rows]
+    manifest = json.loads(_out(workspace).joinpath("_manifest.json").read_text())
+    assert list(manifest["shards"]["part-00000.parquet"]["inputs"]) == [f"s3://bucket/{key}"]
 
-        params["ingest"]["warc"] = ["s3://bucket/crawl-data/CC-MAIN-2024-22/segments/*/warc/*.warc.gz"]
-        remote = run(params)
-        remote_rows = read_all(_out(workspace)).to_pylist()
-        assert remote["records_out"] == local["records_out"] == 16
-        assert {r["source"] for r in remote_rows} == {"cc-main-2024-22"}
-        assert {r["source_file"] for r in remote_rows} == {f"s3://bucket/{key}"}
-        same = ("text", "url", "crawl_date", "lang", "source_offset")
-        assert [{k: r[k] for k in same} for r in remote_rows] == [{k: r[k] for k in same} for r in local_rows]
-        manifest = json.loads(_out(workspace).joinpath("_manifest.json").read_text())
-        assert list(manifest["shards"]["part-00000.parquet"]["inputs"]) == [f"s3://bucket/{key}"]
-
-        params["ingest"]["warc"] = ["s3://bucket/crawl-data/missing.warc.gz"]
-        with pytest.raises(FileNotFoundError, match="missing.warc.gz"):
-            run(params)
-    finally:
-        server.stop()
+    params["ingest"]["warc"] = ["s3://bucket/crawl-data/missing.warc.gz"]
+    with pytest.raises(FileNotFoundError, match="missing.warc.gz"):
+        run(params)

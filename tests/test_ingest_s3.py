@@ -90,28 +90,18 @@ class CuttingProxy:
 
 
 @pytest.fixture
-def moto_cc(workspace, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "PIPELINES_S3_STREAM_RETRIES": "3"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("PIPELINES_S3_ANONYMOUS", raising=False)
-    s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-    s3.create_bucket(Bucket="commoncrawl")
+def moto_cc(workspace, moto_s3, monkeypatch):
+    """The commoncrawl bucket on the session's moto server, emptied, then holding FILES and their listings."""
+    moto_s3.setenv(monkeypatch)
+    monkeypatch.setenv("PIPELINES_S3_STREAM_RETRIES", "3")
+    s3 = moto_s3.empty_bucket("commoncrawl")
     for path, key in FILES.items():
         s3.put_object(Bucket="commoncrawl", Key=key, Body=workspace.path(path).read_bytes())
     for kind in ("warc", "wet"):
         keys = [k for k in FILES.values() if f"/{kind}/" in k]
         s3.put_object(Bucket="commoncrawl", Key=f"crawl-data/{CRAWL}/{kind}.paths.gz",
                       Body=gzip.compress(("\n".join(keys) + "\n").encode(), mtime=0))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    yield (host, port)
-    server.stop()
+    return moto_s3.host, moto_s3.port
 
 
 def _local_run(workspace, paths):

@@ -20,29 +20,21 @@ KEY = "crawl-data/CC-MAIN-2024-22/segments/1/warc/whirlwind.warc.gz"
 SECRET = "s3cr3t-Do-Not-Log-9f8e7d6c5b4a"
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+@pytest.fixture
+def moto_url(moto_s3):
+    """The session's moto server; each test points AWS_ENDPOINT_URL at it or at a FaultProxy in front of it."""
+    return moto_s3.endpoint
 
 
 @pytest.fixture
-def s3env(monkeypatch, moto_url):
-    import boto3
-
+def s3env(monkeypatch, moto_s3):
+    """Credentials whose secret the logs must never show (moto accepts any) and a fresh bucket."""
+    moto_s3.setenv(monkeypatch)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # each test says where its requests go (moto or the proxy)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-access-key-id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("PIPELINES_S3_ANONYMOUS", raising=False)
-    s3 = boto3.client("s3", endpoint_url=moto_url)
     bucket = f"b{abs(hash(os.urandom(4))) % 10**8}"
-    s3.create_bucket(Bucket=bucket)
-    return s3, bucket
+    return moto_s3.bucket(bucket), bucket
 
 
 def _ingest(workspace, uri: str) -> list[dict]:

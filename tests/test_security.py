@@ -49,31 +49,20 @@ def test_no_credentials_in_the_repository():
     assert CREDENTIAL_PATTERNS["AWS access key id"].search("key = AKIA" + "ABCDEFGHIJKLMNOP")
 
 
-def test_s3_credentials_never_reach_stage_logs_or_outputs(workspace):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        env = {**os.environ, "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": KEY_ID,
-               "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-               "PIPELINES_WORKSPACE": str(workspace.root), "PIPELINES_WORKERS": "1"}
-        env.pop("PIPELINES_S3_ANONYMOUS", None)
-        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=KEY_ID,
-                          aws_secret_access_key=SECRET, region_name="us-east-1")
-        s3.create_bucket(Bucket="crawl")
-        s3.put_object(Bucket="crawl", Key="CC-MAIN-2024-22/a.warc.gz",
-                      Body=workspace.path("samples/warc/cc-main-2024-22_whirlwind.warc.gz").read_bytes())
-        params = workspace.params()
-        params["ingest"].update(warc=["s3://crawl/CC-MAIN-2024-22/*.warc.gz"], wet=[], curated={})
-        workspace.set_params(params)
-        # -v: DEBUG logging, botocore's request logs included: the most a log could ever leak.
-        done = subprocess.run([sys.executable, "-m", "pipelines", "-v", "ingest"], cwd=workspace.root, env=env,
-                              capture_output=True, text=True, timeout=300)
-    finally:
-        server.stop()
+def test_s3_credentials_never_reach_stage_logs_or_outputs(workspace, moto_s3):
+    # The stage's credentials are secrets of our own (moto accepts any): they must not show up anywhere.
+    env = {**os.environ, **moto_s3.env(), "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
+           "PIPELINES_WORKSPACE": str(workspace.root), "PIPELINES_WORKERS": "1"}
+    env.pop("PIPELINES_S3_ANONYMOUS", None)
+    s3 = moto_s3.empty_bucket("crawl")
+    s3.put_object(Bucket="crawl", Key="CC-MAIN-2024-22/a.warc.gz",
+                  Body=workspace.path("samples/warc/cc-main-2024-22_whirlwind.warc.gz").read_bytes())
+    params = workspace.params()
+    params["ingest"].update(warc=["s3://crawl/CC-MAIN-2024-22/*.warc.gz"], wet=[], curated={})
+    workspace.set_params(params)
+    # -v: DEBUG logging, botocore's request logs included: the most a log could ever leak.
+    done = subprocess.run([sys.executable, "-m", "pipelines", "-v", "ingest"], cwd=workspace.root, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "botocore" in done.stderr  # the debug logs were really on
     assert SECRET not in done.stdout + done.stderr
