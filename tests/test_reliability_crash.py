@@ -154,6 +154,7 @@ def test_dvc_repro_after_a_crash_resumes_finished_shards(tmp_path):
     assert (out / "_manifest.json").exists() and (root / "dvc.lock").exists()
 
 
+@pytest.mark.slow
 def test_dvc_repro_after_a_code_change_recomputes_finished_shards(tmp_path):
     """Resuming keeps shards of the same params, inputs *and code*: DVC re-runs a stage whose code
     changed, and that re-run must not pass the old code's shards off as the new code's output."""

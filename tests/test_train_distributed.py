@@ -87,6 +87,7 @@ def test_ranks_split_each_step_like_one_bigger_micro_batch(ws):
         BatchStream(data, 2, seed=1, rank=2, world=2)
 
 
+@pytest.mark.slow
 def test_ddp_and_fsdp_ranks_match_one_process_and_fsdp_resumes(ws):
     from pipelines.train.stage import run_phase1
 
