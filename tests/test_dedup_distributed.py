@@ -25,8 +25,8 @@ from pipelines.dedup.timing import PhaseClock
 from pipelines.dedup.urls import normalize_url
 from pipelines.stages import runner
 from tests.fixtures.dedup_inputs import dedup_record, near_dup_set, write_filter_output  # noqa: F401 (fixture)
+from tests.fixtures.moto_s3 import moto_url, s3env  # noqa: F401 (fixtures)
 from tests.fixtures.outputs import snapshot
-from test_reliability_s3 import moto_url, s3env  # noqa: F401
 
 run = runner("dedup")
 COUNTS = re.compile(r"(\d+) records, (\d+) candidate pairs, (\d+) after verification, (\d+) clusters")

@@ -14,27 +14,10 @@ import pytest
 
 from pipelines.core.shards import read_all
 from tests.fixtures.fault_proxy import FaultProxy
+from tests.fixtures.moto_s3 import S3_SECRET, moto_url, s3env  # noqa: F401 (fixtures)
 
 WARC = "samples/warc/cc-main-2024-22_whirlwind.warc.gz"
 KEY = "crawl-data/CC-MAIN-2024-22/segments/1/warc/whirlwind.warc.gz"
-SECRET = "s3cr3t-Do-Not-Log-9f8e7d6c5b4a"
-
-
-@pytest.fixture
-def moto_url(moto_s3):
-    """The session's moto server; each test points AWS_ENDPOINT_URL at it or at a FaultProxy in front of it."""
-    return moto_s3.endpoint
-
-
-@pytest.fixture
-def s3env(monkeypatch, moto_s3):
-    """Credentials whose secret the logs must never show (moto accepts any) and a fresh bucket."""
-    moto_s3.setenv(monkeypatch)
-    monkeypatch.delenv("AWS_ENDPOINT_URL")  # each test says where its requests go (moto or the proxy)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-access-key-id")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    bucket = f"b{abs(hash(os.urandom(4))) % 10**8}"
-    return moto_s3.bucket(bucket), bucket
 
 
 def _ingest(workspace, uri: str) -> list[dict]:
@@ -111,7 +94,7 @@ def test_dvc_push_to_s3_retries_through_faults(tmp_path, s3env, moto_url):
         run(dvc, "remote", "modify", "s3", "endpointurl", proxy.url)
         pushed = run(dvc, "push")
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-        assert SECRET not in pushed.stdout + pushed.stderr
+        assert S3_SECRET not in pushed.stdout + pushed.stderr
     statuses = proxy.statuses()
     assert statuses.count(503) == 2 and statuses.count(500) == 2
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="dvc/").get("Contents", [])]
