@@ -53,14 +53,15 @@ def run_command(argv: list[str], cwd: str | Path, what: str) -> str:
     env = tool_env()
     secrets = secret_values(env)  # a child that prints a credential must not put it in the task log
     log.info("running %s in %s", argv, cwd)
-    proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = redact(line.rstrip("\n"), secrets)
-        lines.append(line)
-        log.info("%s | %s", what, line)
-    rc = proc.wait()
+    with subprocess.Popen(argv, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as proc:  # closes the pipe (no ResourceWarning) and waits
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = redact(line.rstrip("\n"), secrets)
+            lines.append(line)
+            log.info("%s | %s", what, line)
+    rc = proc.returncode
     if rc != 0:
         tail = "\n".join(lines[-40:])
         raise StageFailed(f"{what} failed (exit {rc}):\n{tail}")
