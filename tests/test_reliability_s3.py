@@ -33,6 +33,7 @@ def _ingest(workspace, uri: str) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow  # 7-15 s: backoff after each fault, one answer slower than the read timeout
 def test_throttling_5xx_and_slow_responses_are_retried(workspace, s3env, moto_url, monkeypatch):
     s3, bucket = s3env
     s3.put_object(Bucket=bucket, Key=KEY, Body=workspace.path(WARC).read_bytes())
