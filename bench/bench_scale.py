@@ -14,8 +14,10 @@ model is off (it is a separate job, not a data stage). Every stage runs as ``pyt
 - ``driver_peak_rss``: the stage process's own peak RSS (the driver; its pool workers are separate
   processes) for dedup, mix and pack at 1x vs 8x input (flat = the driver holds keys, not texts).
 
-Scale knobs (env): BENCH_SCALE_PER_FILE (records per WET file, default 2000), BENCH_SCALE_FILES
-(files at 1x, default 4), BENCH_SCALE_FACTOR (default 8). The clusters are real local Ray
+Scale knobs (env): BENCH_SCALE_PER_FILE (records per WET file, default 2000), BENCH_SCALE_FILES (files of
+the throughput runs, default 8: long enough that a Ray job's fixed start-up, a few seconds per stage, is
+not what is measured), BENCH_SCALE_MEMORY_FILES (files at 1x for the memory runs, default 2) and
+BENCH_SCALE_FACTOR (default 8). The clusters are real local Ray
 clusters (tests/fixtures/ray_cluster.py: token auth, 127.0.0.1, stopped by PID).
 """
 from __future__ import annotations
@@ -36,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "work" / "scale"
 RESULTS = REPO / "bench" / "results" / "scale.json"
 PER_FILE = int(os.environ.get("BENCH_SCALE_PER_FILE", 2000))
-FILES = int(os.environ.get("BENCH_SCALE_FILES", 4))
+FILES = int(os.environ.get("BENCH_SCALE_FILES", 8))
+MEMORY_FILES = int(os.environ.get("BENCH_SCALE_MEMORY_FILES", 2))
 FACTOR = int(os.environ.get("BENCH_SCALE_FACTOR", 8))
 STAGES = ["ingest", "filter", "dedup", "select", "mix", "pack"]
 CHILD = """
@@ -122,12 +125,14 @@ def main() -> dict:
     ray_1x1 = on_ray("ray_1x1", 1, 1, texts)
     ray_2x1 = on_ray("ray_2x1", 2, 1, texts)
     same = all(r["hashes"] == local["hashes"] for r in (ray_1x2, ray_1x1, ray_2x1))
-    big = locally(f"local_2_x{FACTOR}", FILES * FACTOR, texts)
-    rss = {s: {"1x": local["stages"][s]["driver_peak_rss_mb"], f"{FACTOR}x": big["stages"][s]["driver_peak_rss_mb"]}
+    small = locally("local_2_x1", MEMORY_FILES, texts)
+    big = locally(f"local_2_x{FACTOR}", MEMORY_FILES * FACTOR, texts)
+    rss = {s: {"1x": small["stages"][s]["driver_peak_rss_mb"], f"{FACTOR}x": big["stages"][s]["driver_peak_rss_mb"]}
            for s in ("dedup", "mix", "pack")}
     for r in rss.values():
         r["ratio"] = round(r["1x"] / r[f"{FACTOR}x"], 3)
-    runs = {"local_2": local, "ray_1x2": ray_1x2, "ray_1x1": ray_1x1, "ray_2x1": ray_2x1, f"local_2_x{FACTOR}": big}
+    runs = {"local_2": local, "ray_1x2": ray_1x2, "ray_1x1": ray_1x1, "ray_2x1": ray_2x1, "local_2_x1": small,
+            f"local_2_x{FACTOR}": big}
     for r in runs.values():
         r.pop("hashes")
         r["docs_per_s"] = docs_per_s(r)
@@ -143,8 +148,9 @@ def main() -> dict:
                     "speedup": round(docs_per_s(ray_2x1) / docs_per_s(ray_1x1), 3), "target": 1.8},
         "byte_identical_across_executors": same,
         "driver_peak_rss_mb": rss,
-        "input": f"{local['records']} (1x) and {big['records']} ({FACTOR}x) WET records of edited copies of a real "
-                 f"WET sample ({PER_FILE} per file) + the demo's wikipedia/books/news samples",
+        "input": f"{local['records']} WET records (throughput runs); {small['records']} (1x) and {big['records']} "
+                 f"({FACTOR}x) for the memory runs; edited copies of a real WET sample ({PER_FILE} per file), plus the "
+                 f"demo's wikipedia/books/news samples",
         "peak_rss_mb": max(s["driver_peak_rss_mb"] for s in big["stages"].values()),
         "machine": f"{os.cpu_count()} cores; other work may share them (see the per-stage seconds)",
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
