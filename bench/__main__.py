@@ -10,6 +10,14 @@ HERE = Path(__file__).resolve().parent
 REQUIRED = {"name", "metric", "ours", "anchor", "anchor_name", "ratio", "input", "peak_rss_mb"}
 
 
+def code_version() -> dict:
+    """The commit the benchmark ran on, and whether the working tree differed from it."""
+    import subprocess
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "pipelines", "bench"))}
+
+
 def main(argv: list[str]) -> int:
     names = argv or sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
     if not names:
@@ -22,6 +30,9 @@ def main(argv: list[str]) -> int:
         module.main()
         for r in [HERE / "results" / f"{name}.json"]:
             data = json.loads(r.read_text())
+            if isinstance(data, dict):  # a result describes the code it measured
+                data.update(code_version())
+                r.write_text(json.dumps(data, indent=2) + "\n")
             rows = data if isinstance(data, list) else [data]
             for row in rows:
                 missing = REQUIRED - set(row)
