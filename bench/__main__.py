@@ -15,7 +15,7 @@ def code_version() -> dict:
     import subprocess
 
     git = lambda *a: subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "pipelines", "bench"))}
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "pipelines", "bench", ":!bench/results", ":!bench/work"))}
 
 
 def main(argv: list[str]) -> int:
