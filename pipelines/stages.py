@@ -25,12 +25,21 @@ STAGES: dict[str, str] = {
 }
 
 
+# What the jobs between the stages write (not shard-by-shard stages: no runner, no gate).
+JOB_OUTPUTS: dict[str, str] = {
+    "quality_model": "models/quality",
+    "mixture_search": f"{DATA_DIR}/mixture",
+}
+
+
 def names() -> list[str]:
     return list(STAGES)
 
 
 def output(name: str) -> str:
-    """A stage's workspace directory, relative to the workspace (what dvc.yaml lists as its out)."""
+    """A stage's (or job's) workspace directory, relative to the workspace (what dvc.yaml lists as its out)."""
+    if name in JOB_OUTPUTS:
+        return JOB_OUTPUTS[name]
     if name not in STAGES:
         raise KeyError(f"no data stage {name!r}; known: {', '.join(STAGES)}")
     return f"{DATA_DIR}/{name}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipelines import stages
 from pipelines.config import workspace
 from pipelines.versions.read import Files, funnel, read_json
 
@@ -48,7 +49,7 @@ def render(params: dict | None = None, root: Path | None = None) -> str:
             if a is not None and b is not None:
                 lines.append(f"  {'mean':<18} {a:>9.4f} {b:>9.4f} {b - a:>+9.4f}")
     lines.append("== Reports ==")
-    for rel in ("reports/checks/", "reports/gx/", "reports/data_version.json", "metrics/", "data/mix/blend.json", "data/pack/pack.json"):
+    for rel in ("reports/checks/", "reports/gx/", "reports/data_version.json", "metrics/", f"{stages.output('mix')}/blend.json", f"{stages.output('pack')}/pack.json"):
         if (root / rel).exists():
             lines.append(f"  {root / rel}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from pipelines import stages
 from pipelines.config import resolve, section
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.shards import read_all, stage_shards
@@ -25,7 +26,7 @@ from pipelines.train.checkpoint import load_model, load_state
 from pipelines.train.loop import pick_device
 
 log = logging.getLogger(__name__)
-HELDOUT_DIR = "data/mix/heldout"
+HELDOUT_DIR = f"{stages.output('mix')}/heldout"
 PHASES = {"phase1": "models/phase1", "phase2": "models/phase2"}
 
 
@@ -128,7 +129,7 @@ def run_contamination(params: dict, docs: dict[str, list[str]], device: torch.de
     result = audit(model, tokenizer, items, reference, k=float(cfg.get("k", 0.2)),
                    max_tokens=int(cfg.get("max_tokens", 256)), device=device)
     result["checkpoint"] = str(cfg.get("checkpoint", PHASES["phase2"]))
-    result["decontam_drops"] = decontam_stats(resolve("data/dedup"))
+    result["decontam_drops"] = decontam_stats(stages.output_dir("dedup"))
     write_json_atomic(resolve("metrics/contamination.json"), result)
     log.info("contamination audit: %s", {n: round(s["flagged_share"], 3) for n, s in result["sets"].items()})
     return result

@@ -20,13 +20,14 @@ import tempfile
 from pathlib import Path
 
 
+from pipelines import stages
 from pipelines.config import load_params, resolve, section
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.hashing import params_hash, sha256_file
 from pipelines.core.shards import read_shard, stage_shards
 
 log = logging.getLogger(__name__)
-MODEL_DIR = "models/quality"
+MODEL_DIR = stages.output("quality_model")
 MODEL_FILE = "quality.bin"
 CARD_FILE = "card.json"
 POSITIVE, NEGATIVE = "__label__hq", "__label__web"
@@ -88,7 +89,7 @@ def train(params: dict) -> dict:
     fcfg = section(params, "filter")
     cfg = config(fcfg)
     seed = int(params.get("seed", 0))
-    in_dir, out_dir = resolve("data/ingest"), resolve(MODEL_DIR)
+    in_dir, out_dir = stages.output_dir("ingest"), resolve(MODEL_DIR)
     examples = training_examples(in_dir, cfg["positive_sources"], fcfg.get("exempt_sources") or [], seed,
                                  cfg["max_per_class"], cfg["max_chars"])
     train_rows, held = [], []

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 
+from pipelines import stages
 from pipelines.config import resolve
 from pipelines.core.shards import read_shard
 
-MIXTURE_DIR = "data/mixture"
+MIXTURE_DIR = stages.output("mixture_search")
 UNASSIGNED = "_unassigned"  # records of a dropped cluster (phase 2 may still hold them via their source)
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines import stages
+
 log = logging.getLogger(__name__)
 
-EMBED_CACHE = "data/dedup/embeddings.parquet"  # id, embedding (384 float32, unit norm); dedup's output
+EMBED_CACHE = f"{stages.output('dedup')}/embeddings.parquet"  # id, embedding (384 float32, unit norm); dedup's output
 
 
 def _tfidf(texts: list[str], dim: int, seed: int) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines import stages
 from pipelines.config import resolve, section
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.shards import read_all, write_shard
@@ -30,8 +31,8 @@ from pipelines.mixture_search import domains as dom
 from pipelines.mixture_search.proxy import train_and_score
 
 log = logging.getLogger(__name__)
-IN_DIR = "data/select"
-OUT_DIR = "data/mixture"
+IN_DIR = stages.output("select")
+OUT_DIR = stages.output("mixture_search")
 MIXTURE = "mixture.json"
 ASSIGN = "domains.parquet"  # id -> domain (curated source name or cluster_<k>)
 DEFAULTS = {

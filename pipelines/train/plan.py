@@ -12,11 +12,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines import stages
 from pipelines.config import resolve, section
 from pipelines.pack.format import INDEX
 from pipelines.train.schedule import anneal_steps
 
-TOKENIZER_DIR = "data/pack/tokenizer"
+TOKENIZER_DIR = f"{stages.output('pack')}/tokenizer"
 STATE_FORMAT = 1
 PHASES = ("phase1", "phase2")
 # Params that shape the phase-1 trajectory. phase1_steps is left out on purpose:
@@ -43,11 +44,11 @@ def plan_phase(params: dict, name: str, world_size: int = 1) -> Phase:
     seed = int(params.get("seed", 0))
     p1_steps = int(tp["phase1_steps"])
     tok_dir = resolve(TOKENIZER_DIR)
-    data_dir = resolve(f"data/pack/{name}")
+    data_dir = stages.output_dir("pack") / name
     for d in (tok_dir, data_dir):
         if not d.exists():
             raise FileNotFoundError(f"{d} does not exist (run the pack stage first)")
-    base = {"seed": seed, "data": _data_fingerprint(resolve("data/pack/phase1"), tok_dir),
+    base = {"seed": seed, "data": _data_fingerprint(stages.output_dir("pack") / "phase1", tok_dir),
             **{k: tp.get(k) for k in PHASE1_KEYS}}
     if world_size > 1:  # the global batch is world x micro_batch x grad_accum (left out at 1: old checkpoints stay valid)
         base["world_size"] = world_size
