@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from pipelines.core.shards import read_all
 from pipelines.core.stats import ShardStats
 from pipelines.ingest.extract import MAX_NESTING_DEPTH, UndecodableError, decode_html, get_extractor
-from pipelines.ingest.items import Candidate, CorruptInput, Skipped
-from pipelines.ingest.stage import CONTENT_ERRORS, DROP_REASONS
-from pipelines.ingest.warc import read_archive
+from pipelines.ingest.items import Candidate, Defect, Skipped
+from pipelines.ingest.stage import DROP_REASONS
+from pipelines.ingest.warc import Seen, read_archive
 from tests.fixtures.hostile import SAMPLE_WARC, members, nesting_bomb, real_pages, warc_record, write_big_record_warc
 
 EXTRACTOR = get_extractor("resiliparse")
@@ -31,15 +31,11 @@ def pages():
     return real_pages(3)
 
 
-def read(data: bytes, max_bytes: int = 10_000_000) -> tuple[list, Exception | None]:
-    """Everything the reader yields for ``data``, and the error it ended with (if any)."""
-    items = []
-    try:
-        for item in read_archive(io.BytesIO(data), EXTRACTOR, max_bytes, 1):
-            items.append(item)
-    except CorruptInput as e:
-        return items, e
-    return items, None
+def read(data: bytes, max_bytes: int = 10_000_000) -> tuple[list, Defect | None]:
+    """The records the reader yields for ``data``, and the first defect it reported (if any)."""
+    items = [i for i in read_archive(io.BytesIO(data), EXTRACTOR, max_bytes, 1) if not isinstance(i, Seen)]
+    found = [i for i in items if isinstance(i, Defect)]
+    return [i for i in items if not isinstance(i, Defect)], (found[0] if found else None)
 
 
 def text_of(page_html: bytes) -> str:
@@ -58,23 +54,19 @@ def test_truncated_gzip_member_keeps_the_whole_records_before_it(pages):
     cut = len(members(*recs[:2])) + len(gzip.compress(recs[2], mtime=0)) // 2  # mid third member
     items, err = read(data[:cut])
     assert [i.url for i in items] == [p.url for p in pages[:2]] and all(i.text for i in items)
-    assert "truncated gzip member" in str(err)
+    assert "truncated gzip member" in err.error and err.offset == len(members(*recs[:2]))
     items, err = read(data[: len(gzip.compress(recs[0], mtime=0)) // 3])  # cut inside the first member
-    assert items == [] and err is not None
+    assert items == [] and err is not None and err.offset == 0
 
 
-def test_malformed_warc_headers_are_a_counted_read_error(pages):
+def test_malformed_warc_headers_are_a_counted_read_error_and_reading_goes_on(pages):
     good = warc_record(pages[0].html, url=pages[0].url)
     for bad in (b"WARC/1.0\r\nWARC-Type: response\r\nContent-Length: abc\r\n\r\nxxxx\r\n\r\n",  # non-numeric length
                 b"WARC/1.0\r\nWARC-Type: response\r\n\r\nabc\r\n\r\n",  # no Content-Length at all
                 b"HTTP/1.1 200 OK\r\n\r\n" + pages[1].html):  # not a WARC record at all
         items, err = read(members(good, bad, good))
-        assert items and items[0].url == pages[0].url and items[0].text
-        assert all(isinstance(i, (Candidate, Skipped)) for i in items)
-        if err is None:  # the reader resynchronised: the record after the bad one is read whole
-            assert items[-1].url == pages[0].url and items[-1].text
-        else:
-            assert "malformed WARC" in str(err)
+        assert [(i.url, bool(i.text)) for i in items] == [(pages[0].url, True)] * 2  # the record after it is read
+        assert err is not None and err.offset == len(gzip.compress(good, mtime=0))
 
 
 def test_zero_length_records_are_skipped_and_reading_goes_on(pages):
@@ -169,7 +161,7 @@ def test_100mb_record_is_counted_too_large_in_bounded_memory(tmp_path):
         ex = get_extractor("resiliparse")
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with open({str(path)!r}, "rb") as f:
-            items = list(read_archive(f, ex, 10_000_000, 1))
+            items = [i for i in read_archive(f, ex, 10_000_000, 1) if hasattr(i, "url")]
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({{"items": [[i.url, i.drop_reason, i.bytes_in] for i in items], "grew_kb": after - before}}))
     """)
@@ -213,8 +205,8 @@ def test_stage_counts_every_hostile_file_with_its_reason(workspace, pages, monke
     assert stats["a_truncated.warc.gz"].extra["read_errors"] == 1 and stats["a_truncated.warc.gz"].records_out == 2
     assert stats["b_empty.warc.gz"].extra["empty_files"] == 1
     assert stats["c_empty_gzip.warc.gz"].records_in == 0 and stats["c_empty_gzip.warc.gz"].extra["read_errors"] == 0
-    bad = stats["d_badheader.warc.gz"]  # fastwarc resynchronises on the next record: the bad one is a counted skip
-    assert bad.records_out == 2 and bad.extra["read_errors"] == 0 and bad.extra["skipped_unknown"] == 1
+    bad = stats["d_badheader.warc.gz"]  # a read error at the bad record; the record after it is read
+    assert bad.records_out == 2 and bad.extra["read_errors"] == 1
     mixed = stats["e_mixed.warc.gz"]
     assert {k: v for k, v in mixed.drops.items() if v} == {"undecodable": 1, "extract_error": 1, "too_large": 1,
                                                             "empty_text": 1}
@@ -225,7 +217,7 @@ def test_stage_counts_every_hostile_file_with_its_reason(workspace, pages, monke
         "http://bin.example/": "undecodable", "http://bomb.example/": "extract_error",
         "http://big.example/": "too_large", "http://blank.example/": "empty_text"}
     assert all(r["id"] and r["source"] == "web" and r["source_file"] for r in removed.values())
-    assert summary["skipped"]["read_errors"] == 1 and summary["skipped"]["empty_files"] == 1
+    assert summary["skipped"]["read_errors"] == 2 and summary["skipped"]["empty_files"] == 1  # truncated + bad header
 
     # An empty directory is a misconfiguration, not an empty corpus: a clear error naming it.
     params["ingest"]["warc"] = ["inputs/empty_dir"]
@@ -264,13 +256,12 @@ def test_fuzz_warc_reader_never_crashes(seed_records, edits, compress, cut):
     data = gzip.compress(data, mtime=0) if compress else data
     if cut is not None:
         data = data[: cut % (len(data) + 1)]
-    try:
-        for item in read_archive(io.BytesIO(data), EXTRACTOR, 10_000_000, 1):
-            assert isinstance(item, (Candidate, Skipped))
-            if isinstance(item, Candidate):
-                assert item.key and (item.text or item.drop_reason in DROP_REASONS)
-    except CONTENT_ERRORS:
-        pass  # what the stage counts as a read error; anything else fails the test
+    for item in read_archive(io.BytesIO(data), EXTRACTOR, 10_000_000, 1):  # damage is reported, never raised
+        assert isinstance(item, (Candidate, Skipped, Seen, Defect))
+        if isinstance(item, Candidate):
+            assert item.key and (item.text or item.drop_reason in DROP_REASONS)
+        if isinstance(item, Defect):
+            assert 0 <= item.offset <= len(data) and item.error
 
 
 @settings(max_examples=100, deadline=None)

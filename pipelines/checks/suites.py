@@ -35,6 +35,7 @@ class Batch:
 class GatePlan:
     batches: list[Batch] = field(default_factory=list)
     file_checks: list[CheckResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # worth a look, not a failure (e.g. one damaged file of many)
 
 
 def stage_checks(params: dict, stage: str) -> dict:

@@ -36,6 +36,7 @@ class ShardStats:
     drops: dict[str, int] = field(default_factory=dict)
     len_hist: list[int] = field(default_factory=lambda: [0] * len(LEN_BIN_EDGES))
     extra: dict[str, float] = field(default_factory=dict)  # stage-specific numbers (e.g. skipped input records)
+    problems: list[str] = field(default_factory=list)  # where the input could not be read, with offsets (capped)
 
     @property
     def records_dropped(self) -> int:
@@ -55,6 +56,7 @@ class ShardStats:
             "drops": dict(sorted(self.drops.items())),
             "len_hist": list(self.len_hist),
             "extra": dict(sorted(self.extra.items())),
+            "problems": list(self.problems),
         }
 
     @classmethod
@@ -63,6 +65,7 @@ class ShardStats:
             shard=d["shard"], records_in=d["records_in"], records_out=d["records_out"],
             bytes_in=d.get("bytes_in", 0), bytes_out=d.get("bytes_out", 0),
             drops=dict(d.get("drops", {})), len_hist=list(d.get("len_hist", [])), extra=dict(d.get("extra", {})),
+            problems=list(d.get("problems", [])),
         )
 
 
@@ -85,6 +88,7 @@ def stats_table(all_stats: list[ShardStats], known_reasons: list[str] | None = N
         cols[f"extra__{k}"] = pa.array([float(s.extra.get(k, 0.0)) for s in rows], pa.float64())
     cols["drops_json"] = pa.array([json.dumps(dict(sorted(s.drops.items()))) for s in rows], pa.string())
     cols["len_hist"] = pa.array([s.len_hist for s in rows], pa.list_(pa.int64()))
+    cols["problems"] = pa.array([s.problems for s in rows], pa.list_(pa.string()))
     return pa.table(cols)
 
 
@@ -122,5 +126,6 @@ def read_stats(path: str | Path) -> list[ShardStats]:
         out.append(ShardStats(
             shard=r["shard"], records_in=r["records_in"], records_out=r["records_out"], bytes_in=r["bytes_in"],
             bytes_out=r["bytes_out"], drops=json.loads(r["drops_json"]), len_hist=list(r["len_hist"]),
-            extra={k[len("extra__"):]: v for k, v in r.items() if k.startswith("extra__")}))
+            extra={k[len("extra__"):]: v for k, v in r.items() if k.startswith("extra__")},
+            problems=list(r.get("problems") or [])))
     return out

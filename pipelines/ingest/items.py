@@ -29,8 +29,11 @@ class Skipped:
     reason: str
 
 
-class CorruptInput(Exception):
-    """The rest of an input file cannot be read (truncated, malformed); what came before is kept."""
+@dataclass(frozen=True)
+class Defect:
+    """A part of an input file that could not be read (corrupt, cut short, malformed); reading went on after it."""
+    offset: int  # byte offset of the record (gzip member) where it lies
+    error: str
 
 
 def dropped(candidate: Candidate, reason: str, **detail) -> Candidate:

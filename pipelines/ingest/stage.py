@@ -10,8 +10,13 @@ Accounting per shard (``_stats.parquet``):
   ``too_large``, ``undecodable``, ``empty_text``, ``extract_error``, ``malformed``.
 - ``extra__skipped_<reason>``: input records that are not documents
   (warcinfo, request, metadata, revisit, resource, non_html, http_status,
-  redirect, namespace, blank_line); ``extra__read_errors``: inputs cut short or
-  malformed (what was read before is kept; the error is logged with the file);
+  redirect, namespace, blank_line); ``extra__seen_<type>``: WARC records read,
+  by WARC-Type; ``extra__payload_records``: the records that could have been
+  documents (WARC responses and conversions; a curated file's records), the
+  denominator of the file's yield that ``check_ingest`` gates;
+  ``extra__read_errors``: places where the input could not be read (a corrupt
+  gzip member, garbage, broken headers, a record cut short): reading goes on
+  after each, and ``problems`` names each with its byte offset;
   ``extra__empty_files``: 0-byte inputs.
 
 Missing inputs (a missing local file, a missing S3 key, a glob that matches
@@ -39,15 +44,16 @@ from pipelines.ingest import langid
 from pipelines.ingest.common_crawl import crawl_files
 from pipelines.ingest.curated import KINDS, READERS
 from pipelines.ingest.extract import get_extractor
-from pipelines.ingest.items import Candidate, CorruptInput, Skipped
-from pipelines.ingest.warc import crawl_source, read_archive
+from pipelines.ingest.items import Candidate, Defect, Skipped
+from pipelines.ingest.warc import Seen, crawl_source, read_archive
 
 log = logging.getLogger(__name__)
 STAGE = "ingest"
 DROP_REASONS = ["too_large", "undecodable", "empty_text", "extract_error", "malformed"]
-ALWAYS_COUNTED = ("read_errors", "empty_files")  # present in every shard's stats, even at 0
-# Content errors of an input file: counted, the rest of the inputs go on.
-CONTENT_ERRORS = (CorruptInput, EOFError, zlib.error, gzip.BadGzipFile, ET.ParseError, OSError)
+ALWAYS_COUNTED = ("read_errors", "empty_files", "payload_records")  # in every shard's stats, even at 0
+MAX_PROBLEMS = 20  # read errors named per file (all are counted)
+# Content errors of a curated input file: counted, the rest of the inputs go on (WARC damage is a Defect).
+CONTENT_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, ET.ParseError, OSError)
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,13 @@ def _record(f: InputFile, c: Candidate, with_lang: bool, lang_chars: int = 0) ->
     }
 
 
+def _read_error(stats: ShardStats, f: InputFile, where: str) -> None:
+    stats.extra["read_errors"] += 1
+    if len(stats.problems) < MAX_PROBLEMS:
+        stats.problems.append(where)
+    log.warning("ingest: %s: read error at %s (reading went on)", f.name, where)
+
+
 def process_shard(task: ShardTask) -> ShardResult:
     f: InputFile = task.context["input"]
     cfg = task.params["ingest"]
@@ -141,6 +154,13 @@ def process_shard(task: ShardTask) -> ShardResult:
         else:
             try:
                 for item in _items(f, stream, cfg):
+                    if isinstance(item, Seen):
+                        key = f"seen_{item.record_type}"
+                        stats.extra[key] = stats.extra.get(key, 0) + 1
+                        continue
+                    if isinstance(item, Defect):
+                        _read_error(stats, f, f"byte {item.offset}: {item.error}")
+                        continue
                     if isinstance(item, Skipped):
                         key = f"skipped_{item.reason}"
                         stats.extra[key] = stats.extra.get(key, 0) + 1
@@ -154,12 +174,12 @@ def process_shard(task: ShardTask) -> ShardResult:
                         details.append(item.drop_detail)
                     else:
                         kept.append(_record(f, item, with_lang=True, lang_chars=lang_chars))
-            except CONTENT_ERRORS as e:
+            except CONTENT_ERRORS as e:  # curated readers stop at the first unreadable part of a file
                 if isinstance(e, (ConnectionError, TimeoutError)):
                     raise
-                stats.extra["read_errors"] += 1
-                log.warning("ingest: %s: read error, kept the %d records before it: %s: %s",
-                            f.name, stats.records_in, type(e).__name__, e)
+                _read_error(stats, f, f"after record {stats.records_in}: {type(e).__name__}: {e}")
+    stats.extra["payload_records"] = (stats.extra.get("seen_response", 0) + stats.extra.get("seen_conversion", 0)
+                                      if f.reader == "archive" else stats.records_in)
     removed_t = removed_table(records_to_table(removed), reasons, details) if removed else None
     return ShardResult(kept=records_to_table(kept), removed=removed_t, stats=stats)
 
@@ -190,13 +210,15 @@ class IngestStage(DataStage):
         return process_shard(task)
 
     def finish(self, run, fragments: dict[str, list[dict]]) -> dict:
-        return {"shard_sources": {t.shard: t.context["input"].source for t in run.tasks}}
+        return {"shard_sources": {t.shard: t.context["input"].source for t in run.tasks},
+                "shard_inputs": {t.shard: t.context["input"].name for t in run.tasks}}
 
     def summarize(self, run, manifest: dict, stats: list[ShardStats]) -> dict:
         sources = manifest.get("shard_sources") or {}
         records_out: dict[str, int] = {}
         drops: dict[str, int] = {}
         counted: dict[str, int] = {}
+        seen: dict[str, int] = {}  # WARC records read, by type
         for st in stats:
             source = sources.get(st.shard, "?")
             records_out[source] = records_out.get(source, 0) + st.records_out
@@ -204,7 +226,10 @@ class IngestStage(DataStage):
                 if v:
                     drops[k] = drops.get(k, 0) + v
             for k, v in st.extra.items():
-                counted[k] = counted.get(k, 0) + int(v)
+                if k.startswith("seen_"):
+                    seen[k[len("seen_"):]] = seen.get(k[len("seen_"):], 0) + int(v)
+                elif k != "payload_records":
+                    counted[k] = counted.get(k, 0) + int(v)
         return {
             "stage": STAGE,
             "files": len(stats),
@@ -213,5 +238,6 @@ class IngestStage(DataStage):
             "records_out_by_source": dict(sorted(records_out.items())),
             "drops": dict(sorted(drops.items())),
             "skipped": dict(sorted(counted.items())),
+            "warc_records_by_type": dict(sorted(seen.items())),
             "params_hash": manifest["params_hash"],
         }

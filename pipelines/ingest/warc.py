@@ -1,34 +1,40 @@
-"""WARC / WET reading with fastwarc, with truncation and corruption detected.
+"""WARC / WET reading that keeps every record it can parse, and says where it could not.
 
-fastwarc stops silently at the end of a truncated gzip stream (it even hands
-out the half-read last record), so the raw bytes go through ``IntegrityTap``
-on their way in: it checks the gzip framing (every member must end) without
-buffering anything. When the input turns out to be cut or corrupt, the last
-record is kept only if it lies inside gzip members that ended properly;
-everything read before stays, and ``CorruptInput`` tells the stage to count a
-read error.
+A crawl file can be cut short, hold a corrupt gzip member, garbage between records, a record with
+broken headers, extra blank lines (2014 WET files) or HTTP heads with bare-LF line ends (a 2009
+crawl). The reader here is tolerant by construction: gzip damage is stepped over by
+``inflate.InflatedStream``; a line that is not where a WARC record should start is skipped up to the
+next ``WARC/<version>`` line; a record whose headers cannot be parsed, or whose block is cut short,
+is not used. Each such problem is yielded as a :class:`Defect` with the byte offset of the record
+(member) where it lies, and reading goes on: records after a defect are still read.
 
 Record handling:
-- ``response`` with an HTTP 2xx and an HTML content type -> a candidate
-  document (decoded, main text extracted);
+- ``response`` with an HTTP 2xx and an HTML content type (or none usable, and a body that sniffs as
+  HTML) -> a candidate document (decoded, main text extracted);
 - ``conversion`` (WET) -> a candidate document, the UTF-8 body is the text;
-- any other record type, non-2xx responses, non-HTML responses -> skipped,
-  counted per reason.
+- any other record type, non-2xx responses, non-HTML responses -> skipped, counted per reason.
+Every record is also counted by its WARC-Type (``Seen``), so a file's yield can be gated.
 """
 from __future__ import annotations
 
-import io
 import re
-import zlib
+from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
+from pipelines.ingest import http_head
 from pipelines.ingest.extract import Extractor, UndecodableError, decode_html
-from pipelines.ingest.items import Candidate, CorruptInput, Skipped, dropped, with_text
+from pipelines.ingest.inflate import InflatedStream
+from pipelines.ingest.items import Candidate, Defect, Skipped, dropped, with_text
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _CRAWL_ID = re.compile(r"CC-MAIN-\d{4}-\d{2}", re.IGNORECASE)
-_GZIP_MAGIC = b"\x1f\x8b"
-_INFLATE_CHUNK = 1 << 20  # bound on bytes inflated at once by the integrity check
+_VERSION_LINE = re.compile(rb"WARC/\d+\.\d+\r?\n")
+_VERSION_TAIL = re.compile(rb"WARC/\d+\.\d+\r?\n\Z")
+_RECORD_START = re.compile(rb"WARC/\d+\.\d+\r?\n[A-Za-z0-9-]+:[^\n]*\n")  # a version line and a header
+_DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
+_MAX_LINE = 1 << 16  # a WARC header line longer than this is corruption
+_MAX_HEADERS = 1024
+HEAD_BYTES = 1 << 16  # of a record too large to hold: enough for its HTTP head
 
 
 def crawl_source(uri: str) -> str:
@@ -37,163 +43,211 @@ def crawl_source(uri: str) -> str:
     return m.group(0).lower() if m else "web"
 
 
-class IntegrityTap:
-    """A pass-through reader (read/tell, as fastwarc wants) that verifies gzip framing.
+@dataclass
+class Seen:
+    """A WARC record of this type was read (counted per file for the yield gate)."""
+    record_type: str
 
-    ``complete_upto`` is the compressed offset where the last fully decoded gzip
-    member ended; ``error`` says what was wrong (truncated member, bad data).
-    Plain (uncompressed) inputs pass through unchecked.
-    """
 
-    def __init__(self, raw: BinaryIO):
-        self.raw = raw
-        self.pos = 0
-        self.gzip: bool | None = None
-        self.complete_upto = 0
-        self.error: str | None = None
-        self._inflater = None
-        self._member_start = 0
+@dataclass
+class WarcRecord:
+    offset: int
+    headers: dict[str, str]  # names lower-cased (WARC header names are case-insensitive)
+    length: int  # the declared block length
+    block: bytes  # the block; only its first HEAD_BYTES when ``too_large`` (the rest was skipped unread)
+    too_large: bool = False
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size) if size is not None and size >= 0 else self.raw.read()
-        if data:
-            if self.gzip is None:
-                self.gzip = data[:2] == _GZIP_MAGIC
-            if self.gzip and self.error is None:
-                self._verify(data, self.pos)
-            self.pos += len(data)
-        elif self.gzip and self.error is None and self._inflater is not None:
-            self.error = f"truncated gzip member starting at byte {self._member_start} (file ends at byte {self.pos})"
-        return data
+    @property
+    def record_type(self) -> str:
+        return self.headers.get("warc-type", "unknown").strip().lower() or "unknown"
 
-    def tell(self) -> int:
-        return self.pos
 
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if (whence == io.SEEK_CUR and offset == 0) or (whence == io.SEEK_SET and offset == self.pos):
-            return self.pos
-        raise io.UnsupportedOperation("input stream is read sequentially")
+def _terminated(after: bytes) -> bool:
+    """A record block is followed by CRLF CRLF (or LF LF), or ends the input (or a segment)."""
+    return after == b"" or after.startswith((b"\r\n", b"\n"))
 
-    def close(self) -> None:
-        pass  # the caller owns the underlying stream
 
-    def _verify(self, data: bytes, offset: int) -> None:
-        while data:
-            if self._inflater is None:
-                self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                self._member_start = offset
-            inflater = self._inflater
-            try:
-                inflater.decompress(data, _INFLATE_CHUNK)  # output discarded: only the framing matters
-                while inflater.unconsumed_tail and not inflater.eof:
-                    inflater.decompress(inflater.unconsumed_tail, _INFLATE_CHUNK)
-            except zlib.error as e:
-                self.error = f"corrupt gzip data in member starting at byte {self._member_start}: {e}"
+def _headers(stream: InflatedStream) -> tuple[dict[str, str] | None, bytes, int]:
+    """Header lines up to the blank line; (None, the line that broke them, its offset) when they do not parse."""
+    headers: dict[str, str] = {}
+    last = None
+    for _ in range(_MAX_HEADERS):
+        offset = stream.offset()
+        line = stream.readline(_MAX_LINE)
+        if not line.endswith(b"\n"):
+            return None, line, offset  # cut short, a gap, or an absurd line
+        if line in (b"\r\n", b"\n"):
+            return headers, b"", offset
+        if line[:1] in (b" ", b"\t") and last is not None:  # a folded continuation line
+            headers[last] += " " + line.strip().decode("utf-8", "replace")
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or _VERSION_LINE.fullmatch(line):
+            return None, line, offset
+        last = name.strip().decode("utf-8", "replace").lower()
+        headers.setdefault(last, value.strip().decode("utf-8", "replace"))
+    return None, b"", stream.offset()
+
+
+def _resync(stream: InflatedStream, line: bytes, offset: int) -> tuple[bytes, int, int]:
+    """Skip lines from ``line`` (at ``offset``) up to the next WARC version line:
+    (that line, or b"" at the end; its offset; bytes skipped)."""
+    skipped = 0
+    while True:
+        if _VERSION_LINE.fullmatch(line):
+            return line, offset, skipped
+        tail = _VERSION_TAIL.search(line)  # a record right after bytes with no line end (the last of a bad member)
+        if tail:
+            return line[tail.start():], stream.offset(back=len(line) - tail.start()), skipped + tail.start()
+        skipped += len(line)
+        offset = stream.offset()
+        line = stream.readline(_MAX_LINE)
+        if not line and not stream.next_segment():
+            return b"", offset, skipped
+
+
+def warc_records(raw: BinaryIO, max_bytes: int) -> Iterator[WarcRecord | Defect]:
+    """Every parseable record of a WARC/WET stream, and a :class:`Defect` where one could not be read."""
+    stream = InflatedStream(raw)
+    reported = -1  # offset of the last defect yielded: one problem is reported once
+
+    def defect(offset: int, error: str) -> Defect:
+        nonlocal reported
+        reported = max(reported, offset)
+        return Defect(offset, error)
+
+    def drained() -> Iterator[Defect]:
+        for d in stream.damage:
+            yield defect(d.offset, d.error)
+        stream.damage.clear()
+
+    line, offset = b"", 0
+    while True:
+        yield from drained()
+        if not line:
+            offset = stream.offset()
+            line = stream.readline(_MAX_LINE)
+            if not line:
+                if stream.next_segment():
+                    continue
+                yield from drained()
                 return
-            if not inflater.eof:
-                return
-            rest = inflater.unused_data
-            offset += len(data) - len(rest)
-            self.complete_upto = offset
-            self._inflater = None
-            data = rest
+        if line.strip() == b"":  # blank lines between records (2014 WET files have an extra CRLF)
+            line = b""
+            continue
+        if not _VERSION_LINE.fullmatch(line):
+            start = offset
+            line, offset, skipped = _resync(stream, line, offset)
+            yield from drained()
+            if reported < start:
+                yield defect(start, f"{skipped} bytes that are not a WARC record at byte {start}")
+            continue
+        headers, broke, broke_at = _headers(stream)
+        if headers is None:
+            yield from drained()
+            if reported < offset:
+                cut = not broke.endswith(b"\n")  # the input (or a segment) ended inside the headers
+                yield defect(offset, f"the record at byte {offset} is cut short inside its headers" if cut
+                             else f"malformed WARC headers in the record at byte {offset}: {broke[:80]!r}")
+            line, offset, _ = _resync(stream, broke, broke_at)
+            continue
+        record_offset, line = offset, b""
+        try:
+            length = int(headers.get("content-length", ""))
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            yield defect(record_offset, f"the record at byte {record_offset} has no valid Content-Length "
+                                        f"({headers.get('content-length')!r})")
+            line, offset, _ = _resync(stream, b"", stream.offset())
+            continue
+        too_large = length > max_bytes
+        if too_large:  # keep only the head (an HTTP head says what the payload was); skip the rest unheld
+            block, got = stream.read(min(length, HEAD_BYTES))
+            got += stream.read(length - got, keep=False)[1]
+        else:
+            block, got = stream.read(length)
+        if got < length:
+            yield from drained()
+            if reported < record_offset:
+                yield defect(record_offset, f"the record at byte {record_offset} is cut short "
+                                            f"({got} of {length} bytes)")
+            continue
+        if not too_large and not _terminated(stream.peek(2)):
+            # No record terminator where the declared length ends: if the next record starts inside
+            # the block, this one was cut short; read on from there.
+            nxt = _RECORD_START.search(block, 1)
+            if nxt:
+                stream.unread(block[nxt.start():])
+                yield defect(record_offset, f"the record at byte {record_offset} is cut short: the next record "
+                                            f"starts {nxt.start()} bytes into its declared {length}")
+                continue
+        yield WarcRecord(record_offset, headers, length, block, too_large)
 
 
-def _date(record) -> str | None:
-    d = record.record_date
-    return d.date().isoformat() if d is not None else None
+def _date(headers: dict[str, str]) -> str | None:
+    m = _DATE.match(headers.get("warc-date", "").strip())
+    return f"{m.group(1)}-{m.group(2)}-{m.group(3)}" if m else None
 
 
-def _target_uri(headers) -> str | None:
-    uri = (headers.get("WARC-Target-URI") or "").strip()
+def _target_uri(headers: dict[str, str]) -> str | None:
+    uri = (headers.get("warc-target-uri") or "").strip()
     # Some writers (WARC 1.1 draft style, e.g. dolma's sample) wrap the URI in <...>.
     if uri.startswith("<") and uri.endswith(">"):
         uri = uri[1:-1].strip()
     return uri or None
 
 
-def _candidate(record) -> Candidate:
-    headers = record.headers
-    return Candidate(key=record.record_id or headers.get("WARC-Record-ID") or f"@{record.stream_pos}",
-                     url=_target_uri(headers), crawl_date=_date(record), offset=record.stream_pos)
+def _candidate(record: WarcRecord, payload_bytes: int) -> Candidate:
+    h = record.headers
+    return Candidate(key=h.get("warc-record-id") or f"@{record.offset}", url=_target_uri(h), crawl_date=_date(h),
+                     offset=record.offset, bytes_in=payload_bytes)
 
 
-def _read_body(record, cand: Candidate, max_bytes: int) -> tuple[bytes | None, bool]:
-    """The payload, or None when too large; False when the stream ended inside it."""
-    length = record.content_length
-    cand.bytes_in = length
-    if length > max_bytes:
-        dropped(cand, "too_large", bytes=length)
-        return None, True  # fastwarc skips the unread body
-    body = record.reader.read()
-    return body, len(body) >= length
-
-
-def convert(record, extractor: Extractor, max_bytes: int, min_chars: int) -> tuple[Candidate | Skipped, bool]:
-    """One WARC record -> (what it is, whether it was read whole)."""
-    kind = str(record.record_type)
+def convert(record: WarcRecord, extractor: Extractor, min_chars: int) -> Candidate | Skipped:
+    """One WARC record -> a candidate document (with text or a drop reason), or a skip with its reason."""
+    kind = record.record_type
     if kind == "conversion":
-        cand = _candidate(record)
-        body, whole = _read_body(record, cand, max_bytes)
-        if body is None:
-            return cand, whole
+        cand = _candidate(record, record.length)
+        if record.too_large:
+            return dropped(cand, "too_large", bytes=record.length)
         try:
-            return with_text(cand, body.decode("utf-8"), min_chars), whole
+            return with_text(cand, record.block.decode("utf-8"), min_chars)
         except UnicodeDecodeError as e:
-            return dropped(cand, "undecodable", error=str(e)[:200]), whole
+            return dropped(cand, "undecodable", error=str(e)[:200])
     if kind != "response":
-        return Skipped(kind), True
-    if not record.is_http:
-        return Skipped("non_html"), True
-    status = record.http_headers.status_code
-    if not 200 <= (status or 0) < 300:
-        return Skipped("http_status"), True
-    if (record.http_content_type or "").lower() not in HTML_TYPES:
-        return Skipped("non_html"), True
-    cand = _candidate(record)
-    body, whole = _read_body(record, cand, max_bytes)
-    if body is None or not whole:
-        return cand, whole
+        return Skipped(kind)
+    head = http_head.parse(record.block)
+    if head is None:
+        return Skipped("non_html")
+    if not 200 <= (head.status or 0) < 300:
+        return Skipped("http_status")
+    body = record.block[head.body_start:]
+    if head.content_type not in HTML_TYPES and not (head.content_type is None and http_head.looks_like_html(body)):
+        return Skipped("non_html")
+    if record.too_large:
+        payload = record.length - head.body_start
+        return dropped(_candidate(record, payload), "too_large", bytes=payload)
+    cand = _candidate(record, len(body))
     try:
-        html = decode_html(body, record.http_charset)
+        html = decode_html(body, head.charset)
     except UndecodableError as e:
-        return dropped(cand, "undecodable", error=str(e)), whole
+        return dropped(cand, "undecodable", error=str(e))
     try:
         text = extractor.extract(html, cand.url)
     except Exception as e:  # a parser failure on one page must not stop the file
-        return dropped(cand, "extract_error", error=f"{type(e).__name__}: {e}"[:200]), whole
-    return with_text(cand, text, min_chars), whole
+        return dropped(cand, "extract_error", error=f"{type(e).__name__}: {e}"[:200])
+    return with_text(cand, text, min_chars)
 
 
-def read_archive(stream: BinaryIO, extractor: Extractor, max_bytes: int, min_chars: int) -> Iterator[Candidate | Skipped]:
-    """Yield every record of a WARC/WET stream; raise ``CorruptInput`` after the readable part of a bad one."""
-    from fastwarc.warc import ArchiveIterator, WarcRecordType
+def read_archive(stream: BinaryIO, extractor: Extractor, max_bytes: int,
+                 min_chars: int) -> Iterator[Candidate | Skipped | Seen | Defect]:
+    """What every record of a WARC/WET stream is, in order, with a :class:`Defect` wherever reading failed.
 
-    tap = IntegrityTap(stream)
-    # One record of look-ahead: the last record is only trusted once the input has ended cleanly,
-    # or when it lies inside gzip members that ended properly.
-    pending: tuple[Candidate | Skipped, int, bool] | None = None
-
-    def trusted(pos: int, whole: bool) -> bool:
-        return whole and (tap.error is None or (bool(tap.gzip) and pos < tap.complete_upto))
-
-    try:
-        for record in ArchiveIterator(tap, record_types=WarcRecordType.any_type, parse_http=True):
-            if pending is not None:
-                yield pending[0]
-            item, whole = convert(record, extractor, max_bytes, min_chars)
-            pending = (item, record.stream_pos, whole)
-            if not whole:
-                break
-    except OSError as e:
-        if isinstance(e, (ConnectionError, TimeoutError)):
-            raise  # network trouble is not corrupt content: fail, a re-run resumes
-        if pending is not None and trusted(pending[1], pending[2]):
-            yield pending[0]  # fastwarc failed on the header after it
-        raise CorruptInput(f"malformed WARC after byte {tap.pos}: {tap.error or e}") from e
-    if pending is not None and trusted(pending[1], pending[2]):
-        yield pending[0]
-    if tap.error:
-        raise CorruptInput(tap.error)
-    if pending is not None and not pending[2]:
-        raise CorruptInput(f"record at byte {pending[1]} is cut short")
+    Network errors from the stream propagate (a re-run resumes); damaged content never raises."""
+    for record in warc_records(stream, max_bytes):
+        if isinstance(record, Defect):
+            yield record
+            continue
+        yield Seen(record.record_type)
+        yield convert(record, extractor, min_chars)
