@@ -35,7 +35,8 @@ def news_records(source: str = "news") -> list[dict]:
 def _drop(table: pa.Table, keep: list[bool], reason: str, task: ShardTask) -> ShardResult:
     mask = pa.array(keep)
     kept, dropped = table.filter(mask), table.filter(pa.compute.invert(mask))
-    stats = ShardStats(shard=task.shard, records_in=table.num_rows)
+    # payload_records: what ingest's per-file yield check divides by (every input record could be a document)
+    stats = ShardStats(shard=task.shard, records_in=table.num_rows, extra={"payload_records": table.num_rows})
     stats.drop(reason, dropped.num_rows)
     return ShardResult(kept, removed_table(dropped, [reason] * dropped.num_rows, [None] * dropped.num_rows), stats)
 

@@ -19,8 +19,9 @@ import pandas as pd
 from pipelines import stages
 from pipelines.checks import inputs
 from pipelines.checks.gx_runner import import_gx
-from pipelines.checks.suites import Batch, GatePlan, stage_checks, standard_plan
+from pipelines.checks.suites import Batch, GatePlan, recorded, stage_checks, standard_plan
 from pipelines.core.manifest import MANIFEST
+from pipelines.core.runner import STATS
 
 DEFAULTS = {"max_file_read_error_rate": 0.05, "min_file_yield": 0.1, "max_bad_file_share": 0.01}
 
@@ -53,6 +54,10 @@ def files_frame(stats: pd.DataFrame, shard_inputs: dict[str, str]) -> pd.DataFra
 def plan(params: dict, root: Path) -> GatePlan:
     gate, stats = standard_plan("ingest", params, root)
     if stats is None:
+        return gate
+    if "extra__payload_records" not in stats.columns:
+        recorded(gate, "yield_recorded", stages.output_dir("ingest", root) / STATS, root,
+                 "no payload_records in the stats: the per-file yield cannot be checked")
         return gate
     cfg = {**DEFAULTS, **{k: v for k, v in stage_checks(params, "ingest").items() if k in DEFAULTS}}
     manifest = inputs.load_json(stages.output_dir("ingest", root) / MANIFEST) or {}
