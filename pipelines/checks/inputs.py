@@ -76,7 +76,7 @@ def sample_records(dirs: list[Path], n: int) -> pd.DataFrame:
     touches every shard in proportion to its size. Only the row groups that
     hold a sampled row are read.
     """
-    shards = [uri for d in dirs for uri in _shards(d)]
+    shards = [uri for d in dirs for uri in record_shards(d)]
     rows = [count_rows(p) for p in shards]
     total = sum(rows)
     if not shards:
@@ -106,7 +106,8 @@ def _take_rows(path: str, local: np.ndarray) -> pa.Table:
     return table.take(pa.array(idx, pa.int64()))
 
 
-def _shards(stage_dir: Path) -> list[str]:
+def record_shards(stage_dir: Path) -> list[str]:
+    """The URIs of a stage (or split) directory's record shards, as its manifest lists them."""
     return [ref.uri for ref in stage_shards(stage_dir, Path(stage_dir).name)]
 
 
@@ -114,13 +115,13 @@ def id_frame(dirs: list[Path]) -> pd.Series:
     """The distinct ids of the records under ``dirs``, sorted."""
     ids: set[str] = set()
     for d in dirs:
-        for uri in _shards(d):
+        for uri in record_shards(d):
             ids.update(x for x in read_shard(uri, columns=["id"]).column("id").to_pylist() if x is not None)
     return pd.Series(sorted(ids), dtype=object)
 
 
 def count_records(stage_dir: Path) -> int:
-    return sum(count_rows(uri) for uri in _shards(stage_dir))
+    return sum(count_rows(uri) for uri in record_shards(stage_dir))
 
 
 # --- files -----------------------------------------------------------------------------------------

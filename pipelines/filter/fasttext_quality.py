@@ -25,6 +25,7 @@ from pipelines.config import load_params, resolve, section
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.hashing import params_hash, sha256_file
 from pipelines.core.shards import read_shard, stage_shards
+from pipelines.filter.takedown import Takedown
 
 log = logging.getLogger(__name__)
 MODEL_DIR = stages.output("quality_model")
@@ -59,13 +60,17 @@ def _hash(seed: int, rid: str) -> str:
 
 
 def training_examples(in_dir: Path, positive_sources: list[str], exempt: list[str], seed: int,
-                      max_per_class: int, max_chars: int) -> dict[str, list[tuple[str, str]]]:
-    """(hash, text) per label: positives from the curated reference sources, negatives from web records."""
+                      max_per_class: int, max_chars: int, takedown: Takedown | None = None) -> dict[str, list[tuple[str, str]]]:
+    """(hash, text) per label: positives from the curated reference sources, negatives from web records;
+    taken-down records train nothing."""
     pos_set, exempt_set = set(positive_sources), set(exempt)
     by_label: dict[str, list[tuple[str, str]]] = {POSITIVE: [], NEGATIVE: []}
     for ref in stage_shards(in_dir, "ingest"):
-        t = read_shard(ref.uri, columns=["id", "source", "text"])
-        for rid, source, text in zip(t.column("id").to_pylist(), t.column("source").to_pylist(), t.column("text").to_pylist()):
+        t = read_shard(ref.uri, columns=["id", "url", "source", "text"])
+        for rid, url, source, text in zip(t.column("id").to_pylist(), t.column("url").to_pylist(),
+                                          t.column("source").to_pylist(), t.column("text").to_pylist()):
+            if takedown and takedown.match(rid, url):
+                continue
             label = POSITIVE if source in pos_set else NEGATIVE if source not in exempt_set else None
             line = normalize(text, max_chars) if label else ""
             if line:
@@ -91,7 +96,7 @@ def train(params: dict) -> dict:
     seed = int(params.get("seed", 0))
     in_dir, out_dir = stages.output_dir("ingest"), resolve(MODEL_DIR)
     examples = training_examples(in_dir, cfg["positive_sources"], fcfg.get("exempt_sources") or [], seed,
-                                 cfg["max_per_class"], cfg["max_chars"])
+                                 cfg["max_per_class"], cfg["max_chars"], Takedown.from_config(fcfg.get("takedown")))
     train_rows, held = [], []
     for label, rows in examples.items():
         n_held = int(len(rows) * float(cfg["heldout_fraction"]))

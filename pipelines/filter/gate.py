@@ -1,5 +1,6 @@
 """check_filter: the standard record checks, a floor on the keep rate, a ceiling on any one rule's drop
-rate, and the fastText percentile keeping its target share of the web input."""
+rate, the fastText percentile keeping its target share of the web input, and no record left that a
+removal request (filter.takedown) names."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,9 @@ from pipelines import stages
 from pipelines.checks import inputs
 from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.suites import Batch, GatePlan, recorded, stage_checks, standard_plan, totals_batch
+from pipelines.config import section
 from pipelines.core.manifest import MANIFEST
+from pipelines.filter import takedown
 
 
 def plan(params: dict, root: Path) -> GatePlan:
@@ -28,6 +31,9 @@ def plan(params: dict, root: Path) -> GatePlan:
             return out
         gate.batches.append(totals_batch(stats, rates))
     _quality_keep(gate, params, stages.output_dir("filter", root), root)
+    removed = takedown.remaining_check([stages.output_dir("filter", root)], section(params, "filter").get("takedown"), root)
+    if removed is not None:
+        gate.file_checks.append(removed)
     return gate
 
 

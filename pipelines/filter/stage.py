@@ -8,6 +8,9 @@ gopher_quality, gopher_repetition, c4_quality, fineweb_quality, then
 quality_fasttext: web score below the threshold); the first rule that fails drops the
 record, with the rule name as ``drop_reason`` and the failed sub-check with its value
 as ``drop_detail``. Records of ``filter.exempt_sources`` (curated text) skip the rules.
+Before all of them, removal requests (``filter.takedown``, ``takedown.py``) drop every
+matching record of any source, with reason ``takedown``; taken-down records are not scored
+into the quality threshold either.
 Every record gets ``quality_fasttext`` (its score) and ``c4_lines_removed``; kept
 records carry the text C4 left. Stats: ``drops`` per rule; ``extra`` counts each
 sub-check (``gopher_quality.gopher_short_doc``), the lines C4 removed per reason,
@@ -33,12 +36,13 @@ from pipelines.core.stats import ShardStats, totals
 from pipelines.filter import fasttext_quality
 from pipelines.filter.quantile_sketch import QuantileSketch
 from pipelines.filter.rules import RULE_NAMES, Doc, build_rules
+from pipelines.filter.takedown import REASON as TAKEDOWN, Takedown, takedown_files
 from pipelines.filter.words import english_splitter
 
 log = logging.getLogger(__name__)
 STAGE = "filter"
 QUALITY_RULE = "quality_fasttext"
-ALL_REASONS = RULE_NAMES + [QUALITY_RULE]
+ALL_REASONS = [TAKEDOWN] + RULE_NAMES + [QUALITY_RULE]
 SKETCH_K = 4096
 
 
@@ -58,9 +62,11 @@ def _scores(table: pa.Table, q: dict | None) -> list[float | None]:
 
 
 def filter_table(table: pa.Table, rules: list, exempt: frozenset[str], stats: ShardStats,
-                 scores: list[float | None] | None = None, threshold: float | None = None) -> tuple[pa.Table, pa.Table]:
+                 scores: list[float | None] | None = None, threshold: float | None = None,
+                 takedown: Takedown | None = None) -> tuple[pa.Table, pa.Table]:
     """Split a record table into (kept, removed-with-reasons), counting into ``stats``."""
     n = table.num_rows
+    ids = table.column("id").to_pylist()
     texts = table.column("text").to_pylist()
     sources = table.column("source").to_pylist()
     col = lambda name: table.column(name).to_pylist() if name in table.column_names else [None] * n  # noqa: E731
@@ -71,6 +77,15 @@ def filter_table(table: pa.Table, rules: list, exempt: frozenset[str], stats: Sh
     new_texts = list(texts)
     c4_lines = [0] * n
     for i, (text, source, lang, lscore, url) in enumerate(zip(texts, sources, langs, lang_scores, urls)):
+        removal = takedown.match(ids[i], url) if takedown else None
+        if removal is not None:  # any source, before any rule: a removal request is not a quality judgement
+            kind, _, entry = removal.partition(":")
+            keep[i] = False
+            stats.drop(TAKEDOWN)
+            _inc(stats, f"{TAKEDOWN}.{kind}")
+            reasons.append(TAKEDOWN)
+            details.append(json.dumps({"check": kind, "entry": entry}, sort_keys=True, ensure_ascii=False))
+            continue
         if source in exempt:
             _inc(stats, "exempt")
             continue
@@ -121,17 +136,20 @@ def process_shard(task: ShardTask) -> ShardResult:
     rules = build_rules(task.params)
     q = task.context.get("quality")
     kept, removed = filter_table(table, rules, frozenset(task.params.get("exempt_sources") or []), stats,
-                                 _scores(table, q), q["threshold"] if q else None)
+                                 _scores(table, q), q["threshold"] if q else None,
+                                 Takedown.from_config(task.params.get("takedown")))
     return ShardResult(kept, removed, stats)
 
 
-def _sketch_shard(job: tuple[str, dict, list[str]]) -> dict:
-    """Pass 1: the quality scores of one shard's web records, as a sketch."""
-    path, q, exempt = job
-    table = read_shard(path, columns=["source", "text"])
+def _sketch_shard(job: tuple[str, dict, list[str], dict | None]) -> dict:
+    """Pass 1: the quality scores of one shard's web records (taken-down ones left out), as a sketch."""
+    path, q, exempt, takedown_cfg = job
+    table = read_shard(path, columns=["id", "url", "source", "text"])
+    takedown = Takedown.from_config(takedown_cfg)
     sketch = QuantileSketch(SKETCH_K)
-    for source, score in zip(table.column("source").to_pylist(), _scores(table, q)):
-        if source not in exempt:
+    for rid, url, source, score in zip(table.column("id").to_pylist(), table.column("url").to_pylist(),
+                                       table.column("source").to_pylist(), _scores(table, q)):
+        if source not in exempt and not (takedown and takedown.match(rid, url)):
             sketch.add(score)
     return sketch.to_dict()
 
@@ -148,7 +166,7 @@ def quality_threshold(params: dict, run) -> dict | None:
     q = {"model_path": run.share(model), "model_sha256": sha256_file(model), "max_chars": int(qcfg["max_chars"])}
     exempt = list(cfg.get("exempt_sources") or [])
     sketch = QuantileSketch(SKETCH_K)
-    for d in run.map(_sketch_shard, [(ref.uri, q, exempt) for ref in run.input_shards()]):
+    for d in run.map(_sketch_shard, [(ref.uri, q, exempt, cfg.get("takedown")) for ref in run.input_shards()]):
         sketch.merge(QuantileSketch.from_dict(d))
     if sketch.n == 0:
         log.info("filter: no web records to score, quality threshold off")
@@ -167,11 +185,14 @@ class FilterStage(DataStage):
     def config(self, params: dict) -> dict:
         cfg = section(params, STAGE)
         build_rules(cfg)  # bad params fail here, once (quality_threshold checks the quality_model section)
+        Takedown.from_config(cfg.get("takedown"))
         return cfg
 
     def external_inputs(self, run) -> dict[str, str]:
         model = resolve(fasttext_quality.MODEL_DIR) / fasttext_quality.MODEL_FILE
-        return {"quality_model": sha256_file(model)} if model.exists() else {}
+        found = {"quality_model": sha256_file(model)} if model.exists() else {}
+        # A takedown list file decides drops: its content is an input of every shard.
+        return found | {f"takedown:{f}": sha256_file(resolve(f)) for f in takedown_files(run.cfg.get("takedown"))}
 
     def global_inputs(self, run, tasks: list[ShardTask]) -> dict:
         # The threshold and the model are inputs of every shard: a new model or threshold re-runs them.
@@ -194,7 +215,8 @@ class FilterStage(DataStage):
         # The manifest carries the quality block: the achieved keep rate is known only now.
         quality = _quality_block(run.tasks[0].context.get("quality"), _checks(
             [ShardStats.from_dict(f["stats"]) for f in fragments[""]]))
-        return {"quality": quality} if quality else {}
+        takedown = Takedown.from_config(run.cfg.get("takedown"))
+        return ({"quality": quality} if quality else {}) | ({"takedown": takedown.describe()} if takedown else {})
 
     def summarize(self, run, manifest: dict, stats: list[ShardStats]) -> dict:
         summary = totals(stats)

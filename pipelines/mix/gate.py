@@ -1,6 +1,6 @@
 """check_mix: every split's manifest and balanced stats, enough records in each blend, no held-out id in a
 blend, a sane record sample, and realised shares within tolerance of the targets (per source and, with the
-searched mixture, per domain)."""
+searched mixture, per domain); no record a removal request (filter.takedown) names."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +13,9 @@ from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.suites import (
     Batch, GatePlan, readable, record_expectations, sample_rows, stage_checks, stats_expectations,
 )
+from pipelines.config import section
 from pipelines.core.runner import STATS
+from pipelines.filter import takedown
 from pipelines.mix.report import blend_rows
 
 MIX_SPLITS = ("phase1", "phase2", "heldout")
@@ -83,6 +85,11 @@ def plan(params: dict, root: Path) -> GatePlan:
         gate.batches.append(Batch("domain_shares", pd.DataFrame(domain_rows), [
             E.ExpectColumnValuesToBeBetween(column="share_error", min_value=0, max_value=tolerance)],
             ["phase", "domain"]))
+    # What training reads must not hold a taken-down record (the filter removed them; this proves it).
+    removed = takedown.remaining_check([present[s] for s in MIX_SPLITS if s in present],
+                                       section(params, "filter").get("takedown"), root)
+    if removed is not None:
+        gate.file_checks.append(removed)
     return gate
 
 
