@@ -1,7 +1,8 @@
 """The whole workflow on the real samples, in a fresh copy of the project:
 Airflow runs corpus_refresh then pretrain (dag.test), the data version is tagged and
-pushed, `dvc repro` is then a no-op, a threshold change re-runs only what follows it,
-and a failing gate stops the DAG run there.
+pushed, `dvc repro` is then a no-op, a refresh adding a crawl and a takedown is a child
+version (lineage, gates, restore of both versions by `dvc pull`), a threshold change
+re-runs only what follows it, and a failing gate stops the DAG run there.
 
 One project copy is shared by the tests of this module, which run in order.
 """
@@ -104,6 +105,77 @@ def test_dvc_repro_right_after_is_a_noop(project):
     _dvc(project, "repro")
     after = {p: p.stat().st_mtime_ns for p in (project / "data").rglob("*.parquet")}
     assert before == after
+
+
+def _data_hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((root / "data").rglob("*")) if p.is_file()}
+
+
+def test_refresh_with_a_new_crawl_and_a_takedown_is_a_child_version(project, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.versions.page import render
+    from pipelines.versions.read import collect
+
+    v1 = json.loads((project / "reports/data_version.json").read_text())["version"]
+    assert json.loads((project / "reports/lineage.json").read_text())["parent"] is None
+    v1_data = _data_hashes(project)
+    # The refresh: a new crawl (a later capture of pages an earlier crawl holds) and a removal request
+    # for the web domain the blends hold most records of.
+    (project / "inputs").mkdir()
+    (project / "inputs/CC-MAIN-2025-05-recapture.warc.gz").write_bytes(
+        (project / "samples/warc/cc-main-2020-34_resiliparse-sample.warc.gz").read_bytes())
+    mixed = [r for split in ("phase1", "phase2") for p in sorted((project / "data/mix" / split).glob("*.parquet"))
+             for r in pq.read_table(p, columns=["domain", "source"]).to_pylist()]
+    web = [r["domain"] for r in mixed if r["domain"] and r["source"] not in ("wikipedia", "books", "news", "code", "math")]
+    domain = max(set(web), key=web.count)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ingest"]["warc"].append("inputs/*.warc.gz")
+    params["filter"]["takedown"]["domains"] = [domain]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    run = load_dag(project, "corpus_refresh").test()
+    assert str(run.state) == "success", _states(run)
+    v2 = json.loads((project / "reports/data_version.json").read_text())
+    lineage = json.loads((project / "reports/lineage.json").read_text())
+    assert v2["version"] != v1 and v2["parent"] == lineage["parent"] == v1
+    assert "cc-main-2025-05" in lineage["crawls"] and "cc-main-2020-34" in lineage["crawls"]
+    assert lineage["deltas"]["ingest"]["records_out"]["cc-main-2025-05"] > 0
+    assert lineage["deltas"]["filter"]["drops"]["takedown"] == lineage["stages"]["filter"]["drops"]["takedown"] and \
+        sum(lineage["stages"]["filter"]["drops"]["takedown"].values()) > 0
+    cross = lineage["cross_source_duplicates"]  # the recapture repeats the 2020 crawl's pages
+    assert cross["records"] > 0 and set(cross["by_source"]) <= {"cc-main-2025-05", "cc-main-2020-34"}
+    # The removal is proven by the gates, and nothing downstream holds the domain.
+    for gate in ("filter", "mix"):
+        report = json.loads((project / f"reports/checks/{gate}.json").read_text())
+        (check,) = [c for c in report["checks"] if c["type"] == "no_taken_down_record_remains"]
+        assert check["success"] and check["observed"]["records_checked"] > 0
+    for stage in ("filter", "dedup", "select"):
+        for p in (project / "data" / stage).glob("*.parquet"):
+            domains = pq.read_table(p, columns=["domain"]).column("domain").to_pylist()
+            assert not any(d and (d == domain or d.endswith("." + domain)) for d in domains)
+    # The Data versions page shows the chain: version 2 grew from version 1.
+    versions = {v["version"]: v for v in collect(project)}
+    assert versions[v2["version"]]["lineage"]["parent"] == v1 and versions[v1]["lineage"]["parent"] is None
+    assert f"<a href='#v-{v1}'>" in render(list(versions.values()))
+
+    # Each version comes back byte for byte in a fresh clone: git checkout data/<v> && dvc pull.
+    v2_data = _data_hashes(project)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    _dvc(clone, "remote", "modify", "--local", "local", "url", str(project / ".dvc-remote"))
+    for version, expected in ((v1, v1_data), (v2["version"], v2_data)):
+        subprocess.run(["git", "checkout", "-q", f"data/{version}"], cwd=clone, check=True)
+        _dvc(clone, "pull", "-q", "--force")
+        assert _data_hashes(clone) == expected, version
+    # A re-run of the same refresh is a no-op: same version, same parent.
+    run = load_dag(project, "corpus_refresh").test()
+    assert str(run.state) == "success"
+    again = json.loads((project / "reports/lineage.json").read_text())
+    assert again["version"] == v2["version"] and again["parent"] == v1
 
 
 def test_threshold_change_reruns_filter_and_downstream_only(project):

@@ -108,6 +108,30 @@ def _gates_table(gates: list[dict], base: str) -> str:
             "<th>GX</th></tr>" + "".join(rows) + "</table>")
 
 
+def _lineage(lineage: dict | None) -> str:
+    """Parent link, crawls held, what changed against the parent, and the cross-source duplicate rate."""
+    if not lineage:
+        return ""
+    parent = lineage.get("parent")
+    parts = ["<p>grew from " + (f"<a href='#v-{escape(parent)}'><code>{escape(parent)}</code></a>" if parent
+                                  else "nothing (the first version)")
+             + " &middot; crawls: " + (escape(", ".join(lineage.get("crawls") or [])) or "none")
+             + " &middot; sources: " + escape(", ".join(lineage.get("sources") or [])) + "</p>"]
+    cross = lineage.get("cross_source_duplicates") or {}
+    if cross.get("records"):
+        parts.append(f"<p class='muted'>dedup dropped {cross['records']} records as copies of a record from another "
+                     f"source ({100 * cross['share']:.2f}% of its input)</p>")
+    rows = []
+    for stage, d in (lineage.get("deltas") or {}).items():
+        records = ", ".join(f"{escape(s)} {n:+d}" for s, n in d.get("records_out", {}).items())
+        drops = ", ".join(f"{escape(r)} {n:+d}" for r, n in d.get("drops", {}).items())
+        rows.append(f"<tr><td>{escape(stage)}</td><td>{records or '-'}</td><td>{drops or '-'}</td></tr>")
+    if rows and parent:
+        parts.append("<h3>Changes against the parent</h3><table class='gates'><tr><th>stage</th>"
+                     "<th>records out, by source</th><th>drops, by reason</th></tr>" + "".join(rows) + "</table>")
+    return "".join(parts)
+
+
 def render(versions: list[dict], base: str = ".") -> str:
     body = []
     if not versions:
@@ -119,7 +143,7 @@ def render(versions: list[dict], base: str = ".") -> str:
         head += "</h2>"
         meta = f"<p class='muted'>tag {escape(v.get('tag') or '-')} &middot; commit {escape((v.get('commit') or '-')[:12])} &middot; {escape(v.get('date') or '')}</p>"
         f = v["funnel"]
-        sections = [head, meta, "<h3>Funnel</h3>",
+        sections = [head, meta, _lineage(v.get("lineage")), "<h3>Funnel</h3>",
                     bar_chart([(r["stage"], r["records"]) for r in f["records"]], "records", f"records per stage, {label}") or
                     "<p class='muted'>No stage manifests found (not in the workspace or the DVC cache).</p>",
                     bar_chart([(t["phase"], t["tokens"]) for t in f["tokens"]], "tokens", f"tokens per phase, {label}"),

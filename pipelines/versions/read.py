@@ -178,10 +178,11 @@ def version_detail(root: Path, version: str | None, lock: dict | None, current: 
         "token_shares": token_shares(files.json(PACK_SUMMARY)),
     }
     if current:
-        detail["gates"] = gates(root)
+        detail["lineage"] = read_json(Path(root) / "reports" / "lineage.json")
         detail["curves"] = curves(root)
         used = read_json(Path(root) / "reports" / "pretrain_data_version.json") or {}
         detail["trained"] = used.get("version") == version and bool(detail["curves"]["loss"])
+        detail["gates"] = gates(root)
     else:
         detail.update(gates=[], curves={"loss": {}, "bpb": {}}, trained=False)
     return detail
@@ -204,6 +205,7 @@ def collect(root: Path) -> list[dict]:
         lock_text = _git(root, "show", f"{t['commit']}:dvc.lock")
         lock = yaml.safe_load(lock_text) if lock_text else {}
         d = version_detail(root, t["version"], lock or {}, current=False)
-        d.update(tag=t["tag"], commit=t["commit"], date=t["date"])
+        lineage_text = _git(root, "show", f"{t['commit']}:reports/lineage.json")  # travels in the tag's commit
+        d.update(tag=t["tag"], commit=t["commit"], date=t["date"], lineage=json.loads(lineage_text) if lineage_text else None)
         versions.append(d)
     return versions

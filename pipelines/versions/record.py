@@ -20,6 +20,8 @@ from pipelines.core.atomic import write_json_atomic
 from pipelines.core.hashing import canonical_json, sha256_bytes
 from pipelines.orchestration.dvc_runner import dvc_executable, run_command, tool_env
 from pipelines.orchestration.graph import load_stages
+from pipelines.versions.lineage import LINEAGE_FILE, build as build_lineage
+from pipelines.versions.read import read_json
 
 log = logging.getLogger(__name__)
 VERSION_FILE = "reports/data_version.json"
@@ -79,7 +81,8 @@ def tag_version(root: Path, version: str) -> dict:
             _git(["read-tree", head], root, env)
         # The gate reports are uncached DVC outputs: they travel in git with the lock.
         gates = sorted(str(p.relative_to(root)) for p in (root / "reports/checks").glob("*.json"))
-        _git(["add", "-f", "--", "dvc.lock", "dvc.yaml", "params.yaml", *gates], root, env)
+        lineage_file = [LINEAGE_FILE] if (root / LINEAGE_FILE).exists() else []
+        _git(["add", "-f", "--", "dvc.lock", "dvc.yaml", "params.yaml", *gates, *lineage_file], root, env)
         tree = _git(["write-tree"], root, env)
         args = ["commit-tree", tree, "-m", f"data version {version}"]
         if head:
@@ -98,7 +101,11 @@ def record_data_version(params: dict) -> dict:
     root = workspace()
     cfg = (params.get("orchestration") or {}).get("version") or {}
     version = data_version(root)
-    result: dict = {"version": version, "tag": None, "commit": None, "pushed": False}
+    # Lineage before the tag: the tag's commit carries it, so every version names its parent.
+    previous = read_json(root / LINEAGE_FILE)
+    lineage = build_lineage(root, version, previous, (params.get("ingest") or {}).get("crawl_id"))
+    write_json_atomic(root / LINEAGE_FILE, lineage)
+    result: dict = {"version": version, "parent": lineage["parent"], "tag": None, "commit": None, "pushed": False}
     if cfg.get("git_commit", True) and _is_git_repo(root):
         result.update(tag_version(root, version))
     elif cfg.get("git_commit", True):
