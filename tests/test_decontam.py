@@ -8,7 +8,8 @@ import pytest
 
 from pipelines.checks.gate import GateFailed, run_gate
 from pipelines.core.shards import read_all, read_shard
-from pipelines.dedup.decontam import CONTAMINATED, ContaminationIndex, load_items
+from pipelines.dedup.decontam import CONTAMINATED, ContaminationIndex
+from pipelines.dedup.eval_sets import load_set
 from pipelines.dedup.normalize import words
 from pipelines.stages import runner
 run = runner("dedup")
@@ -18,9 +19,9 @@ from tests.fixtures.project import SAMPLES
 from tests.fixtures.real_text import news_articles, web_articles
 
 EVAL = SAMPLES / "eval"
-SETS = {"gsm8k": (EVAL / "gsm8k_test_lines0001-0500.jsonl", "gsm8k"),
-        "humaneval": (EVAL / "humaneval.jsonl.gz", "humaneval"),
-        "commonsenseqa": (EVAL / "commonsenseqa_dev.jsonl", "commonsenseqa")}
+SETS = {"gsm8k": {"path": str(EVAL / "gsm8k_test_lines0001-0500.jsonl"), "format": "gsm8k"},
+        "humaneval": {"path": str(EVAL / "humaneval.jsonl.gz"), "format": "humaneval"},
+        "commonsenseqa": {"path": str(EVAL / "commonsenseqa_dev.jsonl"), "format": "commonsenseqa"}}
 N = 13
 
 
@@ -31,7 +32,7 @@ def _grams(text: str, n: int = N) -> set:
 
 @pytest.fixture(scope="module")
 def items() -> dict[str, list[str]]:
-    return {name: load_items(path, fmt) for name, (path, fmt) in SETS.items()}
+    return {name: load_set(name, spec, EVAL).texts for name, spec in SETS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,12 @@ def test_loaders_read_the_real_formats(items, tmp_path):
     assert "revolving door" in items["commonsenseqa"][0] and "department store" in items["commonsenseqa"][0]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "x"}) + "\n")
-    with pytest.raises(ValueError, match="not in gsm8k format"):
-        load_items(bad, "gsm8k")
-    with pytest.raises(ValueError, match="unknown eval format"):
-        load_items(bad, "mmlu")
-    with pytest.raises(FileNotFoundError):
-        load_items(tmp_path / "missing.jsonl", "gsm8k")
+    with pytest.raises(ValueError, match=r"sets\.gsm8k: .*bad\.jsonl row 1 does not fit the gsm8k format: no field 'question'"):
+        load_set("gsm8k", {"path": str(bad), "format": "gsm8k"}, tmp_path)
+    with pytest.raises(ValueError, match="unknown format 'gsm9k'"):
+        load_set("gsm8k", {"path": str(bad), "format": "gsm9k"}, tmp_path)
+    with pytest.raises(FileNotFoundError, match="sets.gsm8k: eval set .*missing.jsonl does not exist"):
+        load_set("gsm8k", {"path": "missing.jsonl", "format": "gsm8k"}, tmp_path)
 
 
 def test_gsm8k_train_against_test_matches_brute_force(index, items):
@@ -135,7 +136,7 @@ def test_decontam_params_are_validated(workspace):
     with pytest.raises(ValueError, match="dedup.decontam.mode"):
         run(workspace.update("dedup.decontam.mode", "remove"))
     workspace.update("dedup.decontam.mode", "drop")
-    with pytest.raises(ValueError, match="unknown format"):
+    with pytest.raises(ValueError, match="sets.gsm8k: format 'csv' needs a template or fields"):
         run(workspace.update("dedup.decontam.sets.gsm8k.format", "csv"))
     workspace.update("dedup.decontam.sets.gsm8k.format", "gsm8k")
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):

@@ -62,8 +62,24 @@ def _has_magic(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
+def input_uri(path: str | Path, root: str | Path | None = None) -> str:
+    """Where an input named in params.yaml is read from: the one path rule for every such input (ingest
+    files and globs, decontamination eval sets).
+
+    An ``s3://`` URI as written; an absolute path as written, inside the workspace or not; anything else
+    relative to ``root`` (the workspace). Inputs may live outside the workspace (a shared corpus or benchmark
+    mount) because they are only read and each is fingerprinted by content (sha256; ETag on S3), so a changed
+    file re-runs the stages that read it. What the pipeline writes goes through ``pipelines.config.resolve``,
+    which keeps it inside the workspace; the Airflow run form is stricter still (it takes untrusted input).
+    """
+    path = str(path)
+    if is_s3(path) or root is None or Path(path).is_absolute():
+        return path
+    return str(Path(root) / path)
+
+
 def expand_inputs(patterns: list[str] | str, root: str | Path | None = None) -> list[str]:
-    """Resolve local paths/globs (relative to ``root``) and s3 keys/prefix globs into a sorted list."""
+    """Resolve local paths/globs (``input_uri``: relative to ``root``) and s3 keys/prefix globs into a sorted list."""
     if isinstance(patterns, str):
         patterns = [patterns]
     out: list[str] = []
@@ -71,9 +87,7 @@ def expand_inputs(patterns: list[str] | str, root: str | Path | None = None) -> 
         if is_s3(pat):
             out.extend(_expand_s3(pat))
             continue
-        p = Path(pat)
-        if not p.is_absolute() and root is not None:
-            p = Path(root) / p
+        p = Path(input_uri(pat, root))
         if _has_magic(str(p)):
             matches = sorted(m for m in glob.glob(str(p), recursive=True) if os.path.isfile(m))
             out.extend(matches)

@@ -1,133 +1,180 @@
-"""Benchmark decontamination: word n-gram overlap between corpus records and evaluation sets.
+"""Benchmark decontamination: word-sequence overlap between corpus records and evaluation sets.
 
-An evaluation item is the text a model is scored on (GSM8K question + answer,
-HumanEval prompt + canonical solution, CommonsenseQA question + choices).
-Its word n-grams (default 13, on the same normalised words as MinHash) are
-hashed into one sorted array per benchmark; a record is contaminated by a
-benchmark when any of its n-grams is in that array. Items shorter than n
-words have no n-gram and are counted as ``short_items`` (they cannot be
-matched this way). Other formats: add a loader to LOADERS.
+Items (the texts a model is scored on, read by pipelines.dedup.eval_sets) and records are compared as the
+same normalised words MinHash reads (minhash.text_word_hashes). How an item is matched depends on its length:
+
+- ``ngram`` words (default 13) or more: a record is contaminated when it shares any word n-gram with the item;
+- ``min_words`` (default 3) to ngram - 1 words: when it holds the whole item as a contiguous word sequence
+  (n adapted to the item: its own length), so short QA items are caught too;
+- under min_words: reported as too short to check. A one- or two-word item ("Paris") occurs in countless
+  unrelated documents, so a match would say nothing about contamination.
+
+Each window length in use (ngram, and every short item's length) has one table: the sorted hashes of the
+items' windows of that length and which benchmarks hold each. A record's windows of any length come from one
+prefix sum over its word hashes (a window's hash is a polynomial in its word hashes, so every length costs two
+array operations per word), then one vectorised lookup per length: no loop over records or items.
 """
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
-from pipelines.dedup.minhash import MinHasher, text_word_hashes
+from pipelines.dedup import eval_sets
+from pipelines.dedup.minhash import text_word_hashes
 
 CONTAMINATED = "contaminated"
 MODES = ("drop", "flag")
+# Window hash: sum of word_hash[i + k] * BASE^k (mod 2^64). BASE is odd, so invertible mod 2^64: the hash of
+# the window at i is (prefix[i + L] - prefix[i]) * BASE^-i, for every i and L at once.
+_BASE = np.uint64(0x9E3779B97F4A7C15)
+_BASE_INV = np.uint64(pow(int(_BASE), -1, 1 << 64))
+_POWERS: dict[int, np.ndarray] = {}
 
 
-def _jsonl(path: Path) -> Iterator[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+def _powers(base: np.uint64, n: int) -> np.ndarray:
+    """base^0 .. base^(n-1) mod 2^64 (cached, grown by doubling)."""
+    have = _POWERS.get(int(base))
+    if have is None or len(have) < n:
+        size = max(n, 2 * len(have) if have is not None else 1024)
+        have = np.full(size, base, dtype=np.uint64)
+        have[0] = 1
+        _POWERS[int(base)] = have = np.cumprod(have)  # wraps mod 2^64, as meant
+    return have[:n]
 
 
-def _gsm8k(row: dict) -> str:
-    return f"{row['question']}\n{row['answer']}"
+class _WordStream:
+    """The word hashes of many documents, concatenated, ready to hash windows of any length."""
+
+    def __init__(self, word_hashes: np.ndarray, lengths: np.ndarray):
+        n = len(word_hashes)
+        self.prefix = np.zeros(n + 1, dtype=np.uint64)
+        np.cumsum(word_hashes * _powers(_BASE, n), out=self.prefix[1:])
+        self.inverse = _powers(_BASE_INV, n)
+        self.ends = np.cumsum(lengths)  # one past each document's last word
+
+    def windows(self, size: int) -> np.ndarray:
+        """The hash of the ``size`` words from every position on (contiguous slices: no gathers); a window
+        that runs into the next document is no window of either: ``owners`` tells them apart."""
+        count = max(len(self.prefix) - size, 0)
+        return (self.prefix[size:size + count] - self.prefix[:count]) * self.inverse[:count]
+
+    def owners(self, starts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(whether the window at each start lies inside one document, the document it starts in)."""
+        owner = np.searchsorted(self.ends, starts, side="right")
+        return starts + size <= self.ends[owner], owner
 
 
-def _humaneval(row: dict) -> str:
-    return f"{row['prompt']}{row['canonical_solution']}"
+@dataclass
+class _Table:
+    """Sorted unique window hashes of one length, which benchmarks hold each, and a bitmap prefilter."""
+    hashes: np.ndarray
+    member: np.ndarray  # (len(hashes), benchmarks) bool
+    bitmap: np.ndarray = field(init=False, repr=False)
 
+    def __post_init__(self):
+        # Most record windows match nothing: a bitmap on the low bits (>= 8 slots per hash, so at most 1 in 8
+        # misses passes) is a cheap gather that spares them the binary search.
+        self.bitmap = np.zeros(max(1024, 1 << int(8 * len(self.hashes)).bit_length()), dtype=bool)
+        self.bitmap[self.hashes & np.uint64(len(self.bitmap) - 1)] = True
 
-def _commonsenseqa(row: dict) -> str:
-    question = row["question"]
-    if isinstance(question, dict):  # the original release nests {stem, choices}
-        return " ".join([question["stem"]] + [c["text"] for c in question.get("choices", [])])
-    return " ".join([question] + list((row.get("choices") or {}).get("text", [])))
+    @classmethod
+    def with_set(cls, table: "_Table | None", hashes: np.ndarray, column: int) -> "_Table":
+        """``table`` (None: empty) with one more benchmark column, holding ``hashes``."""
+        old_hashes = table.hashes if table is not None else np.zeros(0, np.uint64)
+        old_member = table.member if table is not None else np.zeros((0, column), bool)
+        unique, where = np.unique(np.concatenate([old_hashes, hashes]), return_inverse=True)
+        member = np.zeros((len(unique), column + 1), dtype=bool)
+        rows, cols = np.nonzero(old_member)
+        member[where.ravel()[rows], cols] = True
+        member[where.ravel()[len(old_hashes):], column] = True
+        return cls(unique, member)
 
-
-# format name -> one jsonl row -> the item's text
-LOADERS: dict[str, Callable[[dict], str]] = {"gsm8k": _gsm8k, "humaneval": _humaneval, "commonsenseqa": _commonsenseqa}
-
-
-def load_items(path: str | Path, fmt: str) -> list[str]:
-    if fmt not in LOADERS:
-        raise ValueError(f"dedup.decontam: unknown eval format {fmt!r} (known: {sorted(LOADERS)})")
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dedup.decontam: eval set {path} does not exist")
-    try:
-        return [LOADERS[fmt](row) for row in _jsonl(path)]
-    except KeyError as e:
-        raise ValueError(f"dedup.decontam: {path} is not in {fmt} format (missing field {e})") from None
+    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(indices into ``hashes`` found in the table, their (hits, benchmarks) membership)."""
+        maybe = np.flatnonzero(self.bitmap[hashes & np.uint64(len(self.bitmap) - 1)])
+        pos = np.searchsorted(self.hashes, hashes[maybe]).clip(max=len(self.hashes) - 1)
+        found = self.hashes[pos] == hashes[maybe]
+        return maybe[found], self.member[pos[found]]
 
 
 @dataclass
 class ContaminationIndex:
     ngram: int
+    min_words: int = 3
     names: list[str] = field(default_factory=list)
-    grams: list[np.ndarray] = field(default_factory=list)  # per benchmark: sorted unique n-gram hashes
-    items: dict[str, int] = field(default_factory=dict)
-    short_items: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self):
-        self._hasher = MinHasher(ngram=self.ngram, bands=1, rows=1)
+    # per benchmark: items, checked by n-gram (by_ngram), checked whole (by_whole), too short to check
+    coverage: dict[str, dict[str, int]] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)  # per benchmark: the eval file it was built from
+    tables: dict[int, _Table] = field(default_factory=dict)  # window length -> table
 
     def add(self, name: str, texts: list[str]) -> None:
         word_hashes, lengths = text_word_hashes(texts)
-        hashes, counts = self._hasher.shingles_of_words(word_hashes, lengths, texts)
-        long_doc = lengths >= self.ngram
+        by_ngram = lengths >= self.ngram
+        by_whole = (lengths >= self.min_words) & ~by_ngram
+        column = len(self.names)
         self.names.append(name)
-        self.grams.append(np.unique(hashes[np.repeat(long_doc, counts)]))
-        self.items[name] = len(texts)
-        self.short_items[name] = int((~long_doc).sum())
+        self.coverage[name] = {"items": len(texts), "by_ngram": int(by_ngram.sum()), "by_whole": int(by_whole.sum()),
+                               "too_short": int((~by_ngram & ~by_whole).sum())}
+        stream = _WordStream(word_hashes, lengths)
+        new = {}
+        for size in sorted({self.ngram, *lengths[by_whole].tolist()}):
+            hashes = stream.windows(size)
+            inside, owner = stream.owners(np.arange(len(hashes)), size)
+            # n-grams of long items; short items only as a whole (a window their own length)
+            keep = inside & (by_ngram[owner] if size == self.ngram else by_whole[owner] & (lengths[owner] == size))
+            new[size] = hashes[keep]
+        empty = np.zeros(0, np.uint64)
+        self.tables = {size: _Table.with_set(self.tables.get(size), new.get(size, empty), column)
+                       for size in sorted(set(self.tables) | {s for s, h in new.items() if len(h)})}
 
     def match(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), len(names)) bool: record i shares an n-gram with benchmark j."""
-        return self.match_words(*text_word_hashes(texts), texts)
+        """(len(texts), len(names)) bool: record i holds an item of benchmark j (an n-gram of it, or all of it)."""
+        return self.match_words(*text_word_hashes(texts))
 
-    def match_words(self, word_hashes: np.ndarray, lengths: np.ndarray, texts: list[str]) -> np.ndarray:
-        """match() given the texts' minhash.text_word_hashes (the dedup stage computes them once for both)."""
-        out = np.zeros((len(texts), len(self.names)), dtype=bool)
-        long_doc = lengths >= self.ngram
-        if not long_doc.any() or not self.names:
+    def match_words(self, word_hashes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """match() given the texts' minhash.text_word_hashes (the dedup stage computes them once for everything)."""
+        out = np.zeros((len(lengths), len(self.names)), dtype=bool)
+        if not self.tables or not len(word_hashes):
             return out
-        hashes, counts = self._hasher.shingles_of_words(word_hashes, lengths, texts)
-        owner = np.repeat(np.arange(len(texts)), counts)
-        valid = long_doc[owner]  # a short record's single whole-text shingle is no n-gram
-        hashes, owner = hashes[valid], owner[valid]
-        for j, grams in enumerate(self.grams):
-            if len(grams):
-                pos = np.searchsorted(grams, hashes).clip(max=len(grams) - 1)
-                out[np.unique(owner[grams[pos] == hashes]), j] = True
+        stream = _WordStream(word_hashes, lengths)
+        for size, table in self.tables.items():
+            hits, member = table.lookup(stream.windows(size))
+            rows, sets = np.nonzero(member)
+            inside, owner = stream.owners(hits[rows], size)  # hits are rare: only they are placed
+            out[owner[inside], sets[inside]] = True
         return out
 
 
-def build_index(cfg: dict, resolve: Callable[[str], Path]) -> ContaminationIndex:
-    """cfg: the validated dedup.decontam section (sets: name -> {path, format})."""
-    index = ContaminationIndex(ngram=cfg["ngram"])
+def build_index(cfg: dict, root: Path) -> ContaminationIndex:
+    """cfg: the validated dedup.decontam section; eval set paths follow storage.input_uri (relative to root)."""
+    index = ContaminationIndex(ngram=cfg["ngram"], min_words=cfg["min_words"])
     for name, spec in sorted(cfg["sets"].items()):
-        index.add(name, load_items(resolve(spec["path"]), spec.get("format", name)))
+        loaded = eval_sets.load_set(name, spec, root)
+        index.add(name, loaded.texts)
+        index.sha256[name] = loaded.sha256
     return index
 
 
+def _positive_int(cfg: dict, key: str) -> None:
+    value = cfg[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"dedup.decontam.{key} must be a positive integer, got {value!r}")
+
+
 def validate(cfg: dict | None) -> dict:
-    cfg = {"enabled": False, "ngram": 13, "mode": "drop", "sets": {}, **(cfg or {})}
+    cfg = {"enabled": False, "ngram": 13, "min_words": 3, "mode": "drop", "sets": {}, **(cfg or {})}
     if cfg["mode"] not in MODES:
         raise ValueError(f"dedup.decontam.mode must be one of {MODES}, got {cfg['mode']!r}")
-    if not isinstance(cfg["ngram"], int) or isinstance(cfg["ngram"], bool) or cfg["ngram"] < 1:
-        raise ValueError(f"dedup.decontam.ngram must be a positive integer, got {cfg['ngram']!r}")
+    _positive_int(cfg, "ngram")
+    _positive_int(cfg, "min_words")
+    if not isinstance(cfg["sets"], dict):
+        raise ValueError(f"dedup.decontam.sets must map set names to {{path, format}}, got {cfg['sets']!r}")
     if cfg["enabled"] and not cfg["sets"]:
         raise ValueError("dedup.decontam.enabled needs at least one eval set in dedup.decontam.sets")
     for name, spec in cfg["sets"].items():
-        if not isinstance(spec, dict) or "path" not in spec:
-            raise ValueError(f"dedup.decontam.sets.{name} needs a path (and a format: {sorted(LOADERS)})")
-        if spec.get("format", name) not in LOADERS:
-            raise ValueError(f"dedup.decontam.sets.{name}: unknown format {spec.get('format', name)!r} (known: {sorted(LOADERS)})")
+        eval_sets.set_reader(name, spec)  # raises naming the set
     return cfg
 
 
@@ -140,7 +187,7 @@ def contaminated_records(stage_dir: Path, cfg: dict, root: Path):
 
     from pipelines.core.shards import iter_batches, stage_shards
 
-    index = build_index(validate(cfg), lambda p: Path(root) / p)
+    index = build_index(validate(cfg), Path(root))
     ids, labels = [], []
     for ref in stage_shards(stage_dir, "dedup"):
         for batch in iter_batches(ref.uri, columns=["id", "text"]):

@@ -1,5 +1,7 @@
 """check_dedup: the standard record checks, a ceiling on the duplicate rate, no two kept records with the
-same normalised text (every record, not a sample), and no kept record matching an eval set."""
+same normalised text (every record, not a sample), no kept record matching an eval set, and the
+decontamination coverage the manifest records (a warning naming each set with items too short to check;
+a failure past ``checks.dedup.max_unchecked_share`` of a set's items)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +11,9 @@ import pandas as pd
 
 from pipelines import stages
 from pipelines.checks.gx_runner import import_gx
-from pipelines.checks.suites import Batch, GatePlan, readable, stage_checks, standard_plan, totals_batch
+from pipelines.checks import inputs
+from pipelines.checks.suites import Batch, GatePlan, readable, recorded, stage_checks, standard_plan, totals_batch
+from pipelines.core.manifest import MANIFEST
 from pipelines.core.shards import iter_batches, stage_shards
 from pipelines.dedup.decontam import contaminated_records
 from pipelines.dedup.normalize import normalize_text
@@ -38,7 +42,30 @@ def plan(params: dict, root: Path) -> GatePlan:
         if flagged is not None:
             gate.batches.append(Batch("contamination", flagged,
                                       [E.ExpectColumnValuesToBeNull(column="contamination")], ["id"]))
+    if decontam.get("enabled"):
+        coverage_checks(gate, decontam, cfg, stage_dir, root)
     return gate
+
+
+def coverage_checks(gate: GatePlan, decontam: dict, cfg: dict, stage_dir: Path, root: Path) -> None:
+    """Per eval set, what decontamination could check (recorded by the stage in its manifest)."""
+    E = import_gx().expectations
+    sets = ((inputs.load_json(stage_dir / MANIFEST) or {}).get("decontam") or {}).get("sets") or {}
+    missing = sorted(set(decontam.get("sets") or {}) - set(sets))
+    if missing:
+        recorded(gate, "decontam_coverage_recorded", stage_dir / MANIFEST, root,
+                 f"no decontamination coverage for eval set(s) {missing}: the stage ran with other sets")
+    if not sets:
+        return
+    frame = pd.DataFrame([{"benchmark": name, **{k: info[k] for k in ("items", "by_ngram", "by_whole", "too_short")}}
+                          for name, info in sorted(sets.items())])
+    frame["unchecked_share"] = frame["too_short"] / frame["items"].where(frame["items"] > 0, 1)
+    ceiling = cfg.get("max_unchecked_share")
+    gate.batches.append(Batch("decontam_coverage", frame, [E.ExpectColumnValuesToBeBetween(
+        column="unchecked_share", min_value=0.0, max_value=1.0 if ceiling is None else float(ceiling))], ["benchmark"]))
+    for row in frame[frame["too_short"] > 0].to_dict("records"):
+        gate.warnings.append(f"decontamination of {row['benchmark']}: {row['too_short']} of {row['items']} items are "
+                             f"too short to check (under dedup.decontam.min_words words)")
 
 
 def text_hash_frame(stage_dir: Path, lowercase: bool = True, strip_punctuation: bool = True) -> pd.DataFrame:

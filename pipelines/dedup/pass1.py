@@ -95,7 +95,7 @@ def hash_shard(job: dict) -> dict:
                     counts.append(n_shingles)
         if index is not None:
             with clock("decontam"):
-                contam.append(index.match_words(word_hashes, lengths, texts))
+                contam.append(index.match_words(word_hashes, lengths))
     if len(rank) != seen:
         raise RuntimeError(f"dedup: {path} changed between the keep pass and pass 1 ({len(rank)} != {seen} records)")
     n_sets = len(index.names) if index is not None else 0

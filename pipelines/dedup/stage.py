@@ -29,12 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.config import resolve, section
+from pipelines.config import section, workspace
 from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_table
-from pipelines.core.hashing import sha256_file
 from pipelines.core.shards import read_shard
 from pipelines.core.stats import ShardStats
-from pipelines.dedup import decontam, keep, semantic, spill
+from pipelines.dedup import decontam, eval_sets, keep, semantic, spill
 from pipelines.dedup.clusters import DUPLICATE_URL, EXACT_DUP, NEAR_DUP, check_unique_ids, decide, partitions
 from pipelines.dedup.decontam import CONTAMINATED
 from pipelines.dedup.minhash import MinHasher
@@ -88,7 +87,7 @@ def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
     inputs, names = [ref.uri for ref in refs], [ref.name for ref in refs]
     dc = cfg["decontam"]
     with clock("decontam_index"):
-        index = decontam.build_index(dc, resolve) if dc["enabled"] else None
+        index = decontam_index(run)
     with clock("keep_rank"):
         ids, offsets, rank = keep_rank(run, inputs, cfg["keep"])
     n, mh = len(ids), cfg["minhash"]
@@ -138,6 +137,23 @@ def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
             sem_of = semantic_pass(run, inputs, offsets, ids, rank, np.flatnonzero(survivors), cfg["semantic"])
         add_semantic(contexts, names, offsets, ids, sem_of)
     return contexts
+
+
+def decontam_index(run) -> decontam.ContaminationIndex | None:
+    """The run's contamination index (built once: pass 1 matches with it, the manifest reports its coverage)."""
+    if not run.cfg["decontam"]["enabled"]:
+        return None
+    if "decontam_index" not in run.notes:
+        run.notes["decontam_index"] = decontam.build_index(run.cfg["decontam"], workspace())
+    return run.notes["decontam_index"]
+
+
+def decontam_report(index: decontam.ContaminationIndex, cfg: dict) -> dict:
+    """What the manifest records of decontamination: per benchmark, its file (path as configured, sha256) and
+    coverage (items; checked by n-gram, checked whole; too short to check)."""
+    return {"ngram": cfg["ngram"], "min_words": cfg["min_words"], "mode": cfg["mode"],
+            "sets": {name: {"path": cfg["sets"][name]["path"], "sha256": index.sha256[name], **index.coverage[name]}
+                     for name in index.names}}
 
 
 def keep_rank(run, inputs: list[str], policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -228,9 +244,9 @@ class DedupStage(DataStage):
         return dedup_config(params)
 
     def external_inputs(self, run) -> dict[str, str]:
-        # The eval sets decide drops too.
+        # The eval sets decide drops too: each file's sha256, wherever it lives (storage.input_uri).
         dc = run.cfg["decontam"]
-        return {n: sha256_file(resolve(s["path"])) for n, s in dc["sets"].items()} if dc["enabled"] else {}
+        return {n: eval_sets.file_sha256(s, workspace(), n) for n, s in dc["sets"].items()} if dc["enabled"] else {}
 
     def plan(self, run) -> list[ShardTask]:
         # Any input can change any shard's decisions: every output shard fingerprints all inputs.
@@ -259,6 +275,10 @@ class DedupStage(DataStage):
     def process(self, task: ShardTask) -> ShardResult:
         return apply_decisions(task)
 
+    def finish(self, run, fragments: dict[str, list[dict]]) -> dict:
+        index = decontam_index(run)
+        return {"decontam": decontam_report(index, run.cfg["decontam"])} if index is not None else {}
+
     def summarize(self, run, manifest: dict, stats: list[ShardStats]) -> dict:
         drops = {r: sum(s.drops.get(r, 0) for s in stats) for r in REASONS}
         return {
@@ -274,4 +294,5 @@ class DedupStage(DataStage):
             "clusters": int(sum(s.extra.get("clusters", 0) for s in stats)),
             **{k: int(sum(s.extra.get(k, 0) for s in stats))
                for k in sorted({k for s in stats for k in s.extra if k.startswith(CONTAMINATED + "__")})},
+            **({"decontam": manifest["decontam"]} if "decontam" in manifest else {}),
         }

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from pipelines import stages
-from pipelines.config import resolve, section
+from pipelines.config import resolve, section, workspace
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.shards import read_all, stage_shards
 from pipelines.evaluate.bpb import Score, score_documents
@@ -105,7 +105,7 @@ def run_contamination(params: dict, docs: dict[str, list[str]], device: torch.de
     """Min-K% Prob of the final checkpoint on the eval sets vs held-out text -> metrics/contamination.json.
 
     ``loaded``: {phase: (model, tokenizer)} already loaded; used when the audited checkpoint is one of them."""
-    from pipelines.dedup.decontam import load_items
+    from pipelines.dedup.eval_sets import load_set
     from pipelines.evaluate.contamination import audit, decontam_stats
 
     cfg = section(params, "evaluate").get("contamination") or {}
@@ -118,7 +118,7 @@ def run_contamination(params: dict, docs: dict[str, list[str]], device: torch.de
     for name in names:
         if name not in sets:
             raise ValueError(f"evaluate.contamination.sets: {name!r} is not in dedup.decontam.sets ({sorted(sets)})")
-        items[name] = load_items(resolve(sets[name]["path"]), sets[name]["format"])[:max_items]
+        items[name] = load_set(name, sets[name], workspace()).texts[:max_items]
     # Reference: held-out corpus text (never trained on, not an eval item), round-robin over sources.
     pools = [texts for _, texts in sorted(docs.items())]
     reference = [t for group in zip(*pools) for t in group] if pools else []
