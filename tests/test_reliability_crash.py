@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.fixtures.crash_resume import SKIPPED, small_inputs
+from tests.fixtures.crash_resume import SKIPPED, ingest_order, small_inputs
 from tests.fixtures.outputs import snapshot
 from tests.fixtures.project import copy_project
 
@@ -84,18 +84,19 @@ def filtered(tmp_path_factory):
         done = stage(root, name)
         assert done.returncode == 0, done.stderr[-3000:]
         refs[name] = snapshot(root / "data" / name)
-    assert len([k for k in refs["ingest"] if re.fullmatch(r"part-\d+\.parquet", k)]) == 4
+    assert len([k for k in refs["ingest"] if re.fullmatch(r"part-[^/]+\.parquet", k)]) == 4
     return root, refs
 
 
 def test_ingest_killed_during_a_shard_write_resumes_byte_identical(filtered):
     root, refs = filtered
     shutil.rmtree(root / "data" / "ingest")
-    # Shard 0 writes its kept file (and its removed file, if any); the next write is shard 1's kept file.
-    nth = 2 + ("removed/part-00000.parquet" in refs["ingest"])
+    order = ingest_order(root)
+    # The first shard writes its kept file (and its removed file, if any); the next write is the second's kept file.
+    nth = 2 + (f"removed/{order[0]}" in refs["ingest"])
     leftovers, skipped = crash_then_resume(root, "ingest", f"shard_write:{nth}", refs["ingest"])
-    assert any(n.startswith(".tmp-part-00001.parquet") for n in leftovers), leftovers
-    assert skipped == ["part-00000.parquet"]
+    assert any(n.startswith(f".tmp-{order[1]}") for n in leftovers), leftovers
+    assert skipped == order[:1]
 
 
 def test_ingest_killed_between_shards_resumes_without_redoing_them(filtered):
@@ -103,16 +104,17 @@ def test_ingest_killed_between_shards_resumes_without_redoing_them(filtered):
     shutil.rmtree(root / "data" / "ingest")
     leftovers, skipped = crash_then_resume(root, "ingest", "shard_done:2", refs["ingest"])
     assert leftovers == []
-    assert skipped == ["part-00000.parquet", "part-00001.parquet"]
+    assert skipped == ingest_order(root)[:2]
 
 
 def test_rerun_over_a_damaged_shard_redoes_only_that_shard(filtered):
     root, refs = filtered
     out = root / "data" / "ingest"
-    (out / "part-00002.parquet").write_bytes(b"torn")  # as if a non-atomic writer had died mid-file
+    order = ingest_order(root)
+    (out / order[2]).write_bytes(b"torn")  # as if a non-atomic writer had died mid-file
     done = stage(root, "ingest")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert SKIPPED.findall(done.stderr) == ["part-00000.parquet", "part-00001.parquet", "part-00003.parquet"]
+    assert SKIPPED.findall(done.stderr) == [order[0], order[1], order[3]]
     assert snapshot(out) == refs["ingest"]
 
 
@@ -127,7 +129,7 @@ def test_dedup_killed_while_writing_its_outputs_resumes_byte_identical(filtered)
     root, refs = filtered
     shutil.rmtree(root / "data" / "dedup")
     leftovers, skipped = crash_then_resume(root, "dedup", "shard_done:1", refs["dedup"])
-    assert skipped == ["part-00000.parquet"]  # the global pass re-ran, the finished shard was kept
+    assert skipped == sorted(ingest_order(root))[:1]  # the global pass re-ran, the finished shard was kept
 
 
 @pytest.mark.slow
@@ -149,7 +151,7 @@ def test_dvc_repro_after_a_crash_resumes_finished_shards(tmp_path):
     resumed = subprocess.run([dvc, "repro", "ingest"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     log = resumed.stdout + resumed.stderr
-    assert SKIPPED.findall(log) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert SKIPPED.findall(log) == ingest_order(root)[:3]
     assert all(out.joinpath(n).stat().st_mtime_ns == t for n, t in mtimes.items())  # finished shards untouched
     assert (out / "_manifest.json").exists() and (root / "dvc.lock").exists()
 

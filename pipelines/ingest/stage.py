@@ -1,7 +1,7 @@
 """The ingest stage: raw inputs -> ``data/ingest/`` record shards.
 
-One output shard per input file, in a fixed order: WARC files, WET files,
-then each curated source in the order of ``ingest.curated`` (files sorted).
+One output shard per input file, named after it (``part-<source>-<sha1 of the file's name>``): a
+refresh that adds or drops input files re-reads only the new ones; every other shard is reused.
 
 Accounting per shard (``_stats.parquet``):
 - ``records_in``: candidate documents (HTML 2xx responses, WET conversions,
@@ -27,7 +27,9 @@ re-run resumes); only corrupt *content* is a counted skip.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
+import re
 import os
 import xml.etree.ElementTree as ET
 import zlib
@@ -37,7 +39,6 @@ from pathlib import Path
 from pipelines.config import section, workspace
 from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_table
 from pipelines.core.schema import domain_of, make_record_id, records_to_table
-from pipelines.core.shards import shard_name
 from pipelines.core.stats import ShardStats
 from pipelines.core.storage import expand_inputs, input_fingerprint, is_s3, open_input
 from pipelines.ingest import langid
@@ -87,7 +88,7 @@ def _expand(patterns, root: Path, max_files: int, what: str) -> list[str]:
 
 
 def plan_inputs(cfg: dict, root: Path) -> list[InputFile]:
-    """Every input file, in shard order."""
+    """Every input file (WARC, WET, then each curated source; files sorted)."""
     max_files = int(cfg.get("max_files") or 0)
     inputs = []
     for what in ("warc", "wet"):
@@ -106,6 +107,13 @@ def plan_inputs(cfg: dict, root: Path) -> list[InputFile]:
         for uri in _expand(spec.get("paths"), root, max_files, f"curated.{source}.paths"):
             inputs.append(InputFile(uri, _display_name(uri, root), kind, str(source)))
     return inputs
+
+
+def input_shard_name(f: InputFile) -> str:
+    """A shard is named after its input file, not its position in the input list: adding a crawl's files
+    (or dropping some) leaves every other file's shard, and its finished work, under the same name."""
+    source = re.sub(r"[^A-Za-z0-9._-]+", "_", f.source)
+    return f"part-{source}-{hashlib.sha1(f.name.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}.parquet"
 
 
 def _fingerprint(f: InputFile) -> str:
@@ -197,8 +205,8 @@ class IngestStage(DataStage):
         inputs = plan_inputs(run.cfg["ingest"], workspace())
         if not inputs:
             raise ValueError("ingest: no inputs configured (ingest.warc, ingest.wet, ingest.curated are all empty)")
-        return [ShardTask(STAGE, shard_name(i), [f.uri], {f.name: _fingerprint(f)}, {"input": f})
-                for i, f in enumerate(inputs)]
+        return [ShardTask(STAGE, input_shard_name(f), [f.uri], {f.name: _fingerprint(f)}, {"input": f})
+                for f in inputs]
 
     def prepare(self, run, tasks: list[ShardTask]) -> list[ShardTask]:
         if (run.executor_params or {}).get("start_method", "fork") == "fork":
