@@ -138,8 +138,12 @@ def test_refresh_with_a_new_crawl_and_a_takedown_is_a_child_version(project, tmp
     params["filter"]["takedown"]["domains"] = [domain]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
+    ingested = {p: p.stat().st_mtime_ns for p in (project / "data/ingest").glob("part-*.parquet")}
     run = load_dag(project, "corpus_refresh").test()
     assert str(run.state) == "success", _states(run)
+    # Only new work at ingest: shards are named after their files, so every earlier file's shard is reused.
+    after = {p: p.stat().st_mtime_ns for p in (project / "data/ingest").glob("part-*.parquet")}
+    assert {p: after.get(p) for p in ingested} == ingested and len(after) == len(ingested) + 1
     v2 = json.loads((project / "reports/data_version.json").read_text())
     lineage = json.loads((project / "reports/lineage.json").read_text())
     assert v2["version"] != v1 and v2["parent"] == lineage["parent"] == v1
