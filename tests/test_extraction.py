@@ -143,3 +143,21 @@ def test_snippet_benchmark_file_is_well_formed_and_names_real_sample_pages():
         for snippet in entry["must_contain"] + entry["must_not_contain"]:
             assert bench.squash(snippet) in visible, (entry["url"], snippet)
     assert bench.SNIPPETS.stat().st_size < 100_000  # snippets only, no page HTML
+
+
+def test_the_short_tail_after_the_last_copyright_line_is_footer(default, no_trafilatura):
+    footer = f"""<html><body><div>{BODY * 3}</div><div><p>© 2020 Example Trading Co., Ltd.</p>
+    <p>Head office: 589 Quwu Road, Minhang District, Shanghai</p><p>Phone: 021-54098575 Fax: 021-54098577</p>
+    </div></body></html>"""
+    text = default.extract(footer, None)
+    assert text.count(SENTENCE) == 12 and "Head office" not in text and "Phone:" not in text
+    # A copyright line followed by much more text is not the footer: nothing after it is cut.
+    long_tail = f"""<html><body><div><p>Photo © 2020 Example Agency</p>{BODY * 3}</div></body></html>"""
+    assert default.extract(long_tail, None).count(SENTENCE) == 12
+
+
+def test_unquoted_class_and_id_values_of_minified_pages_are_read():
+    html = ("<body>" + "".join(f"<p class=c{i}>x</p>" for i in range(8))
+            + '<div id=license>This website is licensed under CC BY 4.0</div><div class="a b">y</div></body>')
+    selector = boilerplate.name_selector(boilerplate.page_names(html), boilerplate.FIRST_PASS_WORDS)
+    assert selector == '[id="license"]'

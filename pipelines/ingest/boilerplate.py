@@ -23,8 +23,8 @@ removal safe on pages unlike the benchmark:
    cost is about 2.5x that of resiliparse alone (parse + extract), most of it the marking and the guards.
 
 Lines of the extracted text are then filtered: lines that are mostly links with next to no words of their own
-(menu rows, link-list items, "read more") and short copyright lines go, with a guard that keeps the text of a
-page that is nothing but links.
+(menu rows, link-list items, "read more"), short copyright lines and the short tail after the last of them
+(the footer's addresses and notices) go, with a guard that keeps the text of a page that is nothing but links.
 """
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ BLOCK_WORDS = ("comment", "comments", "commentlist", "disqus", "respond", "cooki
                "advert", "advertisement", "ads", "sponsor", "sponsored", "related", "recommended",
                "recommendations", "popup", "modal", "lightbox", "sidebar",
                "footer", "nav", "navbar", "navigation", "menu", "menubar", "pagination", "pager", "banner",
-               "login", "skip")
+               "login", "skip", "feedback", "license", "licence", "copyright", "legal", "disclaimer", "imprint",
+               "impressum")
 # A token names the furniture itself only if nothing but container-ish words follow the furniture word
 # ("site-footer", "comments-area", "share-buttons", "entry-meta"); "nav-item", "menu-item-type-page" and
 # "comment-body" are parts inside the furniture, matched through their container (and in C, not in Python).
@@ -88,13 +89,17 @@ MAX_PROSE_SHARE = 0.4
 WIDGET_MAX_PROSE = 400
 # Output lines at least this share inside links, with fewer own word characters than LINK_LINE_MAX_PROSE, are
 # menu rows and link lists. A sentence with many links (Wikipedia) still has its own words between them.
-LINK_LINE_DENSITY = 0.75
+LINK_LINE_DENSITY = 0.5
 LINK_LINE_MAX_PROSE = 15
 # Short copyright / rights lines (an article sentence about copyright is longer).
 _COPYRIGHT = re.compile(r"©|\(c\)\s*\d{4}|\bcopyright\b|all rights reserved|alle rechte vorbehalten|"
                         r"tous droits réservés|todos los derechos|tutti i diritti|版权所有|版權所有|著作権|"
                         r"все права защищены", re.IGNORECASE)
 COPYRIGHT_MAX_CHARS = 200
+# The tail after the last copyright line is dropped when its lines are short and it is at most FOOTER_TAIL_MAX
+# word characters or FOOTER_TAIL_SHARE of the text (photo credits sit in <figure>, which is not extracted).
+FOOTER_TAIL_MAX = 300
+FOOTER_TAIL_SHARE = 0.15
 # Fallbacks: when the first pass keeps less than MIN_PROSE_SHARE of the page's prose or fewer than MIN_WORDCHARS,
 # the whole body is tried; when that still has fewer than MIN_WORDCHARS on a page with at least MIN_PAGE_PROSE
 # (counting <nav>/<aside> text), trafilatura.
@@ -106,6 +111,8 @@ _CLASS_ATTR = re.compile(r'class="([^"]*)"')
 _ID_ATTR = re.compile(r'id="([^"]*)"')
 _CLASS_ATTR_UC = re.compile(r'CLASS="([^"]*)"')
 _ID_ATTR_UC = re.compile(r'ID="([^"]*)"')
+_CLASS_UNQUOTED = re.compile(r"class=([^\s\"'>=]+)")
+_ID_UNQUOTED = re.compile(r"id=([^\s\"'>=]+)")
 _NAME_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")  # "postDate" -> post, Date; "site-footer" -> site, footer
 _LOWER_WORDS = re.compile(r"[a-z]+")
 _SAFE_TOKEN = re.compile(r"[\w\-:./]+")  # anything else is not a real class/id (e.g. quotes inside a script)
@@ -164,6 +171,10 @@ def page_names(html: str) -> dict[str, tuple[str, str]]:
     if not classes and not ids:  # old pages with upper-case attributes
         classes.update(_CLASS_ATTR_UC.findall(html, start))
         ids.update(_ID_ATTR_UC.findall(html, start))
+    if html.count("class=", start) - html.count('class="', start) - html.count("class='", start) > 5:
+        # Minified HTML leaves single-token values unquoted (class=footer id=license): read those too.
+        classes.update(_CLASS_UNQUOTED.findall(html, start))
+        ids.update(_ID_UNQUOTED.findall(html, start))
     names = {t: ('[class~="{}"]', t.lower()) for value in classes for t in value.split()}
     names.update((i, ('[id="{}"]', i.lower())) for i in ids)
     return names
@@ -224,9 +235,11 @@ def mark_boilerplate(root, page_prose: int, names: str | None, vocabulary: froze
             per_name[name] = per_name.get(name, 0) + prose
     flagged = 0
     for node, prose, name, widget in candidates:
-        if node.tag in _NEVER or node.closest(SKIP_SELECTOR) is not None:
+        if node.tag in _NEVER:
             continue
-        if prose is None:
+        if prose is None:  # structural candidates: measured lazily, none inside an element already flagged
+            if node.closest(SKIP_SELECTOR) is not None:
+                continue
             prose = prose_chars(node.text or "")
         if prose >= limit or (name is not None and per_name[name] >= limit) or (widget and prose > WIDGET_MAX_PROSE):
             continue  # holds too much of the page: a container, not furniture
@@ -236,9 +249,11 @@ def mark_boilerplate(root, page_prose: int, names: str | None, vocabulary: froze
 
 
 def filter_lines(text: str) -> str:
-    """Drop link-dense lines and short copyright lines; keep the text if that would leave next to nothing."""
+    """Drop link-dense lines, short copyright lines and the short tail after the last copyright line; keep
+    the text if that would leave next to nothing."""
     lines = text.split("\n")
     kept = []
+    footer_at = None  # index in ``kept`` after the last copyright line
     for line in lines:
         if _OPEN in line:
             prose = prose_chars(line)
@@ -246,8 +261,18 @@ def filter_lines(text: str) -> str:
             if prose < LINK_LINE_MAX_PROSE and words - prose >= LINK_LINE_DENSITY * words:
                 continue  # a menu row, a link-list item, "read more"
         if len(line) <= COPYRIGHT_MAX_CHARS and _COPYRIGHT.search(line):
+            footer_at = len(kept)
             continue
         kept.append(line)
+    if footer_at is not None and footer_at < len(kept):
+        # A copyright line opens the page footer: what follows it (addresses, phone numbers, hosting notes) goes
+        # too, if it is only a small tail of short lines (a photo credit inside an article is followed by the
+        # rest of the article).
+        tail = kept[footer_at:]
+        tail_words = sum(map(_wordchars, tail))
+        if all(len(line) <= COPYRIGHT_MAX_CHARS for line in tail) and (tail_words <= FOOTER_TAIL_MAX or tail_words
+                                                                       <= FOOTER_TAIL_SHARE * _wordchars(text)):
+            del kept[footer_at:]
     if len(kept) == len(lines):
         return text
     filtered = "\n".join(kept)
