@@ -159,5 +159,5 @@ def test_the_short_tail_after_the_last_copyright_line_is_footer(default, no_traf
 def test_unquoted_class_and_id_values_of_minified_pages_are_read():
     html = ("<body>" + "".join(f"<p class=c{i}>x</p>" for i in range(8))
             + '<div id=license>This website is licensed under CC BY 4.0</div><div class="a b">y</div></body>')
-    selector = boilerplate.name_selector(boilerplate.page_names(html), boilerplate.FIRST_PASS_WORDS)
+    selector = boilerplate.PageNames(html).selector(boilerplate.FIRST_PASS_WORDS)
     assert selector == '[id="license"]'

@@ -28,6 +28,7 @@ Lines of the extracted text are then filtered: lines that are mostly links with 
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 
@@ -38,10 +39,9 @@ _OPEN, _CLOSE = "\x02", "\x03"
 SKIP_ATTR = "data-boilerplate"
 SKIP_SELECTOR = f"[{SKIP_ATTR}]"
 # Removed from the tree before anything else (outermost ones only, so no removed node is touched again): never
-# text, their contents would count as prose in node.text; or never main content: resiliparse's main-content
-# rules drop every <nav> and <aside> unconditionally, so their links need no marking.
-_DROPPED = (":is(script, style, noscript, template, svg, nav, aside)"
-            ":not(:is(svg, nav, aside, noscript, template) *)")
+# main content for resiliparse, whose main-content rules drop every <nav> and <aside> unconditionally, so their
+# links need no marking. (Text is measured with inner_text, which leaves out scripts and styles by itself.)
+_DROPPED = ":is(nav, aside):not(:is(nav, aside) *)"
 
 # Page furniture by tag, role or visibility (<nav> and <aside> are gone already, see _DROPPED). A <header> inside
 # an <article>/<main> is the article's own header.
@@ -114,7 +114,6 @@ _ID_ATTR_UC = re.compile(r'ID="([^"]*)"')
 _CLASS_UNQUOTED = re.compile(r"class=([^\s\"'>=]+)")
 _ID_UNQUOTED = re.compile(r"id=([^\s\"'>=]+)")
 _NAME_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")  # "postDate" -> post, Date; "site-footer" -> site, footer
-_LOWER_WORDS = re.compile(r"[a-z]+")
 _SAFE_TOKEN = re.compile(r"[\w\-:./]+")  # anything else is not a real class/id (e.g. quotes inside a script)
 
 
@@ -159,43 +158,52 @@ def furniture_word(name: str) -> str | None:
     return None
 
 
-def page_names(html: str) -> dict[str, tuple[str, str]]:
-    """The class tokens and ids of a page, read from the raw HTML: name -> (selector format, lower-cased name).
+class PageNames:
+    """The class tokens and ids of a page, read from the raw HTML with literal-prefix regexes: several times
+    cheaper than walking the DOM in Python or evaluating dozens of CSS substring selectors (the selectors
+    built from it then match exact tokens, in C)."""
 
-    Two literal-prefix regexes over the HTML, several times cheaper than walking the DOM in Python or
-    evaluating dozens of CSS substring selectors (the selectors built from it then match exact tokens, in C)."""
-    start = html.find("<body")  # the head's inline CSS/JS holds no element of the body: not scanned
-    if start < 0:
-        start = max(html.find("<BODY"), 0)
-    classes, ids = set(_CLASS_ATTR.findall(html, start)), set(_ID_ATTR.findall(html, start))
-    if not classes and not ids:  # old pages with upper-case attributes
-        classes.update(_CLASS_ATTR_UC.findall(html, start))
-        ids.update(_ID_ATTR_UC.findall(html, start))
-    if html.count("class=", start) - html.count('class="', start) - html.count("class='", start) > 5:
-        # Minified HTML leaves single-token values unquoted (class=footer id=license): read those too.
-        classes.update(_CLASS_UNQUOTED.findall(html, start))
-        ids.update(_ID_UNQUOTED.findall(html, start))
-    names = {t: ('[class~="{}"]', t.lower()) for value in classes for t in value.split()}
-    names.update((i, ('[id="{}"]', i.lower())) for i in ids)
-    return names
+    def __init__(self, html: str):
+        start = html.find("<body")  # the head's inline CSS/JS holds no element of the body: not scanned
+        if start < 0:
+            start = max(html.find("<BODY"), 0)
+        classes, ids = set(_CLASS_ATTR.findall(html, start)), set(_ID_ATTR.findall(html, start))
+        if not classes and not ids:  # old pages with upper-case attributes
+            classes.update(_CLASS_ATTR_UC.findall(html, start))
+            ids.update(_ID_ATTR_UC.findall(html, start))
+        if html.count("class=", start) - html.count('class="', start) - html.count("class='", start) > 5:
+            # Minified HTML leaves single-token values unquoted (class=footer id=license): read those too.
+            classes.update(_CLASS_UNQUOTED.findall(html, start))
+            ids.update(_ID_UNQUOTED.findall(html, start))
+        tokens = set(" ".join(classes).split())
+        self.names = list(tokens) + list(ids - tokens)  # an id equal to a class token is found as the token
+        self.n_classes = len(tokens)
+        self.ids = ids
+        self.lowered = "\n".join(self.names).lower()
 
-
-@functools.lru_cache(maxsize=4096)
-def _words_pattern(words: frozenset[str]) -> re.Pattern:
-    return re.compile("|".join(sorted(words)))
-
-
-def name_selector(names: dict[str, tuple[str, str]], vocabulary: frozenset[str]) -> str | None:
-    """A CSS selector for the elements whose class token or id names furniture of ``vocabulary``, or None.
-    Only names containing a vocabulary word at all (one set intersection over the page's words, then one
-    small regex per name) are parsed."""
-    hits = set(_LOWER_WORDS.findall("\n".join(low for _, low in names.values()))) & vocabulary
-    if not hits:
-        return None
-    search = _words_pattern(frozenset(hits)).search
-    parts = {fmt.format(name) for name, (fmt, low) in names.items()
-             if search(low) and _SAFE_TOKEN.fullmatch(name) and furniture_word(name) in vocabulary}
-    return ", ".join(sorted(parts)) or None
+    def selector(self, vocabulary: frozenset[str]) -> str | None:
+        """A CSS selector for the elements whose class token or id names furniture of ``vocabulary``, or None.
+        Only names that contain a vocabulary word are parsed; they are found with str.find, not per name."""
+        hits = [word for word in vocabulary if word in self.lowered]  # substrings; furniture_word decides
+        if not hits:
+            return None
+        starts = [0]
+        for name in self.names:
+            starts.append(starts[-1] + len(name) + 1)
+        found = set()
+        for word in hits:
+            at = self.lowered.find(word)
+            while at >= 0:
+                found.add(bisect.bisect_right(starts, at) - 1)
+                at = self.lowered.find(word, at + len(word))
+        parts = set()
+        for i in found:
+            name = self.names[i]
+            if _SAFE_TOKEN.fullmatch(name) and furniture_word(name) in vocabulary:
+                parts.add(f'[class~="{name}"]' if i < self.n_classes else f'[id="{name}"]')
+                if i < self.n_classes and name in self.ids:
+                    parts.add(f'[id="{name}"]')
+        return ", ".join(sorted(parts)) or None
 
 
 def _furniture_name(node, vocabulary: frozenset[str]) -> tuple[str, str] | None:
@@ -228,7 +236,7 @@ def mark_boilerplate(root, page_prose: int, names: str | None, vocabulary: froze
         for node in root.query_selector_all(names).values():
             named = _furniture_name(node, vocabulary)
             if named:
-                candidates.append((node, prose_chars(node.text or ""), named[0], named[1] in _WIDGET))
+                candidates.append((node, prose_chars(node.inner_text or ""), named[0], named[1] in _WIDGET))
     per_name: dict[str, int] = {}
     for _, prose, name, _ in candidates:
         if name is not None:
@@ -240,7 +248,7 @@ def mark_boilerplate(root, page_prose: int, names: str | None, vocabulary: froze
         if prose is None:  # structural candidates: measured lazily, none inside an element already flagged
             if node.closest(SKIP_SELECTOR) is not None:
                 continue
-            prose = prose_chars(node.text or "")
+            prose = prose_chars(node.inner_text or "")
         if prose >= limit or (name is not None and per_name[name] >= limit) or (widget and prose > WIDGET_MAX_PROSE):
             continue  # holds too much of the page: a container, not furniture
         node.setattr(SKIP_ATTR, "")
@@ -306,22 +314,21 @@ class GuardedExtractor:
             return ""
         dropped = 0  # word characters of the removed <nav>/<aside> elements
         for node in body.query_selector_all(_DROPPED).values():
-            if node.tag in ("nav", "aside"):
-                dropped += _wordchars(node.text or "")
+            dropped += _wordchars(node.inner_text or "")
             node.decompose()
         mark_links(body)
-        page_prose = prose_chars(body.text or "")
-        names = page_names(html)
+        page_prose = prose_chars(body.inner_text or "")
+        names = PageNames(html)
         # First pass: resiliparse's main-content rules already drop navigation, global footers and hidden
         # elements (unguarded, hence the fallbacks below); the guarded name rules add what they miss.
-        mark_boilerplate(body, page_prose, name_selector(names, FIRST_PASS_WORDS), FIRST_PASS_WORDS, structural=False)
+        mark_boilerplate(body, page_prose, names.selector(FIRST_PASS_WORDS), FIRST_PASS_WORDS, structural=False)
         skip = [SKIP_SELECTOR]
         text = filter_lines(extract_plain_text(tree, main_content=True, alt_texts=False, skip_elements=skip))
         if prose_chars(text) >= MIN_PROSE_SHARE * page_prose and _wordchars(text) >= MIN_WORDCHARS:
             return _clean(text)
         if page_prose >= MIN_WORDCHARS:
             # resiliparse's heuristics dropped most of the page: the whole body, under guarded structural rules.
-            mark_boilerplate(body, page_prose, name_selector(names, NAVIGATION_WORDS), _FURNITURE, structural=True)
+            mark_boilerplate(body, page_prose, names.selector(NAVIGATION_WORDS), _FURNITURE, structural=True)
             whole = filter_lines(extract_plain_text(tree, main_content=False, alt_texts=False, skip_elements=skip))
             if _wordchars(whole) > _wordchars(text):
                 text = whole
