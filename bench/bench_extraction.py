@@ -36,7 +36,7 @@ DATA = ROOT.parent / "shared" / "data" / "html" / "article-extraction-benchmark"
 SNIPPETS = Path(__file__).resolve().parent / "data" / "extraction_snippets.json"
 OUT = Path(__file__).resolve().parent / "results" / "extraction.json"
 ANCHOR = "trafilatura"
-SPEED_ROUNDS = 3
+SPEED_ROUNDS = 5
 _TOKEN = re.compile(r"\w+")
 _SPACE = re.compile(r"\s+")
 
