@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 
 from pipelines.core.shards import read_all
 from pipelines.core.stats import ShardStats
-from pipelines.ingest.extract import MAX_NESTING_DEPTH, UndecodableError, decode_html, get_extractor
+from pipelines.ingest.extract import DEFAULT_EXTRACTOR, MAX_NESTING_DEPTH, UndecodableError, decode_html, get_extractor
 from pipelines.ingest.items import Candidate, Defect, Skipped
 from pipelines.ingest.stage import DROP_REASONS
 from pipelines.ingest.warc import Seen, read_archive
 from tests.fixtures.hostile import SAMPLE_WARC, members, nesting_bomb, real_pages, warc_record, write_big_record_warc
 
-EXTRACTOR = get_extractor("resiliparse")
+EXTRACTOR = get_extractor(DEFAULT_EXTRACTOR)
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +156,9 @@ def test_100mb_record_is_counted_too_large_in_bounded_memory(tmp_path):
     # A child process, so its peak RSS is this read alone (ru_maxrss never goes down).
     code = textwrap.dedent(f"""
         import json, resource
-        from pipelines.ingest.extract import get_extractor
+        from pipelines.ingest.extract import DEFAULT_EXTRACTOR, get_extractor
         from pipelines.ingest.warc import read_archive
-        ex = get_extractor("resiliparse")
+        ex = get_extractor(DEFAULT_EXTRACTOR)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with open({str(path)!r}, "rb") as f:
             items = [i for i in read_archive(f, ex, 10_000_000, 1) if hasattr(i, "url")]

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from pipelines.core.shards import read_all
-from pipelines.ingest.extract import get_extractor
+from pipelines.ingest.extract import DEFAULT_EXTRACTOR, get_extractor
 from pipelines.ingest.items import Candidate
 from pipelines.stages import runner
 run = runner("ingest")
@@ -102,7 +102,7 @@ def encoded_cases():
 
 def test_each_encoding_is_decoded_or_counted_undecodable(encoded_cases):
     warc = b"".join(_warc_record(i, body, ctype) for i, (_, body, ctype, _, _) in enumerate(encoded_cases))
-    items = [it for it in read_archive(io.BytesIO(warc), get_extractor("resiliparse"), 10_000_000, 1)
+    items = [it for it in read_archive(io.BytesIO(warc), get_extractor(DEFAULT_EXTRACTOR), 10_000_000, 1)
              if isinstance(it, Candidate)]
     assert len(items) == len(encoded_cases)  # no record lost, nothing raised
     for item, (name, _, _, line, _) in zip(items, encoded_cases):

@@ -6,8 +6,10 @@ UTF-8, then the uchardet-based detector of resiliparse. A result that is
 mostly replacement characters is binary junk served as HTML: undecodable.
 
 Main-text extraction sits behind a small interface so the extractor is a
-params choice (``ingest.extractor``): resiliparse with boilerplate pruning (fast, default),
-resiliparse_raw (its heuristics alone) or trafilatura.
+params choice (``ingest.extractor``): ``guarded`` (default: resiliparse's main-content heuristics,
+boilerplate rules that can never remove the bulk of a page, a link-density line filter and a fallback
+for pages those heuristics empty; see boilerplate.py), ``resiliparse`` (the former default: resiliparse
+plus unguarded name rules), ``resiliparse_raw`` (its heuristics alone) or ``trafilatura``.
 """
 from __future__ import annotations
 
@@ -129,13 +131,11 @@ class Extractor(Protocol):
         """Main text of a page ('' when there is none)."""
 
 
-# Boilerplate pruning around resiliparse's main-content heuristics: elements skipped before text
-# extraction (lexbor CSS selectors, evaluated in C, so it costs almost nothing). Generic rules of the
-# kind production extractors (trafilatura, readability) apply, not per-site hacks: page furniture tags,
-# the page title (<h1>: trafilatura also keeps the title out of the body text), and blocks whose class
-# or id names comments, captions, dates, author boxes, sign-up / share / promo widgets. Chosen on the
-# even-indexed pages of the article-extraction benchmark and checked on the odd-indexed half
-# (bench/results/extraction.json: f1_even / f1_odd). Containers of the whole page are never skipped.
+# The former default (extractor ``resiliparse``), kept for comparison: boilerplate pruning around resiliparse's
+# main-content heuristics by lexbor CSS selectors (page furniture tags, the <h1> title, blocks whose class or id
+# contains comment, caption, date, author, share, cookie ...). Chosen on the article-extraction benchmark, and
+# unguarded: on other pages a rule that hits the main container empties the page (a ``cookies-policy`` page,
+# Blogger's ``date-outer`` post wrappers, a container named ``share``). ``guarded`` (boilerplate.py) replaces it.
 BOILERPLATE_TAGS = ("h1", "footer")
 BOILERPLATE_NAMES = ("comment", "caption", "date", "author", "byline", "newsletter", "subscri", "share",
                      "promo", "cookie", "popup")
@@ -182,7 +182,13 @@ class TrafilaturaExtractor:
                                    deduplicate=False, output_format="txt") or ""
 
 
-EXTRACTORS = {e.name: e for e in (ResiliparseExtractor, ResiliparseRawExtractor, TrafilaturaExtractor)}
+# Imported here, after the names it uses, because boilerplate.py builds on this module.
+from pipelines.ingest.boilerplate import GuardedExtractor  # noqa: E402
+
+EXTRACTORS = {e.name: e for e in (GuardedExtractor, ResiliparseExtractor, ResiliparseRawExtractor,
+                                  TrafilaturaExtractor)}
+# What ingest.extractor means when params leave it out (params.yaml sets it explicitly).
+DEFAULT_EXTRACTOR = GuardedExtractor.name
 
 
 def get_extractor(name: str) -> Extractor:

@@ -44,7 +44,7 @@ from pipelines.core.storage import expand_inputs, input_fingerprint, is_s3, open
 from pipelines.ingest import langid
 from pipelines.ingest.common_crawl import crawl_files
 from pipelines.ingest.curated import KINDS, READERS
-from pipelines.ingest.extract import get_extractor
+from pipelines.ingest.extract import DEFAULT_EXTRACTOR, get_extractor
 from pipelines.ingest.items import Candidate, Defect, Skipped
 from pipelines.ingest.warc import Seen, crawl_source, read_archive
 
@@ -128,7 +128,7 @@ def _fingerprint(f: InputFile) -> str:
 def _items(f: InputFile, stream, cfg: dict):
     max_bytes, min_chars = int(cfg.get("max_record_bytes", 10_000_000)), int(cfg.get("min_text_chars", 1))
     if f.reader == "archive":
-        return read_archive(stream, get_extractor(cfg.get("extractor", "resiliparse")), max_bytes, min_chars)
+        return read_archive(stream, get_extractor(cfg.get("extractor", DEFAULT_EXTRACTOR)), max_bytes, min_chars)
     spec = (cfg.get("curated") or {})[f.source] or {}
     return READERS[f.reader](stream, f.name.rsplit("/", 1)[-1], spec, max_bytes, min_chars)
 
@@ -198,7 +198,7 @@ class IngestStage(DataStage):
 
     def config(self, params: dict) -> dict:
         cfg = section(params, STAGE)
-        get_extractor(cfg.get("extractor", "resiliparse"))  # fail on a bad name before any work
+        get_extractor(cfg.get("extractor", DEFAULT_EXTRACTOR))  # fail on a bad name before any work
         return {"ingest": cfg, "seed": params.get("seed")}
 
     def plan(self, run) -> list[ShardTask]:
