@@ -288,3 +288,25 @@ def test_s3_inputs_match_local_file(workspace, moto_s3, monkeypatch):
     params["ingest"]["warc"] = ["s3://bucket/crawl-data/missing.warc.gz"]
     with pytest.raises(FileNotFoundError, match="missing.warc.gz"):
         run(params)
+
+
+def test_adding_an_input_file_reads_only_that_file(workspace, caplog):
+    """Shards are named after their input files and the input lists are not part of the shard hash:
+    a refresh that adds a file leaves every other shard complete (not rewritten, not re-read)."""
+    params = workspace.params()
+    params["ingest"].update(warc=[RESILIPARSE_WARC], wet=[], curated={"books": params["ingest"]["curated"]["books"]})
+    workspace.set_params(params)
+    run(params)
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in _out(workspace).glob("part-*.parquet")}
+    assert len(before) == 1 + len(list(workspace.path("samples/text/books").glob("*.txt")))
+
+    params["ingest"]["warc"].append(IA_WARC)
+    workspace.set_params(params)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipelines.core.runner"):
+        run(params)
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in _out(workspace).glob("part-*.parquet")}
+    assert {n: after[n] for n in before} == before and len(after) == len(before) + 1
+    assert f"{len(before)} skipped as complete" in caplog.text
+    new = (set(after) - set(before)).pop()
+    assert new.startswith("part-web-") and read_shard(_out(workspace) / new).num_rows > 0

@@ -11,6 +11,7 @@ pool or a Ray cluster) that runs ``process``.
 
 Two hooks cover whole-input work, and they differ in what a re-run may skip:
 
+- ``shard_settings(cfg)``: the part of the config a shard's output depends on (default: all of it).
 - ``global_inputs(run, tasks)``: a value every shard depends on (the filter's quality
   threshold, select's trained classifier). It is folded into the hash that each
   finished shard is checked against, so it runs whenever the stage is not entirely
@@ -90,8 +91,15 @@ class DataStage:
         return own + tuple(self.code)
 
     def config(self, params: dict) -> dict:
-        """The validated settings; the stage hash covers all of them. Raise on a bad value, naming it."""
+        """The validated settings; the stage hash covers all of them (but see ``shard_settings``). Raise on a
+        bad value, naming it."""
         return dict(params.get(self.name) or {})
+
+    def shard_settings(self, cfg: dict) -> dict:
+        """The part of the config that decides what a shard's task writes (its params hash). Settings that only
+        choose which tasks exist (ingest's input lists) stay out: each task's fingerprints name its input, so
+        adding an input leaves the other shards complete."""
+        return cfg
 
     def input_fingerprints(self, run: "StageRun") -> dict[str, str]:
         """Every upstream shard's identity (the stage key covers them even when tasks are made later)."""

@@ -281,7 +281,7 @@ def _run(run: StageRun) -> dict:
     old_artifacts = set(((load_manifest_if_any(run.out_dir) or {}).get("artifacts") or {}))
 
     global_values = stage.global_inputs(run, tasks)
-    phash = stage_hash(stage.code_packages, {"config": run.cfg, "global": global_values})
+    phash = stage_hash(stage.code_packages, {"config": stage.shard_settings(run.cfg), "global": global_values})
     done = _check(run, tasks, phash, {})
     if not tasks or any(f is None for f in done.values()) or stage.needs_prepare(run):
         tasks = stage.prepare(run, tasks)

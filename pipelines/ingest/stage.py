@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 STAGE = "ingest"
 DROP_REASONS = ["too_large", "undecodable", "empty_text", "extract_error", "malformed"]
 ALWAYS_COUNTED = ("read_errors", "empty_files", "payload_records")  # in every shard's stats, even at 0
-MAX_PROBLEMS = 20  # read errors named per file (all are counted)
+MAX_PROBLEMS = 20
+INPUT_LISTS = ("warc", "wet", "max_files", "crawl_id", "cc_bucket", "cc_files")  # choose files, not how to read them  # read errors named per file (all are counted)
 # Content errors of a curated input file: counted, the rest of the inputs go on (WARC damage is a Defect).
 CONTENT_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, ET.ParseError, OSError)
 
@@ -200,6 +201,13 @@ class IngestStage(DataStage):
         cfg = section(params, STAGE)
         get_extractor(cfg.get("extractor", DEFAULT_EXTRACTOR))  # fail on a bad name before any work
         return {"ingest": cfg, "seed": params.get("seed")}
+
+    def shard_settings(self, cfg: dict) -> dict:
+        # Which files are read (the lists, max_files, the crawl listing) is not how a file is read.
+        ingest = {k: v for k, v in cfg["ingest"].items() if k not in INPUT_LISTS}
+        ingest["curated"] = {s: {k: v for k, v in (spec or {}).items() if k != "paths"}
+                             for s, spec in (cfg["ingest"].get("curated") or {}).items()}
+        return {**cfg, "ingest": ingest}
 
     def plan(self, run) -> list[ShardTask]:
         inputs = plan_inputs(run.cfg["ingest"], workspace())
