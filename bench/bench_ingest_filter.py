@@ -6,7 +6,7 @@ Input: the sample WARC files (samples/warc/*.warc.gz) replicated to ``BENCH_RECO
 the per-file costs of both pipelines stay the small share they are on real crawl files (~40k records each).
 Both pipelines are timed by wall clock and by CPU seconds (this process + all its descendants, polled):
 the machine is shared, and CPU seconds are the steadier measure.
-Ours: ``pipelines.ingest`` (fastwarc, resiliparse extraction, decoding, langid) then ``pipelines.filter``
+Ours: ``pipelines.ingest`` (its tolerant WARC reader, the default extractor, decoding, langid) then ``pipelines.filter``
 with the rules datatrove also runs (Gopher quality + repetition, C4, FineWeb) in a throwaway workspace;
 the language rule allows every language and the URL / fastText rules are off, so both sides apply the same
 rule set (our ingest still runs language ID, which datatrove's pipeline does not).
@@ -125,8 +125,7 @@ def bench_params(files: list[Path]) -> dict:
 
 
 def run_ours(files: list[Path]) -> dict:
-    from pipelines.filter import stage as filter_stage
-    from pipelines.ingest import stage as ingest_stage
+    from pipelines import stages
 
     ws = WORK / "ours"
     shutil.rmtree(ws, ignore_errors=True)
