@@ -30,18 +30,15 @@ MODES = ("drop", "flag")
 # the window at i is (prefix[i + L] - prefix[i]) * BASE^-i, for every i and L at once.
 _BASE = np.uint64(0x9E3779B97F4A7C15)
 _BASE_INV = np.uint64(pow(int(_BASE), -1, 1 << 64))
-_POWERS: dict[int, np.ndarray] = {}
 
 
 def _powers(base: np.uint64, n: int) -> np.ndarray:
-    """base^0 .. base^(n-1) mod 2^64 (cached, grown by doubling)."""
-    have = _POWERS.get(int(base))
-    if have is None or len(have) < n:
-        size = max(n, 2 * len(have) if have is not None else 1024)
-        have = np.full(size, base, dtype=np.uint64)
-        have[0] = 1
-        _POWERS[int(base)] = have = np.cumprod(have)  # wraps mod 2^64, as meant
-    return have[:n]
+    """base^0 .. base^(n-1) mod 2^64. Computed per batch, not cached: a cache grown to the largest batch
+    would stay in every worker for good (a few ms per batch is the price)."""
+    out = np.full(n, base, dtype=np.uint64)
+    if n:
+        out[0] = 1
+    return np.cumprod(out)  # wraps mod 2^64, as meant
 
 
 class _WordStream:
