@@ -11,7 +11,6 @@ from pipelines import stages
 from pipelines.checks import inputs
 from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.suites import Batch, GatePlan, recorded, stage_checks, standard_plan, totals_batch
-from pipelines.config import section
 from pipelines.core.manifest import MANIFEST
 from pipelines.filter import takedown
 
@@ -31,9 +30,7 @@ def plan(params: dict, root: Path) -> GatePlan:
             return out
         gate.batches.append(totals_batch(stats, rates))
     _quality_keep(gate, params, stages.output_dir("filter", root), root)
-    removed = takedown.remaining_check([stages.output_dir("filter", root)], section(params, "filter").get("takedown"), root)
-    if removed is not None:
-        gate.file_checks.append(removed)
+    takedown.check_none_remain(gate, [stages.output_dir("filter", root)], params, root)
     return gate
 
 

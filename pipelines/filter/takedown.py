@@ -137,9 +137,15 @@ def takedown_files(cfg: dict | None) -> list[str]:
     return _entries((cfg or {}).get("files"), "files")
 
 
-def remaining_check(directories: list[Path], cfg: dict | None, root: Path):
-    """A gate check: no record under ``directories`` (stage or split dirs) matches the takedown list.
-    None when the list is empty."""
+def check_none_remain(gate, directories: list[Path], params: dict, root: Path) -> None:
+    """Add to ``gate`` (a GatePlan) the check that no record under ``directories`` (stage or split dirs)
+    matches params' takedown list; nothing when the list is empty."""
+    check = _remaining_check(directories, (params.get("filter") or {}).get("takedown"), root)
+    if check is not None:
+        gate.file_checks.append(check)
+
+
+def _remaining_check(directories: list[Path], cfg: dict | None, root: Path):
     from pipelines.checks.inputs import record_shards, rel
     from pipelines.checks.results import CheckResult
     from pipelines.core.shards import read_shard

@@ -13,7 +13,6 @@ from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.suites import (
     Batch, GatePlan, readable, record_expectations, sample_rows, stage_checks, stats_expectations,
 )
-from pipelines.config import section
 from pipelines.core.runner import STATS
 from pipelines.filter import takedown
 from pipelines.mix.report import blend_rows
@@ -86,10 +85,7 @@ def plan(params: dict, root: Path) -> GatePlan:
             E.ExpectColumnValuesToBeBetween(column="share_error", min_value=0, max_value=tolerance)],
             ["phase", "domain"]))
     # What training reads must not hold a taken-down record (the filter removed them; this proves it).
-    removed = takedown.remaining_check([present[s] for s in MIX_SPLITS if s in present],
-                                       section(params, "filter").get("takedown"), root)
-    if removed is not None:
-        gate.file_checks.append(removed)
+    takedown.check_none_remain(gate, [present[s] for s in MIX_SPLITS if s in present], params, root)
     return gate
 
 
