@@ -18,7 +18,7 @@ venv: $(VENV_STAMP)
 $(VENV_STAMP): requirements.lock pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
 	@test -x $(PY) || uv venv -q --python 3.11 .venv
-	VIRTUAL_ENV=$(CURDIR)/.venv uv pip install -q --index-strategy unsafe-best-match $${PIP_FIND_LINKS:+--find-links $$PIP_FIND_LINKS} -r requirements.lock
+	VIRTUAL_ENV=$(CURDIR)/.venv uv pip install -q --compile-bytecode --index-strategy unsafe-best-match $${PIP_FIND_LINKS:+--find-links $$PIP_FIND_LINKS} -r requirements.lock
 	VIRTUAL_ENV=$(CURDIR)/.venv uv pip install -q --no-deps -e .
 	@touch $(VENV_STAMP)
 
