@@ -55,6 +55,8 @@ class StageRun:
         self.extra_stats: list[ShardStats] = []  # accounting rows of work done outside the tasks (pack's encoding)
         self.tasks: list[ShardTask] = []  # this run's tasks, once planned and prepared
         self.notes: dict = {}  # what the stage's whole-input passes found, for its finish()
+        self.key = ""  # the stage key (config + code + inputs), once planned
+        self.complete: dict[str, bool] = {}  # task rel -> its output is complete, when prepare runs
         self._scratch: Store | None = None
 
     @property
@@ -273,7 +275,7 @@ def _run(run: StageRun) -> dict:
     stage = run.stage
     run.out_dir.mkdir(parents=True, exist_ok=True)
     tasks = stage.plan(run)
-    key = stage_key(run, tasks)
+    key = run.key = stage_key(run, tasks)
     previous = _up_to_date(run, key)
     if previous is not None:
         log.info("%s: every output is up to date with its inputs, params and code; nothing to do", run.name)
@@ -284,6 +286,7 @@ def _run(run: StageRun) -> dict:
     phash = stage_hash(stage.code_packages, {"config": stage.shard_settings(run.cfg), "global": global_values})
     done = _check(run, tasks, phash, {})
     if not tasks or any(f is None for f in done.values()) or stage.needs_prepare(run):
+        run.complete = {rel: f is not None for rel, f in done.items()}
         tasks = stage.prepare(run, tasks)
         done = _check(run, tasks, phash, done)
     if not tasks:

@@ -64,10 +64,12 @@ def partitions(n: int, chunk: int) -> int:
 
 
 def decide(run_map, store, layout: list[dict[str, np.ndarray]], n: int, parts: int, *, exact: bool, bands: int,
-           url: bool, threshold: float | None, clock: PhaseClock) -> Decisions:
+           url: bool, threshold: float | None, clock: PhaseClock, index: dict | None = None) -> Decisions:
     """Decisions over pass 1's key files; ``layout``: per shard, key kind -> its files' partition offsets.
 
-    ``run_map(fn, jobs)`` runs tasks on the executor; ``store``: the run's scratch store.
+    ``run_map(fn, jobs)`` runs tasks on the executor; ``store``: the run's scratch store; ``index``: in a
+    refresh, where the dedup index's signatures are and the MinHash settings (the pair tasks verify an
+    index entry's pairs by signature).
     """
     bounds = spill.node_bounds(n, parts)
     files = lambda kind: [(spill.key_rel(s, kind), off[kind]) for s, off in enumerate(layout)]  # noqa: E731
@@ -102,7 +104,7 @@ def decide(run_map, store, layout: list[dict[str, np.ndarray]], n: int, parts: i
         with clock("pairs_verify"):
             outs = [f"pairs/q{q:05d}.bin" for q in range(parts)]
             jobs = [{"store": store, "parts": spill.slices(pair_files, q), "threshold": threshold, "out": outs[q],
-                     "bounds": bounds} for q in range(parts)]
+                     "bounds": bounds, "index": index} for q in range(parts)]
             results = _run(run_map, pair_task, jobs, clock, "pair_worker_")
             edges += [(out, res["offsets"]) for out, res in zip(outs, results)]
             candidates = sum(res["candidates"] for res in results)

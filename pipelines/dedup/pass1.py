@@ -9,13 +9,17 @@ key kind (exact, url, band b), one key file sorted by hash and cut into the
 hash-range partitions of the bucket tasks (pipelines.dedup.spill), each entry
 carrying the record's keep rank (and, for bands, where its shingles are).
 Records dropped as contaminated get no keys: they take no part in dedup.
+With scope ``snapshot`` every key is salted with the record's source
+(pipelines.dedup.history.source_salts), so dedup runs within each source. With
+the dedup index on and verification on, each record's signature is spilled too
+(low 32 bits, ``spill.signature_rel``): the index keeps the kept ones.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from pipelines.core.shards import iter_batches, read_schema
-from pipelines.dedup import keep, spill
+from pipelines.dedup import history, keep, spill
 from pipelines.dedup.exact import exact_hashes
 from pipelines.dedup.minhash import MinHasher, text_word_hashes, word_sequence_digests
 from pipelines.dedup.timing import PhaseClock
@@ -32,20 +36,23 @@ def pq_columns(path: str) -> list[str]:
     return read_schema(path).names
 
 
-def keep_keys(job: tuple) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(ids, keep-column values) of one shard; a column the shard lacks is left out (missing: ranks last)."""
+def keep_keys(job: tuple) -> tuple[np.ndarray, dict[str, np.ndarray], list]:
+    """(ids, keep-column values, sources) of one shard; a column the shard lacks is left out (missing: ranks
+    last)."""
     path, policy = job
     present = set(pq_columns(path))
     value_cols = [c for c in keep.value_columns(keep.parse_keep(policy)) if c in present]
-    ids, values = [], {c: [] for c in value_cols}
-    for batch in iter_batches(path, columns=["id", *value_cols]):
+    ids, values, sources = [], {c: [] for c in value_cols}, []
+    for batch in iter_batches(path, columns=["id", "source", *value_cols]):
         ids.extend(batch.column("id").to_pylist())
+        sources.extend(batch.column("source").to_pylist())
         for c in value_cols:
             try:
                 values[c].append(batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64))
             except (TypeError, ValueError) as e:
                 raise ValueError(f"dedup.keep: column {c!r} of {path} is not numeric ({e})") from None
-    return np.array(ids, dtype=str), {c: np.concatenate(v) if v else np.zeros(0) for c, v in values.items()}
+    return (np.array(ids, dtype=str), {c: np.concatenate(v) if v else np.zeros(0) for c, v in values.items()},
+            sources)
 
 
 def hash_shard(job: dict) -> dict:
@@ -58,13 +65,15 @@ def hash_shard(job: dict) -> dict:
     use_url = exact_cfg["url"]
     if use_url and "url" not in set(pq_columns(path)):
         raise ValueError(f"dedup.exact.url is on but {path} has no url column")
+    by_source = cfg["scope"] == "snapshot"
+    keep_sigs = hasher is not None and cfg["history"] and mh_cfg["verify_threshold"] is not None
     # With the default exact settings the exact key is the word sequence MinHash reads: hash words once for all.
     shared = exact_cfg["lowercase"] and exact_cfg["strip_punctuation"]
     need_words = hasher is not None or index is not None or (exact_cfg["enabled"] and shared)
-    exact, bands, counts, starts, contam, url_rows, url_hashes = [], [], [], [], [], [], []
+    exact, bands, counts, starts, contam, url_rows, url_hashes, salts, sigs = [], [], [], [], [], [], [], [], []
     # Jaccard verification reads the shingles back from scratch files instead of re-reading the texts.
     shingle_out = spill.ShingleWriter(store, shard) if hasher is not None and mh_cfg["verify_threshold"] is not None else None
-    batches = iter_batches(path, columns=["text", *(["url"] if use_url else [])])
+    batches = iter_batches(path, columns=["text", *(["url"] if use_url else []), *(["source"] if by_source else [])])
     seen = 0
     while True:
         with clock("read"):
@@ -72,6 +81,8 @@ def hash_shard(job: dict) -> dict:
             if batch is None:
                 break
             texts = batch.column("text").to_pylist()
+            if by_source:
+                salts.append(history.source_salts(batch.column("source").to_pylist()))
         if use_url:
             with clock("url"):
                 rows, keys = url_keys(batch.column("url").to_pylist())
@@ -88,7 +99,10 @@ def hash_shard(job: dict) -> dict:
         if hasher is not None:
             with clock("minhash"):
                 shingles, n_shingles = hasher.shingles_of_words(word_hashes, lengths, texts)
-                bands.append(hasher.band_hashes(hasher.signatures_of_shingles(shingles, n_shingles)))
+                signatures = hasher.signatures_of_shingles(shingles, n_shingles)
+                bands.append(hasher.band_hashes(signatures))
+                if keep_sigs:
+                    sigs.append((signatures & np.uint64(0xFFFFFFFF)).astype(history.SIG_DTYPE))  # (records, num_perm)
             if shingle_out is not None:
                 with clock("spill"):
                     starts.append(shingle_out.add(shingles, n_shingles))
@@ -101,12 +115,18 @@ def hash_shard(job: dict) -> dict:
     n_sets = len(index.names) if index is not None else 0
     flags = np.concatenate(contam) if contam else np.zeros((seen, n_sets), bool)
     active = ~flags.any(axis=1) if cfg["decontam"]["mode"] == "drop" else np.ones(seen, bool)
+    salt = _cat(salts, (0,)) if by_source else np.zeros(seen, np.uint64)
+    url_rows_all = _cat(url_rows, (0,), np.int64)
     with clock("spill"):
         if shingle_out is not None:
             shingle_out.close()
-        offsets = write_keys(store, shard, job["bounds"], rank, active, exact=_cat(exact, (0, 2)) if exact_cfg["enabled"] else None,
-                             url=(_cat(url_rows, (0,), np.int64), _cat(url_hashes, (0, 2))) if use_url else None,
-                             bands=_cat(bands, (0, mh_cfg["bands"])) if hasher is not None else None,
+        if keep_sigs:
+            with spill.writing(store, spill.signature_rel(shard)) as out:
+                _cat(sigs, (0, hasher.num_perm), history.SIG_DTYPE).tofile(out)
+        offsets = write_keys(store, shard, job["bounds"], rank, active,
+                             exact=_cat(exact, (0, 2)) ^ salt[:, None] if exact_cfg["enabled"] else None,
+                             url=(url_rows_all, _cat(url_hashes, (0, 2)) ^ salt[url_rows_all, None]) if use_url else None,
+                             bands=_cat(bands, (0, mh_cfg["bands"])) ^ salt[:, None] if hasher is not None else None,
                              shingles=(shard, _cat(counts, (0,), np.int64), _cat(starts, (0,))))
     flagged = np.flatnonzero(flags.any(axis=1))
     return {"offsets": offsets, "contam": (flagged, flags[flagged]), "phases": clock.phases}

@@ -53,6 +53,11 @@ def shingle_rel(shard: int) -> str:
     return f"shingles/s{shard:05d}.u64"
 
 
+def signature_rel(shard: int) -> str:
+    """Per record of the shard (row order), the low 32 bits of its MinHash signature (for the dedup index)."""
+    return f"signatures/s{shard:05d}.u32"
+
+
 @contextlib.contextmanager
 def writing(store: Store, rel: str) -> Iterator[Path]:
     """A local path whose bytes become ``rel`` in the store when the block ends."""

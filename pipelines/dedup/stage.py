@@ -18,6 +18,12 @@ dropped ones under removed/ with their reason. Every output shard depends on
 every input shard (a duplicate may live anywhere), so each shard's
 fingerprints cover all inputs. Phase timings (wall + CPU) go to the log,
 never into outputs.
+
+History (pipelines.dedup.history): every run writes the dedup index of the
+records it kept; a refresh (the previous input plus new shards, same settings)
+keeps the old shards' decisions and dedups only the new shards, within
+themselves and against the index (the earlier record wins). Scope ``global``
+dedups across sources; ``snapshot`` within each source (each crawl is one).
 """
 from __future__ import annotations
 
@@ -31,13 +37,14 @@ import pyarrow.compute as pc
 
 from pipelines.config import section, workspace
 from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_table
+from pipelines.core.manifest import load_manifest_if_any
 from pipelines.core.shards import read_shard
 from pipelines.core.stats import ShardStats
-from pipelines.dedup import decontam, eval_sets, keep, semantic, spill
+from pipelines.dedup import decontam, eval_sets, history, keep, semantic, spill
 from pipelines.dedup.clusters import DUPLICATE_URL, EXACT_DUP, NEAR_DUP, check_unique_ids, decide, partitions
 from pipelines.dedup.decontam import CONTAMINATED
 from pipelines.dedup.minhash import MinHasher
-from pipelines.dedup.pass1 import hash_shard, keep_keys
+from pipelines.dedup.pass1 import band_kind, hash_shard, keep_keys
 from pipelines.dedup.semantic import SEMANTIC_DUP
 from pipelines.dedup.timing import PhaseClock
 from pipelines.dedup.verify import read_text_column
@@ -46,6 +53,8 @@ log = logging.getLogger(__name__)
 STAGE = "dedup"
 REASONS = [EXACT_DUP, DUPLICATE_URL, NEAR_DUP, SEMANTIC_DUP, CONTAMINATED]
 DUP_COLUMNS = ("dup_of", "dup_cluster", "contamination")
+SCOPES = ("global", "snapshot")
+STAGED_SIGNATURES = "signatures/index.u32"  # the index's signatures, in the run's scratch
 
 
 def dedup_config(params: dict) -> dict:
@@ -62,11 +71,16 @@ def dedup_config(params: dict) -> dict:
     vt = minhash["verify_threshold"]
     if vt is not None and (isinstance(vt, bool) or not isinstance(vt, (int, float)) or not 0 < vt <= 1):
         raise ValueError(f"dedup.minhash.verify_threshold must be null or a number in (0, 1], got {vt!r}")
+    scope = cfg.get("scope", "global")
+    if scope not in SCOPES:
+        raise ValueError(f"dedup.scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if not isinstance(cfg.get("history", True), bool):
+        raise ValueError(f"dedup.history must be true or false, got {cfg['history']!r}")
     chunk = cfg.get("merge_chunk", 1_000_000)
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"dedup.merge_chunk must be a positive integer, got {chunk!r}")
     return {"exact": exact, "minhash": minhash, "keep": [f"{c} {'desc' if d else 'asc'}" for c, d in policy],
-            "merge_chunk": chunk, "decontam": decontam.validate(cfg.get("decontam")),
+            "scope": scope, "history": cfg.get("history", True), "merge_chunk": chunk, "decontam": decontam.validate(cfg.get("decontam")),
             "semantic": semantic.validate(cfg.get("semantic"))}
 
 
@@ -82,15 +96,22 @@ def texts_at(inputs: list[str], offsets: np.ndarray, indices: np.ndarray) -> lis
 
 
 def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
-    """Passes 1 and 2: each shard's small context (its drops, cluster heads and contamination flags)."""
-    refs = run.input_shards()
+    """Passes 1 and 2: each new shard's small context (its drops, cluster heads and contamination flags); in a
+    refresh the dedup index's entries take part too, ranked first, and are never dropped."""
+    refresh: history.Refresh | None = run.notes.get("refresh")
+    refs = [ref for ref in run.input_shards() if refresh is None or ref.name not in refresh.old]
     inputs, names = [ref.uri for ref in refs], [ref.name for ref in refs]
     dc = cfg["decontam"]
     with clock("decontam_index"):
         index = decontam_index(run)
     with clock("keep_rank"):
-        ids, offsets, rank = keep_rank(run, inputs, cfg["keep"])
-    n, mh = len(ids), cfg["minhash"]
+        ids, offsets, rank, sources = keep_rank(run, inputs, cfg["keep"])
+        earlier = history.read_records(run.store, refresh)  # the index's entries, by hid
+        earlier_ids = np.array(earlier.column("id").to_pylist(), dtype=str)
+        check_unique_ids(np.concatenate([earlier_ids, ids]) if len(earlier_ids) else ids)
+    n_hist, n_new, mh = len(earlier_ids), len(ids), cfg["minhash"]
+    n = n_hist + n_new
+    rank = rank + n_hist  # index entries rank first: the earlier record wins
     parts = partitions(n, cfg["merge_chunk"])
     store = run.scratch
     with clock("pass1_hash"):
@@ -99,15 +120,23 @@ def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
         shard_out = run.map(hash_shard, jobs)
     for o in shard_out:
         clock.add(o["phases"], prefix="pass1_worker_")
-    decisions = decide(run.map, store, [o["offsets"] for o in shard_out], n, parts, exact=cfg["exact"]["enabled"],
+    layout = [o["offsets"] for o in shard_out]
+    verify_index = None
+    if refresh is not None:
+        with clock("index_stage"):
+            layout.append(stage_index(run, refresh, spill.hash_bounds(parts)))
+        if SIGNATURE_KIND in refresh.index["files"]:
+            verify_index = {"signatures": STAGED_SIGNATURES, "minhash": mh}
+    decisions = decide(run.map, store, layout, n, parts, exact=cfg["exact"]["enabled"],
                        bands=mh["bands"] if mh["enabled"] else 0, url=cfg["exact"]["url"],
-                       threshold=mh["verify_threshold"] if mh["enabled"] else None, clock=clock)
-    run.drop_scratch()  # key, shingle and edge files: not needed past the components
-    log.info("%s: %d records, %d candidate pairs, %d after verification, %d clusters", STAGE, n,
-             decisions.candidate_pairs, decisions.verified_pairs, decisions.n_clusters)
+                       threshold=mh["verify_threshold"] if mh["enabled"] else None, clock=clock, index=verify_index)
+    log.info("%s: %d records, %d candidate pairs, %d after verification, %d clusters (%d of the records: the dedup "
+             "index's)", STAGE, n, decisions.candidate_pairs, decisions.verified_pairs, decisions.n_clusters, n_hist)
     with clock("finalize"):
-        by_rank = np.empty(n, dtype=np.int64)
-        by_rank[rank] = np.arange(n)
+        by_rank = np.empty(n_new, dtype=np.int64)
+        by_rank[rank - n_hist] = np.arange(n_new)
+        id_of_rank = np.concatenate([earlier_ids, ids[by_rank]]) if n_hist else ids[by_rank]
+        added = earlier.column("added").to_pylist()
         sets = index.names if index is not None else []
         contexts = {name: {"drops": {}, "heads": {}, "flags": {}, "sets": sets} for name in names}
         excluded = []
@@ -117,26 +146,95 @@ def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
             for i, f in zip((offsets[s] + rows).tolist(), flags):
                 ctx["flags"][str(ids[i])] = [sets[j] for j in np.flatnonzero(f)]
                 if dc["mode"] == "drop":
-                    ctx["drops"][str(ids[i])] = (CONTAMINATED, None, 1)
+                    ctx["drops"][str(ids[i])] = (CONTAMINATED, None, 1, None)
                     excluded.append(i)
-        member = by_rank[decisions.node]
-        kept_id = ids[by_rank[decisions.kept]]
+        mine = decisions.node >= n_hist  # index entries keep their earlier decisions
+        node, kept = decisions.node[mine], decisions.kept[mine]
+        member = by_rank[node - n_hist]
         shard_of = np.searchsorted(offsets, member, side="right") - 1
-        for i, s, reason, head, size in zip(member.tolist(), shard_of.tolist(), decisions.reason, kept_id.tolist(),
-                                            decisions.size.tolist()):
+        for i, s, reason, head, size in zip(member.tolist(), shard_of.tolist(), decisions.reason[mine],
+                                            kept.tolist(), decisions.size[mine].tolist()):
             ctx = contexts[names[s]]
             if reason is not None:
-                ctx["drops"][str(ids[i])] = (reason, str(head), size)
+                ctx["drops"][str(ids[i])] = (reason, str(id_of_rank[head]), size, added[head] if head < n_hist else None)
             else:
                 ctx["heads"][str(ids[i])] = size
+        survivors = np.ones(n_new, bool)
+        survivors[member[kept != node]] = False
+        survivors[np.asarray(excluded, dtype=np.int64)] = False
     if cfg["semantic"]["enabled"]:
         with clock("semantic"):
-            survivors = np.ones(n, bool)
-            survivors[member[decisions.kept != decisions.node]] = False
-            survivors[np.asarray(excluded, dtype=np.int64)] = False
             sem_of = semantic_pass(run, inputs, offsets, ids, rank, np.flatnonzero(survivors), cfg["semantic"])
         add_semantic(contexts, names, offsets, ids, sem_of)
+        survivors[sem_of >= 0] = False
+    elif cfg["history"]:
+        with clock("index_write"):
+            run.notes["index"] = write_index(run, layout, earlier, ids, sources, offsets, rank, survivors)
+    run.drop_scratch()  # key, shingle and edge files: not needed past the components and the index
     return contexts
+
+
+SIGNATURE_KIND = history.SIGNATURES
+
+
+def key_kinds(cfg: dict) -> list[str]:
+    """The key kinds a run writes (and its index holds)."""
+    kinds = (["exact"] if cfg["exact"]["enabled"] else []) + (["url"] if cfg["exact"]["url"] else [])
+    return kinds + ([band_kind(b) for b in range(cfg["minhash"]["bands"])] if cfg["minhash"]["enabled"] else [])
+
+
+def stage_index(run, refresh: history.Refresh, bounds: np.ndarray) -> dict[str, np.ndarray]:
+    """The index's key files into scratch as the last "shard" of the layout; its signatures beside them."""
+    shard = len(run.input_shards()) - len(refresh.old)  # after the new shards
+    jobs = [{"store": run.store, "scratch": run.scratch, "kind": kind, "entry": refresh.index["files"][f"{kind}.bin"],
+             "rel": spill.key_rel(shard, kind), "bounds": bounds} for kind in key_kinds(run.cfg)]
+    layout = {r["kind"]: r["offsets"] for r in run.map(history.stage_history, jobs)}
+    if SIGNATURE_KIND in refresh.index["files"]:
+        history.stage_signatures({"store": run.store, "scratch": run.scratch, "rel": STAGED_SIGNATURES,
+                                  "entry": refresh.index["files"][SIGNATURE_KIND]})
+    return layout
+
+
+def write_index(run, layout: list[dict], earlier, ids: np.ndarray, sources: list, offsets: np.ndarray,
+                rank: np.ndarray, survivors: np.ndarray) -> dict:
+    """The dedup index of this run's output: the earlier entries plus the new records kept, one file per key
+    kind (executor tasks), the signatures and the records table."""
+    n_hist, n_new = earlier.num_rows, len(ids)
+    kept = np.flatnonzero(survivors)
+    kept = kept[np.argsort(rank[kept], kind="stable")]  # new entries in keep order
+    hid_of_rank = np.full(n_hist + n_new, -1, dtype=np.int64)
+    hid_of_rank[:n_hist] = np.arange(n_hist)
+    hid_of_rank[rank[kept]] = n_hist + np.arange(len(kept))
+    spill.save_array(run.scratch, "index_hids.npy", hid_of_rank)
+    gen = run.notes["index_generation"]
+    where = f"{history.INDEX}/{gen[:16]}"
+    files: dict[str, dict] = {}
+    jobs = []
+    for kind in key_kinds(run.cfg):
+        parts = [(spill.key_rel(s, kind), 0, int(off[kind][-1])) for s, off in enumerate(layout) if off[kind][-1] > 0]
+        jobs.append({"scratch": run.scratch, "store": run.store, "kind": kind, "parts": parts, "hid": "index_hids.npy",
+                     "rel": f"{where}/{kind}.bin"})
+    for r in run.map(history.write_index_keys, jobs):
+        files[f"{r['kind']}.bin"] = r["entry"]
+    mh = run.cfg["minhash"]
+    if mh["enabled"] and mh["verify_threshold"] is not None:
+        shard_of = np.searchsorted(offsets, kept, side="right") - 1
+        new = [(spill.signature_rel(s), kept[shard_of == s] - offsets[s], n_hist + np.flatnonzero(shard_of == s))
+               for s in range(len(offsets) - 1)]
+        refresh = run.notes.get("refresh")
+        job = {"scratch": run.scratch, "store": run.store, "num_perm": mh["bands"] * mh["rows"],
+               "n_total": n_hist + len(kept), "history": STAGED_SIGNATURES if refresh and n_hist else None,
+               "new": new, "rel": f"{where}/{SIGNATURE_KIND}"}
+        files[SIGNATURE_KIND] = run.map(history.write_index_signatures, [job])[0]["entry"]
+    table = pa.concat_tables([earlier, pa.table({
+        "id": pa.array(ids[kept].tolist(), pa.string()),
+        "source": pa.array([sources[i] for i in kept.tolist()], pa.string()),
+        "added": pa.array([gen] * len(kept), pa.string())})])
+    files[history.RECORDS] = history.write_records(run.store, f"{where}/{history.RECORDS}", table)
+    records = n_hist + len(kept)
+    log.info("%s: dedup index: %d records (%d added)", STAGE, records, len(kept))
+    return {"key": history.index_key(run), "generation": gen, "records": records, "files": dict(sorted(files.items())),
+            "fingerprint": history.index_fingerprint(files, records)}
 
 
 def decontam_index(run) -> decontam.ContaminationIndex | None:
@@ -156,17 +254,17 @@ def decontam_report(index: decontam.ContaminationIndex, cfg: dict) -> dict:
                      for name in index.names}}
 
 
-def keep_rank(run, inputs: list[str], policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, shard offsets (n_shards + 1), keep rank) of every record, in global index order."""
+def keep_rank(run, inputs: list[str], policy) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """(ids, shard offsets (n_shards + 1), keep rank, sources) of every record, in global index order."""
     shard_keys = run.map(keep_keys, [(p, policy) for p in inputs])
     ids = np.concatenate([k[0] for k in shard_keys]) if shard_keys else np.zeros(0, str)
     offsets = np.r_[0, np.cumsum([len(k[0]) for k in shard_keys])].astype(np.int64)
-    check_unique_ids(ids)
+    sources = [s for k in shard_keys for s in k[2]]
     values = {}
     for c in keep.value_columns(keep.parse_keep(policy)):  # a shard without the column: missing values (rank last)
         if any(c in k[1] for k in shard_keys):
             values[c] = np.concatenate([k[1].get(c, np.full(len(k[0]), np.nan)) for k in shard_keys])
-    return ids, offsets, keep.global_rank(ids, values, keep.parse_keep(policy))
+    return ids, offsets, keep.global_rank(ids, values, keep.parse_keep(policy)), sources
 
 
 def add_semantic(contexts: dict, names: list[str], offsets: np.ndarray, ids: np.ndarray, sem_of: np.ndarray) -> None:
@@ -177,7 +275,7 @@ def add_semantic(contexts: dict, names: list[str], offsets: np.ndarray, ids: np.
     shard_of = np.searchsorted(offsets, np.arange(len(ids)), side="right") - 1
     for i in np.flatnonzero(sem_of >= 0):
         head = int(sem_of[i])
-        contexts[names[shard_of[i]]]["drops"][str(ids[i])] = (SEMANTIC_DUP, str(ids[head]), int(group[head]))
+        contexts[names[shard_of[i]]]["drops"][str(ids[i])] = (SEMANTIC_DUP, str(ids[head]), int(group[head]), None)
         heads = contexts[names[shard_of[head]]]["heads"]
         heads[str(ids[head])] = max(heads.get(str(ids[head]), 1), int(group[head]))
 
@@ -222,8 +320,7 @@ def apply_decisions(task: ShardTask) -> ShardResult:
     kept, gone = table.filter(keep), table.filter(pc.invert(keep))
     gone_ids = gone.column("id").to_pylist()
     reasons = [drops[i][0] for i in gone_ids]
-    details = [json.dumps({"benchmarks": flags[i]} if drops[i][0] == CONTAMINATED
-                          else {"dup_of": drops[i][1], "cluster_size": drops[i][2]}, sort_keys=True) for i in gone_ids]
+    details = [json.dumps(_detail(drops[i], flags.get(i)), sort_keys=True) for i in gone_ids]
 
     stats = ShardStats(shard=task.shard, records_in=table.num_rows)
     stats.bytes_in = int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
@@ -235,6 +332,15 @@ def apply_decisions(task: ShardTask) -> ShardResult:
     return ShardResult(kept, removed_table(gone, reasons, details), stats)
 
 
+def _detail(drop: tuple, flags) -> dict:
+    reason, head, size, run_key = drop
+    if reason == CONTAMINATED:
+        return {"benchmarks": flags}
+    # dup_of_index: the dedup index generation that holds dup_of, i.e. the earlier data version it was kept in
+    # (its dedup manifest's index.generation; lineage.json names the version)
+    return {"dup_of": head, "cluster_size": size, **({"dup_of_index": run_key} if run_key else {})}
+
+
 class DedupStage(DataStage):
     name = STAGE
     input = "filter"
@@ -243,22 +349,36 @@ class DedupStage(DataStage):
     def config(self, params: dict) -> dict:
         return dedup_config(params)
 
+    def shard_settings(self, cfg: dict) -> dict:
+        # merge_chunk only sizes the global pass's tasks: the decisions, and so every shard, do not depend on it
+        return {k: v for k, v in cfg.items() if k != "merge_chunk"}
+
     def external_inputs(self, run) -> dict[str, str]:
         # The eval sets decide drops too: each file's sha256, wherever it lives (storage.input_uri).
         dc = run.cfg["decontam"]
         return {n: eval_sets.file_sha256(s, workspace(), n) for n, s in dc["sets"].items()} if dc["enabled"] else {}
 
     def plan(self, run) -> list[ShardTask]:
-        # Any input can change any shard's decisions: every output shard fingerprints all inputs.
+        # Any input can change any shard's decisions: every output shard fingerprints all inputs. In a refresh
+        # the old shards keep the fingerprints they were decided with (so they are complete), and the new ones
+        # fingerprint the new shards and the index they were deduplicated against.
         refs = run.input_shards()
-        everything = {ref.name: ref.fingerprint for ref in refs}
-        return [ShardTask(STAGE, ref.name, [ref.uri], everything) for ref in refs]
+        refresh = run.notes["refresh"] = history.find_refresh(run, refs)
+        if refresh is None:
+            everything = {ref.name: ref.fingerprint for ref in refs}
+            return [ShardTask(STAGE, ref.name, [ref.uri], everything) for ref in refs]
+        new = {ref.name: ref.fingerprint for ref in refs if ref.name not in refresh.old}
+        new[history.INDEX_INPUT] = refresh.index["fingerprint"]
+        log.info("%s: refresh: %d new shards deduplicated against the dedup index (%d records); %d shards keep "
+                 "their decisions", STAGE, len(new) - 1, refresh.n, len(refresh.old))
+        return [ShardTask(STAGE, ref.name, [ref.uri], refresh.old.get(ref.name, new)) for ref in refs]
 
     def global_inputs(self, run, tasks: list[ShardTask]) -> dict:
         return {"eval_files": self.external_inputs(run)}
 
     def needs_prepare(self, run) -> bool:
-        return run.cfg["semantic"]["enabled"]  # the embedding cache is written by the global pass
+        # the embedding cache and the dedup index are written by the global pass
+        return run.cfg["semantic"]["enabled"] or run.cfg["history"]
 
     def prepare(self, run, tasks: list[ShardTask]) -> list[ShardTask]:
         clock = PhaseClock()
@@ -266,9 +386,19 @@ class DedupStage(DataStage):
             # pyarrow imports pandas lazily at its first conversion (~1 s of CPU); doing it once here, before any
             # worker forks, keeps it out of the timed phases and out of every worker.
             import pandas  # noqa: F401
+        refresh = run.notes.get("refresh")
+        if refresh is not None:
+            damaged = [t.shard for t in tasks if t.shard in refresh.old and not run.complete.get(t.rel)]
+            if damaged:
+                raise RuntimeError(f"{STAGE}: shard(s) {damaged[:3]} of the previous output are missing or damaged, and "
+                                   f"a refresh keeps their decisions: delete {run.out_dir} to rebuild it in full")
+        gen = run.notes["index_generation"] = history.generation(run, tasks)
+        previous = ((load_manifest_if_any(run.out_dir) or {}).get("index") or {}).get("files") or {}
+        history.remove_other_indexes(run, keep={gen[:16], *(history.index_dir(e) for e in previous.values())})
         contexts = global_decisions(run, run.cfg, clock)
         for t in tasks:
-            t.context = contexts[t.shard]
+            if t.shard in contexts:
+                t.context = contexts[t.shard]
         log.info("%s: phase timings %s", STAGE, json.dumps(clock.rounded()))
         return tasks
 
@@ -277,7 +407,15 @@ class DedupStage(DataStage):
 
     def finish(self, run, fragments: dict[str, list[dict]]) -> dict:
         index = decontam_index(run)
-        return {"decontam": decontam_report(index, run.cfg["decontam"])} if index is not None else {}
+        out = {"decontam": decontam_report(index, run.cfg["decontam"])} if index is not None else {}
+        if "index" in run.notes:
+            out["index"] = run.notes["index"]
+            # The previous generation goes now (a crash before the manifest is written costs a full rebuild).
+            history.remove_other_indexes(run, keep={run.notes["index_generation"][:16]})
+        if run.notes.get("refresh") is not None:
+            out["refresh"] = {"parent_index": run.notes["refresh"].index["fingerprint"],
+                              "kept_shards": len(run.notes["refresh"].old)}
+        return out
 
     def summarize(self, run, manifest: dict, stats: list[ShardStats]) -> dict:
         drops = {r: sum(s.drops.get(r, 0) for s in stats) for r in REASONS}

@@ -12,6 +12,11 @@ was computed from) to a scratch file per shard, and each key entry says where
 its record's shingles are: a record is read back by offset (a ranged read;
 locally no mmap, so the pages do not stay resident), memory is bounded by a
 small cache of shingle sets, and no text is re-read or re-shingled.
+
+A pair with an entry of the dedup index (a refresh, pipelines.dedup.history; the
+index entry is always the pair's first record: it ranks first) is checked by
+signature agreement instead, since the index keeps signatures, not shingles; a
+pair of two index entries is no edge at all (their decisions are frozen).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.dedup import spill
+from pipelines.dedup import history, spill
 from pipelines.dedup.buckets import PAIR_DTYPE
 from pipelines.dedup.components import LARGE, write_edges
 from pipelines.dedup.timing import PhaseClock
@@ -40,9 +45,16 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union else 1.0
 
 
-def verified(store, pairs: np.ndarray, threshold: float) -> np.ndarray:
-    """Bool mask of the pairs (sorted by first record) whose shingle-set Jaccard >= threshold."""
+def verified(store, pairs: np.ndarray, threshold: float, index: dict | None = None) -> np.ndarray:
+    """Bool mask of the pairs (sorted by first record) whose shingle-set Jaccard >= threshold (index entries:
+    whose estimated Jaccard is)."""
     out = np.zeros(len(pairs), dtype=bool)
+    hasher = None
+    if index is not None:
+        from pipelines.dedup.minhash import MinHasher
+
+        mh = index["minhash"]
+        hasher = MinHasher(mh["ngram"], mh["bands"], mh["rows"], mh["seed"])
     cache: dict[int, np.ndarray] = {}
 
     def shingles(rank: int, shard: int, first: int, count: int) -> np.ndarray:
@@ -53,10 +65,22 @@ def verified(store, pairs: np.ndarray, threshold: float) -> np.ndarray:
 
     for k, p in enumerate(pairs.tolist()):
         u, v, us, uc, uo, vs, vc, vo = p
+        if us == history.HIST_SHARD:
+            if vs != history.HIST_SHARD:
+                out[k] = _estimated(store, index, hasher, uo, shingles(v, vs, vo, vc)) >= threshold
+            continue
         if len(cache) + 2 > CACHE_RECORDS and (u not in cache or v not in cache):
             cache.clear()  # never between loading u and v: both stay for this pair
         out[k] = jaccard(shingles(u, us, uo, uc), shingles(v, vs, vo, vc)) >= threshold
     return out
+
+
+def _estimated(store, index: dict, hasher, hid: int, shingles: np.ndarray) -> float:
+    """Estimated Jaccard of an index entry (its stored signature) and a record (its shingles)."""
+    num_perm = hasher.num_perm
+    row = spill.read_rows(store, index["signatures"], np.dtype((history.SIG_DTYPE, num_perm)), hid, hid + 1)[0]
+    sig = hasher.signatures_of_shingles(shingles, np.array([len(shingles)], np.int64))[0]
+    return float(np.mean((sig & np.uint64(0xFFFFFFFF)).astype(history.SIG_DTYPE) == row))
 
 
 def pair_task(job: dict) -> dict:
@@ -72,7 +96,9 @@ def pair_task(job: dict) -> dict:
     candidates = len(pairs)
     if job["threshold"] is not None and candidates:
         with clock("verify"):
-            pairs = pairs[verified(store, pairs, float(job["threshold"]))]
+            pairs = pairs[verified(store, pairs, float(job["threshold"]), job.get("index"))]
+    elif len(pairs):  # unverified: an index entry's pairs are edges, two index entries' are not
+        pairs = pairs[~((pairs["us"] == history.HIST_SHARD) & (pairs["vs"] == history.HIST_SHARD))]
     with clock("write"):
         offsets = write_edges(store, job["out"], pairs["u"], pairs["v"], LARGE, job["bounds"])
     return {"offsets": offsets, "candidates": candidates, "verified": len(pairs), "phases": clock.phases}

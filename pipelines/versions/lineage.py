@@ -9,7 +9,10 @@ commit (with dvc.lock and the gate reports), so every tag says:
   keep ingest's shard names), and the blends' records by source (mix's blend.json);
 - ``deltas``: the same numbers minus the parent's (records added or removed, by source and reason);
 - ``cross_source_duplicates``: dedup drops whose kept record came from another source (a new
-  crawl repeating an older one shows here), with their share of the dedup input.
+  crawl repeating an older one shows here), with their share of the dedup input;
+- ``dedup``: the dedup index generation this version's dedup wrote (records dropped in a later
+  refresh as copies of this version's records name it in ``dup_of_index``), and whether dedup was
+  a refresh (then: the parent's index fingerprint and the shards whose decisions it kept).
 Reading it costs stats and manifests, plus dedup's ``dup_of`` / ``source`` columns.
 """
 from __future__ import annotations
@@ -122,4 +125,14 @@ def build(root: Path, version: str, previous: dict | None, crawl_id: str | None 
         "stages": numbers,
         "deltas": deltas(numbers, (previous or {}).get("stages")),
         "cross_source_duplicates": cross_source_duplicates(root),
+        "dedup": dedup_history(root),
     }
+
+
+def dedup_history(root: Path) -> dict:
+    """How dedup built this version: its scope, its index generation (a dedup drop's ``dup_of_index`` names
+    the generation, and so the version, that kept the earlier record) and, for a refresh, the parent's index."""
+    manifest = read_json(stages.output_dir("dedup", root) / "_manifest.json") or {}
+    index = manifest.get("index") or {}
+    return {"index_generation": index.get("generation"), "index_records": index.get("records"),
+            "refresh": manifest.get("refresh")}
