@@ -31,10 +31,11 @@ with DAG(
 ) as dag:
 
     @task(retries=0)
-    def apply_run_params(params=None) -> dict:
-        from pipelines.orchestration.run_params import apply_form
+    def apply_run_params(params=None, dag_run=None) -> dict:
+        from pipelines.orchestration.run_params import apply_form, run_date
 
-        return apply_form(workspace(), dict(params or {}))
+        scheduled, as_of = run_date(dag_run)
+        return apply_form(workspace(), dict(params or {}), as_of=as_of, scheduled=scheduled)
 
     @task(outlets=[CORPUS])
     def record_version(outlet_events=None) -> dict:

@@ -6,14 +6,21 @@ gzipped) is streamed, the first ``max_files`` keys are taken in listing order
 (0 = all), and each becomes one ingest shard. Access, endpoint and retries are
 those of ``pipelines.core.storage`` (anonymous with PIPELINES_S3_ANONYMOUS=1,
 any S3-compatible store with AWS_ENDPOINT_URL).
+
+``ingest.crawls`` lists the crawls a corpus holds (a refresh appends one); each is read
+like ``crawl_id``. ``available_crawls`` lists the crawl ids under the bucket's
+``crawl-data/``; ``pick_crawl`` chooses the one a refresh adds: the newest crawl
+published by the run's date that the corpus does not hold yet, so a scheduled run takes
+the newest and a catch-up over past dates takes them one per run, in order.
 """
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import io
 import re
 
-from pipelines.core.storage import open_input
+from pipelines.core.storage import open_input, s3_client
 
 CRAWL_ID = re.compile(r"CC-MAIN-(\d{4})-(\d{2})")
 FILE_KINDS = ("warc", "wet")
@@ -52,3 +59,37 @@ def crawl_files(crawl_id: str, bucket: str = "commoncrawl", kind: str = "warc", 
     if not keys:
         raise ValueError(f"ingest.crawl_id {crawl_id}: the listing {uri} names no files")
     return sorted(keys)
+
+
+def crawl_week(crawl_id: str) -> tuple[int, int]:
+    """(year, ISO week) a crawl id names: the order crawls were published in."""
+    m = CRAWL_ID.fullmatch(validate_crawl_id(crawl_id))
+    return int(m.group(1)), int(m.group(2))
+
+
+def held_crawls(cfg: dict) -> list[str]:
+    """The crawls an ingest config reads: ``crawls`` then ``crawl_id``, each once, validated."""
+    out: list[str] = []
+    for c in [*(cfg.get("crawls") or []), *([cfg["crawl_id"]] if cfg.get("crawl_id") else [])]:
+        if validate_crawl_id(c) not in out:
+            out.append(c)
+    return out
+
+
+def available_crawls(bucket: str = "commoncrawl") -> list[str]:
+    """Every crawl id under ``s3://<bucket>/crawl-data/`` (its "folders"), oldest first."""
+    found = set()
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="crawl-data/", Delimiter="/")
+    for page in pages:
+        for prefix in page.get("CommonPrefixes") or []:
+            name = prefix["Prefix"][len("crawl-data/"):].rstrip("/")
+            if CRAWL_ID.fullmatch(name) and 1 <= int(name[-2:]) <= 53:
+                found.add(name)
+    return sorted(found, key=crawl_week)
+
+
+def pick_crawl(available: list[str], held: list[str], as_of: dt.date) -> str | None:
+    """The newest crawl of ``available`` published in or before ``as_of``'s ISO week and not in ``held``."""
+    year, week, _ = as_of.isocalendar()
+    due = [c for c in available if crawl_week(c) <= (year, week) and c not in set(held)]
+    return max(due, key=crawl_week) if due else None

@@ -42,7 +42,7 @@ from pipelines.core.schema import domain_of, make_record_id, records_to_table
 from pipelines.core.stats import ShardStats
 from pipelines.core.storage import expand_inputs, input_fingerprint, is_s3, open_input
 from pipelines.ingest import langid
-from pipelines.ingest.common_crawl import crawl_files
+from pipelines.ingest.common_crawl import crawl_files, held_crawls
 from pipelines.ingest.curated import KINDS, READERS
 from pipelines.ingest.extract import DEFAULT_EXTRACTOR, get_extractor
 from pipelines.ingest.items import Candidate, Defect, Skipped
@@ -53,7 +53,7 @@ STAGE = "ingest"
 DROP_REASONS = ["too_large", "undecodable", "empty_text", "extract_error", "malformed"]
 ALWAYS_COUNTED = ("read_errors", "empty_files", "payload_records")  # in every shard's stats, even at 0
 MAX_PROBLEMS = 20
-INPUT_LISTS = ("warc", "wet", "max_files", "crawl_id", "cc_bucket", "cc_files")  # choose files, not how to read them  # read errors named per file (all are counted)
+INPUT_LISTS = ("warc", "wet", "max_files", "crawl_id", "crawls", "cc_bucket", "cc_files")  # choose files, not how to read them  # read errors named per file (all are counted)
 # Content errors of a curated input file: counted, the rest of the inputs go on (WARC damage is a Defect).
 CONTENT_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, ET.ParseError, OSError)
 
@@ -95,10 +95,9 @@ def plan_inputs(cfg: dict, root: Path) -> list[InputFile]:
     for what in ("warc", "wet"):
         for uri in _expand(cfg.get(what), root, max_files, what):
             inputs.append(InputFile(uri, _display_name(uri, root), "archive", crawl_source(uri)))
-    if cfg.get("crawl_id"):
+    for crawl in held_crawls(cfg):
         # A Common Crawl snapshot on S3: its warc.paths.gz / wet.paths.gz listing names the files.
-        for uri in crawl_files(cfg["crawl_id"], cfg.get("cc_bucket") or "commoncrawl", cfg.get("cc_files") or "warc",
-                               max_files):
+        for uri in crawl_files(crawl, cfg.get("cc_bucket") or "commoncrawl", cfg.get("cc_files") or "warc", max_files):
             inputs.append(InputFile(uri, uri, "archive", crawl_source(uri)))
     for source, spec in (cfg.get("curated") or {}).items():
         spec = spec or {}

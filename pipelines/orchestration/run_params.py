@@ -8,6 +8,7 @@ run triggered with other inputs produces, and tags, another data version.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import logging
 import re
 from pathlib import Path, PurePosixPath
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 CRAWL_ID = r"^CC-MAIN-\d{4}-\d{2}$"
 CRAWL_SEGMENT = r"^\d{13}\.\d{1,3}$"
 CRAWL_BUCKET = "commoncrawl"
+NEXT_CRAWL = "next"
 RAY_ADDRESS = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:\d{1,5}$"  # host:port, the head's GCS address
 
 
@@ -64,6 +66,7 @@ def form_schema(params: dict | None = None, root: Path | None = None) -> dict:
         "crawl_id": {"type": ["null", "string"], "pattern": CRAWL_ID, "title": "Common Crawl id",
                      "description": "e.g. CC-MAIN-2024-22: web inputs become that crawl's WARC/WET files on "
                                     "s3://commoncrawl (needs max_files > 0). Empty = keep params.yaml"},
+        "add_crawl": _add_crawl_field(params),
         "crawl_segment": {"type": ["null", "string"], "pattern": CRAWL_SEGMENT, "title": "Crawl segment",
                           "description": "one segment of the crawl, e.g. 1715971057216.39 (empty = all segments)"},
         "warc": {**inputs, "title": "WARC inputs",
@@ -90,6 +93,17 @@ def form_schema(params: dict | None = None, root: Path | None = None) -> dict:
                                        "The auth token comes from the worker's environment, never from this form"},
     }
     return schema
+
+
+def _add_crawl_field(params: dict) -> dict:
+    candidates = list(_orch(params).get("crawl_candidates") or [])
+    field = {"type": ["null", "string"], "title": "Add a crawl (refresh)",
+             "description": "grow the corpus by one Common Crawl snapshot (appended to ingest.crawls; earlier crawls "
+                            "stay and keep their work): a crawl id, or 'next' = the newest crawl published by the "
+                            "run's date that the corpus does not hold yet. Empty = no crawl added"}
+    if candidates:  # the form lists them
+        return {**field, "enum": [None, NEXT_CRAWL, *candidates]}
+    return {**field, "pattern": rf"^({NEXT_CRAWL}|CC-MAIN-\d{{4}}-\d{{2}})$"}
 
 
 # Form field -> dotted key in params.yaml, for the fields copied as they are.
@@ -137,6 +151,11 @@ def validate_form(form: dict, params: dict, root: Path) -> None:
         limit = limit if limit is not None else ((params.get("ingest") or {}).get("max_files") or 0)
         if not limit:
             raise FormError("'crawl_id' reads a whole Common Crawl crawl: set max_files > 0 to bound it")
+    if form.get("add_crawl"):
+        limit = form.get("max_files")
+        limit = limit if limit is not None else ((params.get("ingest") or {}).get("max_files") or 0)
+        if not limit:
+            raise FormError("'add_crawl' reads a whole Common Crawl crawl: set max_files > 0 to bound it")
 
 
 def crawl_inputs(crawl_id: str, segment: str | None) -> dict[str, list[str]]:
@@ -154,14 +173,39 @@ def _set(params: dict, dotted: str, value, changed: dict) -> None:
         changed[dotted] = value
 
 
-def apply_form(root: Path, form: dict) -> dict:
-    """Validate the form, write its non-null values into params.yaml; returns what changed."""
+def crawl_to_add(wanted: str, params: dict, as_of: dt.date) -> str | None:
+    """The crawl a refresh appends to ingest.crawls: ``wanted`` itself, or for ``next`` the newest crawl
+    published by ``as_of`` that the corpus lacks (None: it holds them all)."""
+    from pipelines.ingest.common_crawl import available_crawls, held_crawls, pick_crawl
+
+    ingest = params.get("ingest") or {}
+    held = held_crawls(ingest)
+    if wanted != NEXT_CRAWL:
+        return None if wanted in held else wanted
+    available = list(_orch(params).get("crawl_candidates") or []) or available_crawls(ingest.get("cc_bucket") or CRAWL_BUCKET)
+    return pick_crawl(available, held, as_of)
+
+
+def apply_form(root: Path, form: dict, as_of: dt.date | None = None, scheduled: bool = False) -> dict:
+    """Validate the form, write its non-null values into params.yaml; returns what changed.
+
+    ``scheduled``: a run the schedule (or a catch-up) made, which adds the ``next`` crawl when
+    ``orchestration.refresh_adds_crawl`` is on; ``as_of``: the run's date (default today)."""
     path = Path(root) / "params.yaml"
     params = yaml.safe_load(path.read_text()) or {}
     form = {k: v for k, v in (form or {}).items() if v is not None and v != []}
     validate_form(form, params, root)
     new = copy.deepcopy(params)
     changed: dict = {}
+    wanted = form.get("add_crawl") or (NEXT_CRAWL if scheduled and _orch(params).get("refresh_adds_crawl") else None)
+    if wanted:
+        as_of = as_of or dt.datetime.now(dt.timezone.utc).date()
+        crawl = crawl_to_add(wanted, params, as_of)
+        if crawl is None:
+            log.info("no crawl to add: the corpus holds %s (every crawl published by %s)",
+                     wanted if wanted != NEXT_CRAWL else "every candidate", as_of)
+        else:
+            _set(new, "ingest.crawls", [*((params.get("ingest") or {}).get("crawls") or []), crawl], changed)
     if form.get("crawl_id"):
         for what, uris in crawl_inputs(form["crawl_id"], form.get("crawl_segment")).items():
             _set(new, f"ingest.{what}", uris, changed)
@@ -182,3 +226,12 @@ def apply_form(root: Path, form: dict) -> dict:
         write_bytes_atomic(path, yaml.safe_dump(new, sort_keys=False).encode())
         log.info("params.yaml updated from the run form: %s", changed)
     return changed
+
+
+def run_date(dag_run) -> tuple[bool, dt.date | None]:
+    """(made by the schedule or a catch-up/backfill, the run's logical date) of an Airflow DAG run."""
+    if dag_run is None:
+        return False, None
+    kind = str(getattr(dag_run, "run_type", "") or "").lower()
+    logical = getattr(dag_run, "logical_date", None)
+    return kind.endswith(("scheduled", "backfill")), (logical.date() if logical else None)

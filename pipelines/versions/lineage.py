@@ -109,14 +109,14 @@ def deltas(now: dict, parent: dict | None) -> dict:
     return out
 
 
-def build(root: Path, version: str, previous: dict | None, crawl_id: str | None = None) -> dict:
+def build(root: Path, version: str, previous: dict | None, crawl_ids: list[str] | None = None) -> dict:
     """This version's lineage; ``previous``: the lineage the workspace held before (None at first).
     Re-recording the same version keeps its lineage (a no-op refresh is not a new generation)."""
     if previous and previous.get("version") == version:
         return previous
     numbers = stage_numbers(root)
     sources = sorted({s for st in numbers.values() for s in st["records_out"]} - {"?"})
-    crawls = sorted({s for s in sources if _CRAWL.fullmatch(s)} | ({crawl_id.lower()} if crawl_id else set()))
+    crawls = sorted({s for s in sources if _CRAWL.fullmatch(s)} | {c.lower() for c in crawl_ids or []})
     return {
         "version": version,
         "parent": (previous or {}).get("version"),

@@ -19,6 +19,7 @@ from pipelines.config import workspace
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.hashing import canonical_json, sha256_bytes
 from pipelines.orchestration.dvc_runner import dvc_executable, run_command, tool_env
+from pipelines.ingest.common_crawl import held_crawls
 from pipelines.orchestration.graph import load_stages
 from pipelines.versions.lineage import LINEAGE_FILE, build as build_lineage
 from pipelines.versions.read import read_json
@@ -103,7 +104,7 @@ def record_data_version(params: dict) -> dict:
     version = data_version(root)
     # Lineage before the tag: the tag's commit carries it, so every version names its parent.
     previous = read_json(root / LINEAGE_FILE)
-    lineage = build_lineage(root, version, previous, (params.get("ingest") or {}).get("crawl_id"))
+    lineage = build_lineage(root, version, previous, held_crawls(params.get("ingest") or {}))
     write_json_atomic(root / LINEAGE_FILE, lineage)
     result: dict = {"version": version, "parent": lineage["parent"], "tag": None, "commit": None, "pushed": False}
     if cfg.get("git_commit", True) and _is_git_repo(root):
