@@ -11,14 +11,14 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 # (.dvcignore keeps __pycache__ out of stage dependency hashes).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test bench venv clean-data airflow airflow-stop
+.PHONY: demo test bench venv clean-data airflow airflow-stop airflow-cli airflow-env
 
 venv: $(VENV_STAMP)
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
 	@test -x $(PY) || uv venv -q --python 3.11 .venv
-	VIRTUAL_ENV=$(CURDIR)/.venv uv pip install -q --compile-bytecode --index-strategy unsafe-best-match $${PIP_FIND_LINKS:+--find-links $$PIP_FIND_LINKS} -r requirements.lock
+	VIRTUAL_ENV=$(CURDIR)/.venv uv pip install -q --compile-bytecode --index-strategy unsafe-best-match $$(python3 pipelines/install.py requirements.lock) -r requirements.lock
 	VIRTUAL_ENV=$(CURDIR)/.venv uv pip install -q --no-deps -e .
 	@touch $(VENV_STAMP)
 
@@ -35,6 +35,14 @@ airflow: $(VENV_STAMP)
 
 airflow-stop:
 	$(PY) -m pipelines.local_airflow.services stop
+
+# The airflow CLI with the project's AIRFLOW_HOME (.airflow): make airflow-cli ARGS="dags list";
+# eval "$$(make -s airflow-env)" sets the same up in your shell.
+airflow-cli: $(VENV_STAMP)
+	@$(PY) -m pipelines.local_airflow.cli $(ARGS)
+
+airflow-env: $(VENV_STAMP)
+	@$(PY) -m pipelines.local_airflow.cli --env
 
 bench: $(VENV_STAMP)
 	$(PY) -m bench

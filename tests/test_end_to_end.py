@@ -183,6 +183,21 @@ def test_refresh_with_a_new_crawl_and_a_takedown_is_a_child_version(project, tmp
     assert again["version"] == v2["version"] and again["parent"] == v1
 
 
+def test_keep_fraction_change_reruns_the_filter_not_the_quality_model(project):
+    """web_keep_fraction is the filter's knob: DVC re-runs the filter for it, never the classifier's training."""
+    path = project / "params.yaml"
+    before = path.read_bytes()
+    try:
+        params = yaml.safe_load(before)
+        params["filter"]["quality_model"]["web_keep_fraction"] = 0.7
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        status = yaml.safe_load(subprocess.run([DVC, "status", "--json"], cwd=project, capture_output=True,
+                                               text=True).stdout)
+        assert "filter" in status and "quality_model" not in status
+    finally:
+        path.write_bytes(before)
+
+
 def test_threshold_change_reruns_filter_and_downstream_only(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["filter"]["gopher_quality"]["min_doc_words"] = 80

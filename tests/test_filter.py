@@ -131,8 +131,16 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
     assert curated_ids <= set(out.column("id").to_pylist())
     assert summary["exempt"] == len(curated_ids)
     assert set(removed.column("source").to_pylist()) == {WEB_SOURCE}
-    # Every record is scored; exempt records keep their text, kept web records carry C4's rewrite.
-    assert out.column("quality_fasttext").null_count == removed.column("quality_fasttext").null_count == 0
+    # The records that reach the classifier (web records the rules kept, as in DCLM) are scored, no others;
+    # exempt records keep their text, kept web records carry C4's rewrite.
+    for table in (out, removed):
+        for src, score, reason in zip(table.column("source").to_pylist(), table.column("quality_fasttext").to_pylist(),
+                                      (table.column("drop_reason").to_pylist() if table is removed
+                                       else [None] * table.num_rows)):
+            assert (score is not None) == (src not in exempt and reason in (None, "quality_fasttext"))
+    assert 0 < summary["drops"]["quality_fasttext"]
+    survivors = summary["checks"]["quality_fasttext.web_scored"]
+    assert survivors == sum(1 for s in out.column("source").to_pylist() if s not in exempt) + summary["drops"]["quality_fasttext"]
     text_in = dict(zip(inp.column("id").to_pylist(), inp.column("text").to_pylist()))
     for rid, text, src, n_lines in zip(*(out.column(c).to_pylist() for c in ("id", "text", "source", "c4_lines_removed"))):
         if src in exempt:
@@ -163,17 +171,22 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
         n for n, r in zip(removed.column("c4_lines_removed").to_pylist(), removed.column("drop_reason").to_pylist())
         if r != "c4_quality")
     assert sum(v for k, v in summary["checks"].items() if k.startswith("c4_quality.lines_removed.")) == kept_lines > 0
-    # The quality threshold is the percentile over all web input: the achieved keep rate is close to the target.
+    # The quality threshold is the percentile over the web records that reach the classifier (those the rules
+    # kept): the achieved keep rate among them is close to the target.
     q = summary["quality"]
-    n_web = sum(1 for s in inp.column("source").to_pylist() if s not in exempt)
-    assert q["web_records"] == summary["checks"]["quality_fasttext.web_scored"] == n_web
+    scored = [x for x in out.column("quality_fasttext").to_pylist() + removed.column("quality_fasttext").to_pylist()
+              if x is not None]
+    n_web = len(scored)
+    assert q["web_records"] == summary["checks"]["quality_fasttext.web_scored"] == n_web > 0
     assert abs(q["achieved_keep_fraction"] - q["target_keep_fraction"]) <= 1.5 / n_web + q["rank_error_bound"]
-    scores = inp_scores = fasttext_quality.QualityScorer(workspace.path("models/quality/quality.bin"), 20000).score(
-        [t for t, s in zip(inp.column("text").to_pylist(), inp.column("source").to_pylist()) if s not in exempt])
-    assert sum(x >= q["threshold"] for x in inp_scores) == summary["checks"]["quality_fasttext.web_at_or_above_threshold"]
+    survivors = [t for t, s in zip(out.column("text").to_pylist(), out.column("source").to_pylist()) if s not in exempt]
+    rescored = fasttext_quality.QualityScorer(workspace.path("models/quality/quality.bin"), 20000).score(survivors)
+    assert rescored == pytest.approx([x for x, s in zip(out.column("quality_fasttext").to_pylist(),
+                                                        out.column("source").to_pylist()) if s not in exempt])
+    assert sum(x >= q["threshold"] for x in scored) == summary["checks"]["quality_fasttext.web_at_or_above_threshold"]
     below = [json.loads(d)["value"] for r, d in zip(removed.column("drop_reason").to_pylist(),
                                                      removed.column("drop_detail").to_pylist()) if r == "quality_fasttext"]
-    assert below and all(v < q["threshold"] for v in below) and len(set(scores)) > 10
+    assert below and all(v < q["threshold"] for v in below) and len(set(scored)) > 10
     manifest = json.loads(workspace.path("data/filter/_manifest.json").read_text())
     assert manifest["quality"] == q
     assert stats["extra__exempt"].sum() == len(curated_ids)
@@ -184,7 +197,8 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
     assert run_gate("filter", params)["success"]
     manifest_path = workspace.path("data/filter/_manifest.json")
     good_manifest = manifest_path.read_bytes()
-    off = dict(manifest, quality=dict(q, achieved_keep_fraction=q["target_keep_fraction"] - 0.05))
+    off = dict(manifest, quality=dict(q, achieved_keep_fraction=q["target_keep_fraction"] - 0.03 - 1.0 / n_web
+                                      - q["rank_error_bound"]))
     manifest_path.write_text(json.dumps(off), encoding="utf-8")
     with pytest.raises(GateFailed, match="achieved_keep_fraction"):
         run_gate("filter", params)
@@ -254,3 +268,21 @@ def test_gopher_decisions_equal_datatrove_on_real_web_documents(web):
     print(f"gopher agreement with datatrove: {agree}/{len(docs)} decisions, {words_agree}/{len(docs)} word lists")
     assert mismatches == []
     assert words_agree == len(docs)
+
+
+def test_the_keep_fraction_is_taken_over_the_records_that_reach_the_classifier(workspace, good_paragraph, web):
+    """filter.quality_model.web_keep_fraction keeps that share of the web records the rules kept: 0.8 and 0.6 keep
+    different numbers of records, each within the sketch's error of its target, and the gate checks it."""
+    _write_ingest(workspace, web, good_paragraph)
+    params = workspace.params()
+    fasttext_quality.train(params)
+    kept = {}
+    for fraction in (0.8, 0.6):
+        params["filter"]["quality_model"]["web_keep_fraction"] = fraction
+        summary = stages.run("filter", params)
+        quality = summary["quality"]
+        n = quality["web_records"]
+        assert n == summary["checks"]["quality_fasttext.web_scored"]
+        assert abs(quality["achieved_keep_fraction"] - fraction) <= 1.0 / n + quality["rank_error_bound"]
+        kept[fraction] = summary["records_out"]
+    assert kept[0.8] > kept[0.6]

@@ -124,7 +124,8 @@ def train(params: dict) -> dict:
     card = {
         "model": f"{MODEL_DIR}/{MODEL_FILE}",
         "sha256": sha256_file(out_dir / MODEL_FILE),
-        "version": params_hash({"cfg": cfg, "seed": seed, "data": [h for h, _ in train_rows]})[:16],
+        "version": params_hash({"cfg": {k: v for k, v in cfg.items() if k != "web_keep_fraction"},  # the filter's
+                                "seed": seed, "data": [h for h, _ in train_rows]})[:16],
         "labels": {"positive": POSITIVE, "negative": NEGATIVE},
         "positive_sources": cfg["positive_sources"],
         "train_examples": {POSITIVE: sum(1 for _, l in train_rows if l.startswith(POSITIVE + " ")),

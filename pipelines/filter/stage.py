@@ -1,22 +1,28 @@
-"""Filter stage: ``data/ingest`` -> ``data/filter``, shard to shard, in two passes.
+"""Filter stage: ``data/ingest`` -> ``data/filter``, shard to shard.
 
-Pass 1 scores every web record of the whole stage input with the fastText quality
-model (``fasttext_quality.py``) and merges per-shard quantile sketches
-(``quantile_sketch.py``) into one; the threshold is the (1 - web_keep_fraction)
-quantile of the web scores. Pass 2 runs the rules in order (url_filter, language,
-gopher_quality, gopher_repetition, c4_quality, fineweb_quality, then
-quality_fasttext: web score below the threshold); the first rule that fails drops the
-record, with the rule name as ``drop_reason`` and the failed sub-check with its value
-as ``drop_detail``. Records of ``filter.exempt_sources`` (curated text) skip the rules.
+The rules run in order (url_filter, language, gopher_quality, gopher_repetition,
+c4_quality, fineweb_quality); the first rule that fails drops the record, with the
+rule name as ``drop_reason`` and the failed sub-check with its value as
+``drop_detail``. Records of ``filter.exempt_sources`` (curated text) skip the rules.
 Before all of them, removal requests (``filter.takedown``, ``takedown.py``) drop every
-matching record of any source, with reason ``takedown``; taken-down records are not scored
-into the quality threshold either.
-Every record gets ``quality_fasttext`` (its score) and ``c4_lines_removed``; kept
-records carry the text C4 left. Stats: ``drops`` per rule; ``extra`` counts each
-sub-check (``gopher_quality.gopher_short_doc``), the lines C4 removed per reason,
-the exempt records, and the web records scored / at or above the threshold (the
-achieved keep rate over the whole input). The manifest's ``quality`` block holds the
-threshold, the target and achieved keep rates and the sketch's rank-error bound.
+matching record of any source, with reason ``takedown``.
+
+With the fastText quality model on, in two passes, as DCLM applies its classifier:
+pass 1 runs the takedown list and the rules on every shard of the whole input, once,
+scores the web records that pass them (on the text the rules left) with the model
+(``fasttext_quality.py``) and merges per-shard quantile sketches (``quantile_sketch.py``)
+of those scores into one; its outcome waits in the run's scratch store. The threshold is
+the (1 - web_keep_fraction) quantile of the survivors' scores, so the knob keeps that
+share of the web records that reach the classifier. Pass 2 (per shard) drops the
+survivors scored below it (``quality_fasttext``). Without the model: one pass.
+
+Kept records carry ``quality_fasttext`` (their score; None where no model scored them)
+and ``c4_lines_removed``, and the text C4 left; removed records stay as they came in.
+Stats: ``drops`` per rule; ``extra`` counts each sub-check
+(``gopher_quality.gopher_short_doc``), the lines C4 removed per reason, the exempt
+records, and the web records scored / at or above the threshold (the achieved keep rate
+among them). The manifest's ``quality`` block holds the threshold, the target and
+achieved keep rates and the sketch's rank-error bound.
 """
 from __future__ import annotations
 
@@ -30,9 +36,10 @@ import pyarrow.compute as pc
 from pipelines.config import resolve, section
 from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_table
 from pipelines.core.hashing import sha256_file
-from pipelines.core.shards import read_shard
+from pipelines.core.shards import read_shard, write_parquet
 from pipelines.core.store import fetch_uri
 from pipelines.core.stats import ShardStats, totals
+from pipelines.core.store import Store
 from pipelines.filter import fasttext_quality
 from pipelines.filter.quantile_sketch import QuantileSketch
 from pipelines.filter.rules import RULE_NAMES, Doc, build_rules
@@ -44,6 +51,7 @@ STAGE = "filter"
 QUALITY_RULE = "quality_fasttext"
 ALL_REASONS = [TAKEDOWN] + RULE_NAMES + [QUALITY_RULE]
 SKETCH_K = 4096
+INPUT_TEXT = "_input_text"  # pass 1 keeps a survivor's text as it came in, for pass 2's removed record
 
 
 def _inc(stats: ShardStats, key: str, n: int = 1) -> None:
@@ -55,23 +63,16 @@ def _scorer(model_path: str, model_sha: str, max_chars: int) -> fasttext_quality
     return fasttext_quality.QualityScorer(fetch_uri(model_path), max_chars)  # one load per worker process and model
 
 
-def _scores(table: pa.Table, q: dict | None) -> list[float | None]:
-    if not q:
-        return [None] * table.num_rows
-    return _scorer(q["model_path"], q["model_sha256"], q["max_chars"]).score(table.column("text").to_pylist())
-
-
 def filter_table(table: pa.Table, rules: list, exempt: frozenset[str], stats: ShardStats,
-                 scores: list[float | None] | None = None, threshold: float | None = None,
                  takedown: Takedown | None = None) -> tuple[pa.Table, pa.Table]:
-    """Split a record table into (kept, removed-with-reasons), counting into ``stats``."""
+    """Split a record table into (kept, removed-with-reasons) by the takedown list and the rules, counting into
+    ``stats``; ``quality_fasttext`` is left empty (pass 1 scores the survivors)."""
     n = table.num_rows
     ids = table.column("id").to_pylist()
     texts = table.column("text").to_pylist()
     sources = table.column("source").to_pylist()
     col = lambda name: table.column(name).to_pylist() if name in table.column_names else [None] * n  # noqa: E731
     langs, lang_scores, urls = col("lang"), col("lang_score"), col("url")
-    scores = scores if scores is not None else [None] * n
     keep = [True] * n
     reasons, details = [], []
     new_texts = list(texts)
@@ -89,9 +90,6 @@ def filter_table(table: pa.Table, rules: list, exempt: frozenset[str], stats: Sh
         if source in exempt:
             _inc(stats, "exempt")
             continue
-        if threshold is not None and scores[i] is not None:
-            _inc(stats, "quality_fasttext.web_scored")
-            _inc(stats, "quality_fasttext.web_at_or_above_threshold", int(scores[i] >= threshold))
         doc = Doc(text, lang, lscore, source, url)
         failed = None
         for rule in rules:
@@ -107,8 +105,6 @@ def filter_table(table: pa.Table, rules: list, exempt: frozenset[str], stats: Sh
             if not ok:
                 failed = (rule.name, detail)
                 break
-        if failed is None and threshold is not None and scores[i] is not None and scores[i] < threshold:
-            failed = (QUALITY_RULE, {"check": "below_percentile", "value": scores[i]})
         if failed is None:
             new_texts[i] = doc.text
             continue
@@ -118,7 +114,7 @@ def filter_table(table: pa.Table, rules: list, exempt: frozenset[str], stats: Sh
         _inc(stats, f"{name}.{detail['check']}")
         reasons.append(name)
         details.append(json.dumps(detail, sort_keys=True, ensure_ascii=False))
-    extra_cols = {"quality_fasttext": pa.array(scores, pa.float32()), "c4_lines_removed": pa.array(c4_lines, pa.int32())}
+    extra_cols = {QUALITY_RULE: pa.nulls(n, pa.float32()), "c4_lines_removed": pa.array(c4_lines, pa.int32())}
     # Kept records carry the text the rules left (C4 drops lines); removed records stay as they came in.
     kept_t = table.set_column(table.column_names.index("text"), "text", pa.array(new_texts, pa.string()))
     removed_t = table
@@ -128,34 +124,76 @@ def filter_table(table: pa.Table, rules: list, exempt: frozenset[str], stats: Sh
     return kept_t.filter(mask), removed_table(removed_t.filter(pc.invert(mask)), reasons, details)
 
 
-def process_shard(task: ShardTask) -> ShardResult:
-    table = read_shard(task.inputs[0])
-    stats = ShardStats(shard=task.shard, records_in=table.num_rows)
+def rule_pass(path: str, shard: str, cfg: dict) -> tuple[pa.Table, pa.Table, ShardStats]:
+    """The takedown list and the rules over one shard: (survivors, removed, stats)."""
+    table = read_shard(path)
+    stats = ShardStats(shard=shard, records_in=table.num_rows)
     stats.bytes_in = int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0) if table.num_rows else 0
     stats.extra["exempt"] = 0
-    rules = build_rules(task.params)
+    kept, removed = filter_table(table, build_rules(cfg), frozenset(cfg.get("exempt_sources") or []), stats,
+                                 takedown=Takedown.from_config(cfg.get("takedown")))
+    return kept, removed, stats
+
+
+def process_shard(task: ShardTask) -> ShardResult:
     q = task.context.get("quality")
-    kept, removed = filter_table(table, rules, frozenset(task.params.get("exempt_sources") or []), stats,
-                                 _scores(table, q), q["threshold"] if q else None,
-                                 Takedown.from_config(task.params.get("takedown")))
-    return ShardResult(kept, removed, stats)
+    if q is None:
+        return ShardResult(*rule_pass(task.inputs[0], task.shard, task.params))
+    return quality_pass(task, q)
 
 
-def _sketch_shard(job: tuple[str, dict, list[str], dict | None]) -> dict:
-    """Pass 1: the quality scores of one shard's web records (taken-down ones left out), as a sketch."""
-    path, q, exempt, takedown_cfg = job
-    table = read_shard(path, columns=["id", "url", "source", "text"])
-    takedown = Takedown.from_config(takedown_cfg)
+def first_pass(job: dict) -> dict:
+    """Pass 1 for one shard: rules, then the survivors' web records scored; the outcome into scratch, the
+    scores' sketch returned."""
+    cfg, q, store, shard = job["cfg"], job["quality"], job["store"], job["shard"]
+    kept, removed, stats = rule_pass(job["path"], shard, cfg)
+    exempt = frozenset(cfg.get("exempt_sources") or [])
+    web = [s not in exempt for s in kept.column("source").to_pylist()]
+    texts = kept.column("text").to_pylist()
+    scored = _scorer(q["model_path"], q["model_sha256"], q["max_chars"]).score([t for t, w in zip(texts, web) if w])
+    it = iter(scored)
+    scores = [next(it) if w else None for w in web]
+    kept = kept.set_column(kept.column_names.index(QUALITY_RULE), QUALITY_RULE, pa.array(scores, pa.float32()))
+    original = read_shard(job["path"], columns=["id", "text"])
+    by_id = dict(zip(original.column("id").to_pylist(), original.column("text").to_pylist()))
+    kept = kept.append_column(INPUT_TEXT, pa.array([by_id[i] for i in kept.column("id").to_pylist()], pa.string()))
     sketch = QuantileSketch(SKETCH_K)
-    for rid, url, source, score in zip(table.column("id").to_pylist(), table.column("url").to_pylist(),
-                                       table.column("source").to_pylist(), _scores(table, q)):
-        if source not in exempt and not (takedown and takedown.match(rid, url)):
-            sketch.add(score)
+    for score in scored:
+        sketch.add(score)
+    for name, t in (("kept", kept), ("removed", removed)):
+        with store.writer(f"pass1/{shard}.{name}.parquet") as tmp:
+            write_parquet(tmp, t, conform_schema=False)
+    store.write_json(f"pass1/{shard}.stats.json", stats.to_dict())
     return sketch.to_dict()
 
 
+def quality_pass(task: ShardTask, q: dict) -> ShardResult:
+    """Pass 2 for one shard: pass 1's survivors scored below the threshold are dropped (``quality_fasttext``)."""
+    store: Store = task.context["scratch"]
+    kept = read_shard(store.fetch(f"pass1/{task.shard}.kept.parquet"))
+    removed = read_shard(store.fetch(f"pass1/{task.shard}.removed.parquet"))
+    stats = ShardStats.from_dict(store.read_json(f"pass1/{task.shard}.stats.json"))
+    threshold = q["threshold"]
+    scores = kept.column(QUALITY_RULE).to_pylist()
+    below = [s is not None and s < threshold for s in scores]
+    _inc(stats, "quality_fasttext.web_scored", sum(s is not None for s in scores))
+    _inc(stats, "quality_fasttext.web_at_or_above_threshold", sum(s is not None and s >= threshold for s in scores))
+    _inc(stats, "quality_fasttext.below_percentile", sum(below))
+    stats.drop(QUALITY_RULE, sum(below))
+    gone = kept.filter(pa.array(below, pa.bool_()))
+    # A removed record stays as it came in: its text before C4's line removal.
+    gone = gone.set_column(gone.column_names.index("text"), "text", gone.column(INPUT_TEXT)).drop_columns([INPUT_TEXT])
+    details = [json.dumps({"check": "below_percentile", "value": s}, sort_keys=True)
+               for s in gone.column(QUALITY_RULE).to_pylist()]
+    if gone.num_rows:
+        removed = pa.concat_tables([removed, removed_table(gone, [QUALITY_RULE] * gone.num_rows, details).cast(removed.schema)])
+    kept = kept.filter(pc.invert(pa.array(below, pa.bool_()))).drop_columns([INPUT_TEXT])
+    return ShardResult(kept, removed, stats)
+
+
 def quality_threshold(params: dict, run) -> dict | None:
-    """Pass 1 over the whole input: the score threshold that keeps the top web_keep_fraction of web records."""
+    """Pass 1 over the whole input: the score threshold that keeps the top web_keep_fraction of the web records
+    that pass the rules."""
     cfg = section(params, STAGE)
     qcfg = fasttext_quality.config(cfg)
     if not qcfg["enabled"]:
@@ -164,9 +202,10 @@ def quality_threshold(params: dict, run) -> dict | None:
     if not model.exists():
         raise FileNotFoundError(f"{model}: no quality model (run the quality_model stage first)")
     q = {"model_path": run.share(model), "model_sha256": sha256_file(model), "max_chars": int(qcfg["max_chars"])}
-    exempt = list(cfg.get("exempt_sources") or [])
     sketch = QuantileSketch(SKETCH_K)
-    for d in run.map(_sketch_shard, [(ref.uri, q, exempt, cfg.get("takedown")) for ref in run.input_shards()]):
+    jobs = [{"path": ref.uri, "shard": ref.name, "cfg": cfg, "quality": q, "store": run.scratch}
+            for ref in run.input_shards()]
+    for d in run.map(first_pass, jobs):
         sketch.merge(QuantileSketch.from_dict(d))
     if sketch.n == 0:
         log.info("filter: no web records to score, quality threshold off")
@@ -196,17 +235,14 @@ class FilterStage(DataStage):
 
     def global_inputs(self, run, tasks: list[ShardTask]) -> dict:
         # The threshold and the model are inputs of every shard: a new model or threshold re-runs them.
-        q = quality_threshold(run.params, run)
-        for t in tasks:
-            t.context = {"quality": q}
-        return {k: v for k, v in (q or {}).items() if k != "model_path"}
-
-    def prepare(self, run, tasks: list[ShardTask]) -> list[ShardTask]:
         if (run.executor_params or {}).get("start_method", "fork") == "fork":
             import pandas  # noqa: F401  (pyarrow imports it on a shard's first table, ~2 s: once here, not per worker)
 
             english_splitter()  # the word splitter's compiled rules: forked workers inherit them
-        return tasks
+        q = quality_threshold(run.params, run)
+        for t in tasks:
+            t.context = {"quality": q, "scratch": run.scratch} if q else {"quality": None}
+        return {k: v for k, v in (q or {}).items() if k != "model_path"}
 
     def process(self, task: ShardTask) -> ShardResult:
         return process_shard(task)
