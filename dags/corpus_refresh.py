@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from airflow.sdk.exceptions import AirflowSkipException
 from airflow.sdk import DAG, Asset, Param, task
 
 from pipelines.config import load_params, workspace
@@ -42,6 +43,9 @@ with DAG(
         from pipelines.versions.record import record_data_version
 
         result = record_data_version(load_params())  # params.yaml as apply_run_params left it
+        if not result["changed"]:  # skipped: no corpus Asset event, so pretrain does not run for nothing
+            raise AirflowSkipException(f"data version {result['version']} is the one the workspace held: unchanged, "
+                                       "no corpus event")
         outlet_events[CORPUS].extra = result
         return result
 

@@ -176,9 +176,17 @@ def test_refresh_with_a_new_crawl_and_a_takedown_is_a_child_version(project, tmp
         subprocess.run(["git", "checkout", "-q", f"data/{version}"], cwd=clone, check=True)
         _dvc(clone, "pull", "-q", "--force", *corpus)  # what a data version pushes: the corpus stages
         assert _data_hashes(clone) == expected, version
-    # A re-run of the same refresh is a no-op: same version, same parent.
+    # A re-run of the same refresh is a no-op: same version, same parent, and no corpus Asset event (its
+    # record_version task is skipped), so pretrain is not scheduled for nothing.
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events_before = session.query(AssetEvent).count()
     run = load_dag(project, "corpus_refresh").test()
-    assert str(run.state) == "success"
+    assert str(run.state) == "success" and _states(run)["record_version"] == "skipped", _states(run)
+    with create_session() as session:
+        assert session.query(AssetEvent).count() == events_before
     again = json.loads((project / "reports/lineage.json").read_text())
     assert again["version"] == v2["version"] and again["parent"] == v1
 

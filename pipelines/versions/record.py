@@ -106,7 +106,10 @@ def record_data_version(params: dict) -> dict:
     previous = read_json(root / LINEAGE_FILE)
     lineage = build_lineage(root, version, previous, held_crawls(params.get("ingest") or {}))
     write_json_atomic(root / LINEAGE_FILE, lineage)
-    result: dict = {"version": version, "parent": lineage["parent"], "tag": None, "commit": None, "pushed": False}
+    # A no-op refresh rebuilds the version the workspace held: nothing new to announce (no corpus Asset event).
+    changed = (previous or {}).get("version") != version
+    result: dict = {"version": version, "parent": lineage["parent"], "changed": changed, "tag": None, "commit": None,
+                    "pushed": False}
     if cfg.get("git_commit", True) and _is_git_repo(root):
         result.update(tag_version(root, version))
     elif cfg.get("git_commit", True):
