@@ -10,9 +10,11 @@ wikipedia / books / news samples, the data stages ingest -> pack, each as ``pyth
 
 ``ours`` / ``anchor``: wall seconds of (b) / of the refresh, as ``ratio`` = full / refresh (higher = the
 refresh is cheaper; the target ``refresh <= 0.6x full`` is ratio >= 1.67); CPU seconds likewise
-(``ratio_cpu``), per stage in ``runs``. ``dedup_kept``: how many records dedup keeps both ways (equal:
-a recaptured page is kept once) and whether they are the same records (not in general: the full build's
-keep policy may keep B's copy of a page, the refresh keeps the earlier one, A's; README).
+(``ratio_cpu``), per stage in ``runs``. ``dedup_kept``: how many records dedup keeps both ways and whether
+they are the same records. Not in general, with scope global: the full build's keep policy may keep B's copy
+of a page where the refresh keeps the earlier one, A's; a refresh verifies a new record against an index
+entry by signature agreement (an estimate), a full build by the true Jaccard, so pairs near the threshold
+can go either way; and star clusters form around other heads (README "Two dedup scopes").
 
 ``index_lookup``: the dedup stage alone, refreshing one new crawl of ``N`` records against a dedup index
 of 1x and 8x N records: CPU seconds per new record (target: within 20%, flat as the index grows).
