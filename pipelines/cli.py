@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("stage", choices=stages.names())
     sub.add_parser("version", help="record the data version (commit/tag dvc.lock, dvc push)")
     sub.add_parser("summary", help="print the funnel, data version and bits-per-byte")
+    sub.add_parser("report", help="write reports/index.html: every data version's funnel, gates, blends, curves, bpb")
     sub.add_parser("demo", help="run corpus_refresh and pretrain through Airflow, then print the summary")
     args = parser.parse_args(argv)
 
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         result = _load("pipelines.versions.record:record_data_version")(params)
     elif args.command == "summary":
         print(_load("pipelines.demo.summary:render")(params))
+        return 0
+    elif args.command == "report":
+        from pipelines.config import workspace
+
+        print(_load("pipelines.versions.report:write_report")(workspace()))
         return 0
     elif args.command in JOBS:
         result = _load(JOBS[args.command])(params)

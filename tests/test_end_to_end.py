@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,21 @@ def test_airflow_runs_corpus_refresh_then_pretrain(project):
         assert bpb and all(0 < v < 20 for v in bpb.values())
     used = json.loads((project / "reports/pretrain_data_version.json").read_text())
     assert used["version"] == version["version"]
+
+
+def test_the_offline_report_shows_the_build(project):
+    """reports/index.html: one self-contained page with the funnel, the gates and their Data Docs, the loss curve and
+    bits per byte; nothing loaded from the network."""
+    from pipelines.versions.report import write_report
+
+    html = write_report(project).read_text()
+    version = json.loads((project / "reports/data_version.json").read_text())["version"]
+    for part in ("<h3>Funnel</h3>", "<h3>Gates</h3>", "check_filter", "<h3>Training loss</h3>",
+                 "Bits per byte on held-out text", f"Data version <code>{version}</code>"):
+        assert part in html, part
+    assert "<script" not in html and "<link" not in html and "src=\"http" not in html
+    for href in re.findall(r'href="(\./gx/[^"]+)"', html):  # every Data Docs link resolves beside the report
+        assert (project / "reports" / href).is_file(), href
 
 
 def test_every_stage_output_is_accounted_for(project):

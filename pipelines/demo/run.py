@@ -8,6 +8,7 @@ import time
 from pipelines.config import workspace
 from pipelines.local_airflow.env import airflow_cli, ensure_db
 from pipelines.demo.summary import render
+from pipelines.versions.report import write_report
 
 
 def main() -> int:
@@ -27,5 +28,7 @@ def main() -> int:
             print((proc.stdout + proc.stderr)[-6000:], file=sys.stderr)
             return 1
     print(render(root=root))
+    report = write_report(root)
     print(f"\n[demo] done in {time.time() - t0:.0f}s. `dvc repro` now has nothing to do; `dvc status` shows it.")
+    print(f"[demo] open {report} (works offline): funnel, gates with their Data Docs, blends, loss, bpb, lineage")
     return 0

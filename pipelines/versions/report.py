@@ -1,0 +1,24 @@
+"""``reports/index.html``: the one page a person opens after a build, offline.
+
+The same content as the Airflow "Data versions" page (pipelines.versions.page): per data version, its
+lineage, the records funnel and tokens per phase, every gate with a link to its Data Docs page under
+``reports/gx/``, the mixture and token shares, the training loss and bits per byte per source. One file,
+charts as inline SVG, styles inline, no script and nothing fetched from the network.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.core.atomic import write_bytes_atomic
+from pipelines.versions.page import render
+from pipelines.versions.read import collect
+
+REPORT = "reports/index.html"
+
+
+def write_report(root: Path) -> Path:
+    path = Path(root) / REPORT
+    # Links relative to reports/: the Data Docs sites are reports/gx/<stage>/...
+    write_bytes_atomic(path, render(collect(Path(root)), base=".").encode("utf-8"))
+    path.chmod(0o644)  # a page to open and share (the atomic writer's temp file is private)
+    return path
