@@ -86,6 +86,22 @@ def test_airflow_runs_corpus_refresh_then_pretrain(project):
     assert used["version"] == version["version"]
 
 
+def test_demo_progress_reads_the_run_and_the_training(project):
+    """What make demo prints while it waits: from the real run's states in the Airflow DB and the training's
+    progress file (the demo's own run uses the workspace's .airflow DB; dag.test() here, the session's)."""
+    import io
+
+    from pipelines.demo.progress import Progress, training_line
+
+    out = io.StringIO()
+    Progress(project, "corpus_refresh", out=out, db=Path(os.environ["AIRFLOW_HOME"]) / "airflow.db").tick()
+    text = out.getvalue()
+    assert re.search(r"corpus_refresh \d+s: (\d+)/\1 tasks done", text), text
+    assert re.search(r"success +dedup\.dedup in \d+s, [\d,]+ records \([\d,]+/s\)", text), text
+    line = training_line(project, since=0)
+    assert line and re.search(r"train phase\d: \[#+\] step (\d+)/\1, loss \d", line), line
+
+
 def test_the_offline_report_shows_the_build(project):
     """reports/index.html: one self-contained page with the funnel, the gates and their Data Docs, the loss curve and
     bits per byte; nothing loaded from the network."""

@@ -6,8 +6,9 @@ import sys
 import time
 
 from pipelines.config import workspace
-from pipelines.local_airflow.env import airflow_cli, ensure_db
+from pipelines.demo.progress import Progress
 from pipelines.demo.summary import render
+from pipelines.local_airflow.env import airflow_cli, ensure_db
 from pipelines.versions.report import write_report
 
 
@@ -17,15 +18,20 @@ def main() -> int:
     print(f"[demo] workspace {root}; Airflow home {root / '.airflow'} (SQLite)", flush=True)
     ensure_db(root)
     for dag_id in ("corpus_refresh", "pretrain"):
-        print(f"[demo] airflow dags test {dag_id} ...", flush=True)
-        t = time.time()
-        proc = airflow_cli(["dags", "test", dag_id], root, check=False, capture=True)
         log = root / ".airflow" / f"demo-{dag_id}.log"
-        log.write_text(proc.stdout + proc.stderr)
-        failed = proc.returncode != 0 or "state=failed" in (proc.stdout + proc.stderr).lower().replace(" ", "")
+        print(f"[demo] airflow dags test {dag_id} (full log, as it runs: {log})", flush=True)
+        t = time.time()
+        progress = Progress(root, dag_id)  # a line every 10 s: tasks done, running, records/s, training steps
+        progress.start()
+        try:
+            proc = airflow_cli(["dags", "test", dag_id], root, check=False, log=log)
+        finally:
+            progress.stop()
+        output = log.read_text(errors="replace")
+        failed = proc.returncode != 0 or "state=failed" in output.lower().replace(" ", "")
         print(f"[demo] {dag_id}: {'FAILED' if failed else 'success'} in {time.time() - t:.0f}s (log: {log})", flush=True)
         if failed:
-            print((proc.stdout + proc.stderr)[-6000:], file=sys.stderr)
+            print(output[-6000:], file=sys.stderr)
             return 1
     print(render(root=root))
     report = write_report(root)

@@ -24,9 +24,14 @@ def airflow_env(root: Path, home: Path | None = None) -> dict[str, str]:
     return env
 
 
-def airflow_cli(args: list[str], root: Path, *, check: bool = True, capture: bool = False, home: Path | None = None):
-    """Run the `airflow` CLI of this interpreter's environment."""
+def airflow_cli(args: list[str], root: Path, *, check: bool = True, capture: bool = False, home: Path | None = None,
+                log: Path | None = None):
+    """Run the `airflow` CLI of this interpreter's environment (``log``: its output streams into that file)."""
     exe = Path(sys.executable).parent / "airflow"
+    if log is not None:
+        with open(log, "w") as out:
+            return subprocess.run([str(exe), *args], cwd=root, env=airflow_env(root, home), check=check, stdout=out,
+                                  stderr=subprocess.STDOUT, text=True)
     return subprocess.run([str(exe), *args], cwd=root, env=airflow_env(root, home), check=check,
                           capture_output=capture, text=True)
 

@@ -138,7 +138,7 @@ def _train(params: dict, phase: Phase, device: torch.device, world: distributed.
                            read_grad_norm=tp.get("tensorboard", True))
         taken += 1
         progress.advance(stats)
-        log_step(writer, phase.name, stats, phase.end_step)
+        log_step(writer, phase.name, stats, phase.end_step, main=world.is_main)
         if on_step is not None:
             on_step(stats)
         if progress.step % every == 0 or progress.step == phase.end_step:

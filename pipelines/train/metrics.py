@@ -23,8 +23,12 @@ def open_tensorboard(log_dir: Path, tp: dict):
     return SummaryWriter(log_dir=str(log_dir))
 
 
-def log_step(writer, name: str, step, end_step: int) -> None:
-    """Tensorboard scalars of one step (``step`` is a loop.StepStats), and a log line every 10 steps and at the end."""
+PROGRESS = "reports/progress/train_{name}.json"  # where a watcher (make demo) reads how far a phase is
+
+
+def log_step(writer, name: str, step, end_step: int, main: bool = True) -> None:
+    """Tensorboard scalars of one step (``step`` is a loop.StepStats), and a log line and the progress file
+    (``PROGRESS``, main process only) every 10 steps and at the end."""
     if writer is not None:
         writer.add_scalar("train/loss", step.loss, step.step)
         writer.add_scalar("train/lr", step.lr, step.step)
@@ -32,6 +36,10 @@ def log_step(writer, name: str, step, end_step: int) -> None:
         writer.add_scalar("train/tokens_per_s", step.tokens / step.seconds, step.step)
     if step.step % 10 == 0 or step.step == end_step:
         log.info("%s step %d loss %.4f lr %.2e", name, step.step, step.loss, step.lr)
+        if main:
+            write_json_atomic(resolve(PROGRESS.format(name=name)), {
+                "phase": name, "step": step.step, "end_step": end_step, "loss": round(step.loss, 4), "lr": step.lr,
+                "tokens_per_s": round(step.tokens / step.seconds, 1) if step.seconds else None})
 
 
 def write_metrics(name: str, phase: Phase, tokens: int, elapsed: float, history: list[dict], model,
