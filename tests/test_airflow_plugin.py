@@ -119,6 +119,15 @@ def test_page_shows_funnel_gates_mixture_tokens_and_curves(project):
     assert [v["version"] for v in data] == ["newversion02", "oldversion01"]
     assert data[0]["trained"] is True and data[1]["funnel"]["records"][-1] == {"stage": "select", "records": 300}
 
+    # A refresh built a newer version that no training has used yet: the last training's curves and bpb belong to
+    # the version it trained on, so the new version shows none of them, and says so.
+    _write(project / "reports/data_version.json", {"version": "newversion03", "tag": None})
+    html = client.get("/").text
+    current = html.split("<section class='version'>")[1]
+    assert "newversion03" in current and "<polyline" not in current and "bpb phase" not in current
+    assert "Not trained on this version yet" in current and "newversion02" in current
+    assert client.get("/api/versions").json()[0]["trained"] is False
+
 
 def test_page_without_any_build_says_so(tmp_path):
     from fastapi.testclient import TestClient

@@ -159,9 +159,10 @@ def render(versions: list[dict], base: str = ".") -> str:
                          share_chart({"all": {t["phase"]: t["tokens"] / total for t in f["tokens"]}}, f"token shares {label}")]
         c = v["curves"]
         if c["loss"]:
-            sections += ["<h3>Training loss</h3>" + ("" if v.get("trained") else
-                         "<p class='muted'>(the last training run; it may have used another data version)</p>"),
-                         line_chart(c["loss"], f"loss {label}", "loss")]
+            sections += ["<h3>Training loss</h3>", line_chart(c["loss"], f"loss {label}", "loss")]
+        elif v["current"] and v.get("trained_on"):
+            sections.append(f"<p class='muted'>Not trained on this version yet: the workspace's last training used "
+                            f"<code>{escape(v['trained_on'])}</code>.</p>")
         if c["bpb"]:
             for phase, per_source in c["bpb"].items():
                 sections += [f"<h3>Bits per byte on held-out text, {escape(phase)}</h3>",

@@ -179,9 +179,12 @@ def version_detail(root: Path, version: str | None, lock: dict | None, current: 
     }
     if current:
         detail["lineage"] = read_json(Path(root) / "reports" / "lineage.json")
-        detail["curves"] = curves(root)
         used = read_json(Path(root) / "reports" / "pretrain_data_version.json") or {}
-        detail["trained"] = used.get("version") == version and bool(detail["curves"]["loss"])
+        # The workspace's training curves and bpb belong to the version that training used: shown under it only.
+        trained = used.get("version") == version
+        detail["curves"] = curves(root) if trained else {"loss": {}, "bpb": {}}
+        detail["trained"] = trained and bool(detail["curves"]["loss"])
+        detail["trained_on"] = used.get("version")
         detail["gates"] = gates(root)
     else:
         detail.update(gates=[], curves={"loss": {}, "bpb": {}}, trained=False)
