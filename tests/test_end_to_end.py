@@ -179,6 +179,7 @@ def test_refresh_with_a_new_crawl_and_a_takedown_is_a_child_version(project, tmp
     v2 = json.loads((project / "reports/data_version.json").read_text())
     lineage = json.loads((project / "reports/lineage.json").read_text())
     assert v2["version"] != v1 and v2["parent"] == lineage["parent"] == v1
+    assert lineage["run_params"]["form"] == {}  # this refresh came from params.yaml edits, not the run form
     assert "cc-main-2025-05" in lineage["crawls"] and "cc-main-2020-34" in lineage["crawls"]
     assert lineage["deltas"]["ingest"]["records_out"]["cc-main-2025-05"] > 0
     assert lineage["deltas"]["filter"]["drops"]["takedown"] == sum(lineage["stages"]["filter"]["drops"]["takedown"].values()) > 0

@@ -170,10 +170,23 @@ def test_apply_form_writes_every_field_and_refuses_paths_outside(tmp_path):
     from pipelines.orchestration.run_params import FormError
 
     params = _form_params()
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = apply_form(tmp_path, {"crawl_id": "CC-MAIN-2024-22", "crawl_segment": "1715971057216.39", "max_files": 2,
-                                    "sources": ["wikipedia", "code"], "mixture_preset": "code_math",
-                                    "anneal_fraction": 0.3, "max_record_bytes": 5000})
+    text = (REPO / "params.yaml").read_text()  # the real file, comments and all
+    (tmp_path / "params.yaml").write_text(text)
+    form = {"crawl_id": "CC-MAIN-2024-22", "crawl_segment": "1715971057216.39", "max_files": 2,
+            "sources": ["wikipedia", "code"], "mixture_preset": "code_math", "anneal_fraction": 0.3, "max_record_bytes": 5000}
+    changed = apply_form(tmp_path, form)
+    after = (tmp_path / "params.yaml").read_text()
+    # Edited in place: every comment line stays, and only the lines of the changed values differ.
+    assert [ln for ln in text.splitlines() if ln.lstrip().startswith("#")] == \
+        [ln for ln in after.splitlines() if ln.lstrip().startswith("#")]
+    import difflib
+
+    touched = {ln[1:].split(":")[0].strip() for ln in difflib.unified_diff(text.splitlines(), after.splitlines(), n=0)
+               if ln[:1] in "+-" and not ln.startswith(("+++", "---"))}
+    assert touched <= {"warc", "wet", "max_files", "max_record_bytes", "anneal_fraction", "weights", "- s3",
+                       "books", "news", "math", "cc-main-2019-30"}, touched
+    recorded = json.loads((tmp_path / "reports/run_params.json").read_text())
+    assert recorded["form"] == form and set(recorded["changed"]) == set(changed)
     p = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert p["ingest"]["warc"] == ["s3://commoncrawl/crawl-data/CC-MAIN-2024-22/segments/1715971057216.39/warc/*.warc.gz"]
     assert p["ingest"]["wet"][0].endswith("/wet/*.warc.wet.gz")

@@ -1,6 +1,7 @@
 """The `corpus_refresh` run form: a JSON-schema per field (Airflow renders and validates
 it in the trigger UI and on REST triggers) and `apply_form`, which re-validates and writes
-the values into params.yaml before the stages run.
+the values into params.yaml before the stages run: only those values, in place (comments,
+order and the rest of the file stay), and records them in reports/run_params.json.
 
 The run's knobs become part of the versioned params (DVC tracks params.yaml), so a
 run triggered with other inputs produces, and tags, another data version.
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import io
 import logging
 import re
 from pathlib import Path, PurePosixPath
 
 import yaml
 
-from pipelines.core.atomic import write_bytes_atomic
+from pipelines.core.atomic import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ CRAWL_ID = r"^CC-MAIN-\d{4}-\d{2}$"
 CRAWL_SEGMENT = r"^\d{13}\.\d{1,3}$"
 CRAWL_BUCKET = "commoncrawl"
 NEXT_CRAWL = "next"
+RUN_PARAMS = "reports/run_params.json"  # the last run's form values and what they changed
 RAY_ADDRESS = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:\d{1,5}$"  # host:port, the head's GCS address
 
 
@@ -223,9 +226,48 @@ def apply_form(root: Path, form: dict, as_of: dt.date | None = None, scheduled: 
         for phase, weights in preset.items():
             _set(new, f"mix.{phase}.weights", dict(weights), changed)
     if changed:
-        write_bytes_atomic(path, yaml.safe_dump(new, sort_keys=False).encode())
+        write_bytes_atomic(path, edited_in_place(path.read_text(), new, list(changed)).encode())
         log.info("params.yaml updated from the run form: %s", changed)
+    # What this run asked for, for the data version it builds (record_data_version puts it in lineage.json).
+    write_json_atomic(Path(root) / RUN_PARAMS, {"form": form, "changed": changed, "scheduled": scheduled,
+                                                "as_of": str(as_of) if as_of else None})
     return changed
+
+
+def edited_in_place(text: str, new: dict, dotted_keys: list[str]) -> str:
+    """``text`` (params.yaml) with the values at ``dotted_keys`` taken from ``new``, everything else as it was:
+    comments, order, quoting and blank lines stay (a round trip, ruamel.yaml), so a run never rewrites the file
+    the user edits beyond the values it changes."""
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.width = 4096  # never wrap: a flow mapping stays on its one line (keep multi-line mappings in block style)
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = rt.load(text)
+    for dotted in dotted_keys:
+        *parents, leaf = dotted.split(".")
+        node, value = doc, new
+        for k in parents:
+            node = node.setdefault(k, {}) if node.get(k) is not None else node.__setitem__(k, {}) or node[k]
+            value = value[k]
+        _merge(node, leaf, value[leaf])
+    out = io.StringIO()
+    rt.dump(doc, out)
+    return out.getvalue()
+
+
+def _merge(node, key: str, value) -> None:
+    """Set ``node[key]`` to ``value``; a mapping is edited key by key, so the comments of what stays are kept."""
+    old = node.get(key)
+    if isinstance(old, dict) and isinstance(value, dict):
+        for k in [k for k in old if k not in value]:
+            del old[k]
+        for k, v in value.items():
+            if old.get(k) != v:
+                _merge(old, k, v)
+        return
+    node[key] = value
 
 
 def run_date(dag_run) -> tuple[bool, dt.date | None]:

@@ -21,6 +21,7 @@ from pipelines.core.hashing import canonical_json, sha256_bytes
 from pipelines.orchestration.dvc_runner import dvc_executable, run_command, tool_env
 from pipelines.ingest.common_crawl import held_crawls
 from pipelines.orchestration.graph import load_stages
+from pipelines.orchestration.run_params import RUN_PARAMS
 from pipelines.versions.lineage import LINEAGE_FILE, build as build_lineage
 from pipelines.versions.read import read_json
 
@@ -105,6 +106,8 @@ def record_data_version(params: dict) -> dict:
     # Lineage before the tag: the tag's commit carries it, so every version names its parent.
     previous = read_json(root / LINEAGE_FILE)
     lineage = build_lineage(root, version, previous, held_crawls(params.get("ingest") or {}))
+    if (previous or {}).get("version") != version:  # the run-form values this version was built with
+        lineage["run_params"] = read_json(root / RUN_PARAMS)
     write_json_atomic(root / LINEAGE_FILE, lineage)
     # A no-op refresh rebuilds the version the workspace held: nothing new to announce (no corpus Asset event).
     changed = (previous or {}).get("version") != version
