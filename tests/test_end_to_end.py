@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,13 @@ def test_demo_progress_reads_the_run_and_the_training(project):
     assert re.search(r"success +dedup\.dedup in \d+s, [\d,]+ records \([\d,]+/s\)", text), text
     line = training_line(project, since=0)
     assert line and re.search(r"train phase\d: \[#+\] step (\d+)/\1, loss \d", line), line
+    # As make demo runs it: a thread that reports on its own and stops cleanly.
+    out = io.StringIO()
+    watcher = Progress(project, "pretrain", every=0.2, out=out, db=Path(os.environ["AIRFLOW_HOME"]) / "airflow.db")
+    watcher.start()
+    time.sleep(0.7)
+    watcher.stop()
+    assert not watcher.is_alive() and out.getvalue().count("[demo] pretrain ") >= 2, out.getvalue()
 
 
 def test_the_offline_report_shows_the_build(project):

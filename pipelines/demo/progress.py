@@ -88,14 +88,14 @@ class Progress(threading.Thread):
         self.db = Path(db) if db else self.root / ".airflow" / "airflow.db"  # the workspace's Airflow home
         self.started = dt.datetime.now(dt.timezone.utc)
         self.reported: set[str] = set()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.every):
+        while not self._halt.wait(self.every):
             self.tick()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=self.every + 5)
         self.tick(final=True)
 
