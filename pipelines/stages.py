@@ -61,8 +61,12 @@ def run(name: str, params: dict) -> dict:
     """Run one data stage through the runner (what ``python -m pipelines <name>`` does)."""
     from pipelines.core.runner import run_stage
 
+    from pipelines.core.headline import write_headline
+
     stage = load(name)
-    return run_stage(stage, params, output_dir(name), output_dir(stage.input) if stage.input else None)
+    summary = run_stage(stage, params, output_dir(name), output_dir(stage.input) if stage.input else None)
+    write_headline(name, stage.headline(output_dir(name)))  # metrics/<name>.json: its row in `dvc metrics show`
+    return summary
 
 
 def runner(name: str):

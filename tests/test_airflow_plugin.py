@@ -67,12 +67,18 @@ def project(tmp_path) -> Path:
     lock = {"schema": "2.0", "stages": {s: {"cmd": "x", "outs": [{"path": f"data/{s}", "md5": _cache_dir_out(root, f"data/{s}")}]}
                                         for s in ("ingest", "filter", "dedup", "select", "mix", "pack")}}
     (root / "dvc.lock").write_text(yaml.safe_dump(lock))
-    subprocess.run([*GIT, "add", "dvc.lock"], cwd=root, check=True)
+    # record_version commits the gate reports and the lineage with the lock: the tag carries them.
+    _write(root / "reports/checks/ingest.json", {"stage": "ingest", "success": True, "evaluated": 7, "checks": [],
+                                                 "data_docs": "reports/gx/ingest/index.html"})
+    _write(root / "reports/lineage.json", {"parent": None, "crawls": [], "sources": ["web", "books"],
+                                           "stages": {"filter": {"drops": {"language": {"web": 41, "books": 2}}},
+                                                      "ingest": {"drops": {"empty_text": {"web": 5}}}}})
+    subprocess.run([*GIT, "add", "-f", "dvc.lock", "reports/checks/ingest.json", "reports/lineage.json"], cwd=root, check=True)
     subprocess.run([*GIT, "commit", "-qm", "old version"], cwd=root, check=True)
     subprocess.run([*GIT, "tag", "data/oldversion01"], cwd=root, check=True)
     # The current build.
     _build(root, {"ingest": 1000, "filter": 640, "dedup": 610, "select": 480},
-           {"phase1": {"web": 6000, "wikipedia": 2000, "code": 2000}, "phase2": {"wikipedia": 900, "code": 100}},
+           {"phase1": {"web": 6000, "wikipedia": 2000, "code": 2000}, "phase2": {"wikipedia": 900, "code": 100, "books": 0}},
            {"web": 0.5, "wikipedia": 0.3, "code": 0.2})
     _write(root / "reports/data_version.json", {"version": "newversion02", "tag": None})
     _write(root / "reports/checks/ingest.json", {"stage": "ingest", "success": True, "evaluated": 9, "checks": [],
@@ -81,9 +87,9 @@ def project(tmp_path) -> Path:
     _write(root / "reports/checks/filter.json", {"stage": "filter", "success": False, "evaluated": 6, "data_docs": None,
                                                  "checks": [{"type": "expect_column_min_to_be_between", "column": "keep_rate",
                                                              "success": False, "observed": 0.0625}]})
-    _write(root / "metrics/train_phase1.csv", "step,loss\n1,8.0\n2,6.5\n3,5.9\n")
-    _write(root / "metrics/train_phase2.csv", "step,loss\n4,5.5\n5,5.2\n")
-    _write(root / "metrics/eval.json", {"phase1": {"bpb": {"books": 2.5, "code": 3.0}}, "phase2": {"bpb": {"books": 2.2, "code": 2.9}}})
+    _write(root / "metrics/train_phase1.csv", "step,loss,lr\n1,8.0,0.001\n2,6.5,0.002\n3,5.9,0.002\n")
+    _write(root / "metrics/train_phase2.csv", "step,loss,lr\n4,5.5,0.001\n5,5.2,0.0002\n")
+    _write(root / "metrics/details/eval.json", {"phase1": {"bpb": {"books": 2.5, "code": 3.0}}, "phase2": {"bpb": {"books": 2.2, "code": 2.9}}})
     _write(root / "reports/pretrain_data_version.json", {"version": "newversion02"})
     return root
 
@@ -109,11 +115,22 @@ def test_page_shows_funnel_gates_mixture_tokens_and_curves(project):
     assert client.get("/gx/../../dvc.yaml").status_code == 404  # serves reports/gx only
     # Mixture and token shares per phase (60% web tokens in phase 1), loss curves of both phases, bpb.
     assert "phase1 web: 50.0%" in current and "phase1 web: 60.0%" in current and "phase2 wikipedia: 90.0%" in current
-    assert current.count("<polyline") == 2 and "bpb phase2" in current
+    assert current.count("<polyline") == 4 and "bpb phase2" in current and "<h3>Learning rate</h3>" in current
+    assert len(re.findall(r'class="ytick"', current)) >= 6 and len(re.findall(r'class="xtick"', current)) >= 4  # both charts
+    # One colour per source on the whole page; a source with no share has no legend entry; labels read on light colours.
+    def fill(section: str, source: str) -> set:
+        return set(re.findall(rf'fill="(#[0-9a-f]{{6}})"><title>phase1 {source}:', section))
+    assert fill(current, "web") == fill(old, "web") and len(fill(current, "web")) == 1
+    assert fill(current, "books") == set() and fill(old, "books") and fill(old, "books") != fill(old, "web")
+    assert ">books</text>" not in current.split("<h3>Token shares per phase</h3>")[1].split("</svg>")[0]
     # The older version comes from its tag's dvc.lock and the DVC cache.
     assert "oldversion01" in old and "data/oldversion01" in old
     assert re.search(r">ingest</text><rect[^>]+/><text[^>]*>900 records<", old)
     assert "phase1 books: 30.0%" in old and "<polyline" not in old
+    # Its gates and drops come from what its tag carries (Data Docs are the current build's only).
+    assert "<td>check_ingest</td><td>pass</td><td>7</td>" in old and "current build only" in old
+    assert "<h3>Drops by reason</h3>" in old and re.search(r">ingest: empty_text</text>.*>filter: language</text>", old)
+    assert "<td>language</td><td>43</td><td>web 41, books 2</td>" in old
 
     data = client.get("/api/versions").json()
     assert [v["version"] for v in data] == ["newversion02", "oldversion01"]

@@ -127,3 +127,13 @@ def test_expand_inputs_sorted_and_globbed(tmp_path):
         (tmp_path / n).write_bytes(b"x")
     got = expand_inputs(["*.warc.gz"], root=tmp_path)
     assert [p.split("/")[-1] for p in got] == ["a.warc.gz", "b.warc.gz"]
+
+
+def test_headline_metrics_keep_the_shared_columns(workspace):
+    """`dvc metrics show` has one column per distinct key across files: a new key is refused, not added."""
+    from pipelines.core.headline import write_headline
+
+    assert write_headline("x", {"loss": 1.234567, "tokens": 5}) == {"loss": 1.2346, "tokens": 5}
+    assert json.loads(workspace.path("metrics/x.json").read_text()) == {"loss": 1.2346, "tokens": 5}
+    with pytest.raises(ValueError, match="kl_reduction"):
+        write_headline("select", {"records_in": 1, "kl_reduction": 0.1})

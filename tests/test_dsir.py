@@ -135,7 +135,7 @@ def test_select_stage_methods_log_kl_reduction(workspace, sources, method):
     kept = out.column("source").to_pylist()
     assert sum(1 for s in kept if s in ("web", "newsweb")) == summary["web_kept"] == 120
     assert set(removed.column("drop_reason").to_pylist()) == {"not_sampled"}
-    metrics = json.loads(workspace.path("metrics/select.json").read_text())
+    metrics = json.loads(workspace.path("metrics/details/select.json").read_text())
     assert metrics["method"] == method and metrics["kl_reduction"] == summary["selection"]["kl_reduction"]
     if method == "dsir":
         assert kept.count("newsweb") > 0.7 * 120

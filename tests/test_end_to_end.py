@@ -79,7 +79,7 @@ def test_airflow_runs_corpus_refresh_then_pretrain(project):
 
     run = load_dag(project, "pretrain").test()
     assert str(run.state) == "success", _states(run)
-    ev = json.loads((project / "metrics/eval.json").read_text())
+    ev = json.loads((project / "metrics/details/eval.json").read_text())
     for phase in ("phase1", "phase2"):
         bpb = ev[phase]["bpb"]
         assert bpb and all(0 < v < 20 for v in bpb.values())
@@ -115,14 +115,38 @@ def test_the_offline_report_shows_the_build(project):
     bits per byte; nothing loaded from the network."""
     from pipelines.versions.report import write_report
 
-    html = write_report(project).read_text()
+    path = write_report(project)
+    html = path.read_text()
     version = json.loads((project / "reports/data_version.json").read_text())["version"]
-    for part in ("<h3>Funnel</h3>", "<h3>Gates</h3>", "check_filter", "<h3>Training loss</h3>",
-                 "Bits per byte on held-out text", f"Data version <code>{version}</code>"):
+    for part in ("<h3>Funnel: records per stage</h3>", "<h3>Drops by reason</h3>", "filter: language", "<h3>Gates</h3>",
+                 "check_filter", "<h3>Training loss</h3>", "<h3>Learning rate</h3>", "Bits per byte on held-out text",
+                 f"Data version <code>{version}</code>", "<h3>Figures</h3>"):
         assert part in html, part
     assert "<script" not in html and "<link" not in html and "src=\"http" not in html
     for href in re.findall(r'href="(\./gx/[^"]+)"', html):  # every Data Docs link resolves beside the report
         assert (project / "reports" / href).is_file(), href
+    for name in ("funnel", "training", "bpb"):  # the PNGs, also as files to paste elsewhere
+        assert (project / f"reports/figures/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    # As a person opens it: in a browser with the network blocked, every picture loads and the parts are there.
+    from selenium.webdriver.common.by import By
+
+    from tests.browser import chrome
+
+    driver = chrome(offline=True, size="1200,4000")
+    try:
+        driver.get(path.as_uri())
+        headings = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "h3")]
+        for part in ("Funnel: records per stage", "Gates", "Training loss", "Bits per byte on held-out text, phase2"):
+            assert part in headings, (part, headings)
+        images = driver.execute_script("return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth])")
+        assert sorted(a for a, w in images if w > 0) == ["bpb", "funnel", "training"], images
+        assert driver.find_elements(By.CSS_SELECTOR, "svg.chart.line polyline")  # the loss curves, drawn
+        artifacts = Path(__file__).resolve().parents[1] / "reports" / "test-artifacts"  # for a person to review
+        artifacts.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(artifacts / "report-index.png"))
+    finally:
+        driver.quit()
 
 
 def test_every_stage_output_is_accounted_for(project):
@@ -145,6 +169,19 @@ def test_dvc_repro_right_after_is_a_noop(project):
     _dvc(project, "repro")
     after = {p: p.stat().st_mtime_ns for p in (project / "data").rglob("*.parquet")}
     assert before == after
+
+
+def test_dvc_metrics_show_reads_in_a_terminal(project):
+    """One row per step, a handful of shared columns; the detail is in metrics/details/."""
+    from pipelines import stages
+    from pipelines.core.headline import COLUMNS
+
+    lines = [line.rstrip() for line in _dvc(project, "metrics", "show").splitlines() if line.strip()]
+    assert max(len(line) for line in lines) <= 120, "\n".join(lines)
+    assert set(lines[0].split()[1:]) <= set(COLUMNS), lines[0]
+    for name in [*stages.names(), "train_phase1", "train_phase2", "eval"]:
+        assert any(line.startswith(f"metrics/{name}.json ") for line in lines), (name, lines)
+    assert (project / "metrics/details/eval.json").is_file() and (project / "metrics/details/select.json").is_file()
 
 
 def _data_hashes(root: Path) -> dict[str, str]:
@@ -206,6 +243,10 @@ def test_refresh_with_a_new_crawl_and_a_takedown_is_a_child_version(project, tmp
     versions = {v["version"]: v for v in collect(project)}
     assert versions[v2["version"]]["lineage"]["parent"] == v1 and versions[v1]["lineage"]["parent"] is None
     assert f"<a href='#v-{v1}'>" in render(list(versions.values()))
+    # `dvc metrics diff` between the two versions' tags says what changed, stage by stage.
+    diff = _dvc(project, "metrics", "diff", f"data/{v1}", f"data/{v2['version']}")
+    assert re.search(r"metrics/ingest\.json\s+records_out\s+\d+\s+\d+\s+\d+", diff), diff
+    assert re.search(r"metrics/filter\.json\s+dropped\s+\d+\s+\d+", diff), diff
 
     # Each version comes back byte for byte in a fresh clone: git checkout data/<v> && dvc pull.
     v2_data = _data_hashes(project)

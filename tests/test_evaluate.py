@@ -79,7 +79,7 @@ def test_evaluate_writes_bpb_per_source_for_both_phases(ws, tmp_path_factory):
     ws.set_params(params)
     run_anneal(params)
     summary = run(params)
-    result = json.loads(ws.path("metrics/eval.json").read_text())
+    result = json.loads(ws.path("metrics/details/eval.json").read_text())
     assert set(result) == {"phase1", "phase2", "delta"}
     sources = {"math", "news", "wikipedia"}
     for phase in ("phase1", "phase2"):
@@ -107,7 +107,7 @@ def test_evaluate_writes_bpb_per_source_for_both_phases(ws, tmp_path_factory):
         assert result["phase1"]["bpb"][source] < base - 0.5, (source, base)
 
     # lm-eval-harness ran on the local task files, for both phases, within the limit.
-    lm = json.loads(ws.path("metrics/lm_eval.json").read_text())
+    lm = json.loads(ws.path("metrics/details/lm_eval.json").read_text())
     for phase in ("phase1", "phase2"):
         csqa, gsm = lm[phase]["local_commonsenseqa"], lm[phase]["local_gsm8k_answer"]
         assert csqa["n"] == 6 and gsm["n"] == 6
@@ -116,16 +116,16 @@ def test_evaluate_writes_bpb_per_source_for_both_phases(ws, tmp_path_factory):
     assert summary["lm_eval"]["phase1"] == lm["phase1"]
 
     # The Min-K% audit covers the configured eval sets against the held-out reference.
-    audit_ = json.loads(ws.path("metrics/contamination.json").read_text())
+    audit_ = json.loads(ws.path("metrics/details/contamination.json").read_text())
     assert set(audit_["sets"]) == {"gsm8k", "commonsenseqa"} and audit_["k"] == 0.2
     assert audit_["reference"]["n"] == 9  # 3 held-out docs x 3 sources
     for s in audit_["sets"].values():
         assert s["n"] == 12 and 0 <= s["flagged"] <= 12 and math.isfinite(s["mean"])
 
     # Re-running evaluate gives the same file (deterministic on CPU).
-    before = ws.path("metrics/eval.json").read_bytes()
+    before = ws.path("metrics/details/eval.json").read_bytes()
     run(params)
-    assert ws.path("metrics/eval.json").read_bytes() == before
+    assert ws.path("metrics/details/eval.json").read_bytes() == before
 
 
 def test_missing_heldout_is_a_clear_error(workspace):

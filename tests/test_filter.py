@@ -118,6 +118,9 @@ def test_filter_stage_audits_every_drop_and_is_byte_identical(workspace, good_pa
     out = read_all(workspace.path("data/filter"))
     removed = read_all(workspace.path("data/filter/removed"))
     assert out.num_rows + removed.num_rows == inp.num_rows == summary["records_in"]
+    # Its row in `dvc metrics show`: the same counts, nothing else.
+    assert json.loads(workspace.path("metrics/filter.json").read_text()) == {
+        "records_in": inp.num_rows, "records_out": out.num_rows, "dropped": removed.num_rows}
     assert set(out.column("id").to_pylist()).isdisjoint(removed.column("id").to_pylist())
     # Provenance and core columns survive; the stage adds the quality score and the C4 line count.
     assert out.column_names == inp.column_names + ["quality_fasttext", "c4_lines_removed"]

@@ -141,7 +141,7 @@ def test_loss_decreases_on_real_text_and_metrics_are_written(ws, tmp_path_factor
     first, last = np.mean([r["loss"] for r in curve[:5]]), np.mean([r["loss"] for r in curve[-5:]])
     assert last < first - 0.5, (first, last)
     assert curve[0]["tokens"] == 4 * 64 and curve[-1]["tokens"] == result["tokens"]  # phase1 rows are full
-    m = json.loads(ws.path("metrics/train_phase1.json").read_text())
+    m = json.loads(ws.path("metrics/details/train_phase1.json").read_text())
     assert m["steps"] == 60 and m["lr_final"] == 0.003 and m["loss_final"] == curve[-1]["loss"]
     assert m["tokens_per_s"] > 0
     for f in ("config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt"):

@@ -95,7 +95,7 @@ def test_ddp_and_fsdp_ranks_match_one_process_and_fsdp_resumes(ws):
     from pipelines.train.stage import run_anneal
 
     run_phase1(tiny_params(ws, micro_batch=4, **base))  # in this process
-    single, single_json = _losses(ws), json.loads(ws.path("metrics/train_phase1.json").read_text())
+    single, single_json = _losses(ws), json.loads(ws.path("metrics/details/train_phase1.json").read_text())
     run_anneal(ws.params())
     single_anneal = _losses(ws, "phase2")
     assert len(single_anneal) == 2
@@ -118,7 +118,7 @@ def test_ddp_and_fsdp_ranks_match_one_process_and_fsdp_resumes(ws):
     stopped = json.loads(ws.path("stopped.json").read_text())
     assert stopped["step"] == 2 and stopped["world_size"] == 2 and not stopped["had_curve"]
     assert stopped["optimizer_keys"] == list(range(stopped["n_params"]))  # index-keyed, like 1 process
-    fsdp = json.loads(ws.path("metrics/train_phase1.json").read_text())
+    fsdp = json.loads(ws.path("metrics/details/train_phase1.json").read_text())
     assert fsdp["step_final"] == STEPS and fsdp["world_size"] == 2
     assert _losses(ws) == pytest.approx(single, rel=1e-6), "FSDP2 2 x 2, interrupted and resumed, must train like 1 x 4"
     assert _losses(ws, "phase2") == pytest.approx(single_anneal, rel=1e-6)

@@ -29,6 +29,7 @@ never texts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import pyarrow as pa
@@ -131,6 +132,14 @@ class DataStage:
     def finish(self, run: "StageRun", fragments: dict[str, list[dict]]) -> dict:
         """Extra fields of the stage's ``_manifest.json``, from every dataset's fragments (known only at the end)."""
         return {}
+
+    def headline(self, out_dir: Path) -> dict:
+        """The stage's row in ``dvc metrics show`` (pipelines.core.headline): records in, out and dropped."""
+        from pipelines.core.runner import STATS
+        from pipelines.core.stats import read_stats, totals
+
+        t = totals(read_stats(Path(out_dir) / STATS))
+        return {"records_in": t["records_in"], "records_out": t["records_out"], "dropped": t["records_dropped"]}
 
     def summarize(self, run: "StageRun", manifest: dict, stats: list[ShardStats]) -> dict:
         """What the CLI prints (and Airflow logs) after the stage; ``stats`` are the top-level shards' rows."""

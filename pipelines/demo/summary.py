@@ -17,7 +17,7 @@ def collect(root: Path | None = None) -> dict:
                                         for t in found["tokens"]]
     for f in sorted((root / "reports/checks").glob("*.json")):
         out["gates"][f.stem] = (read_json(f) or {}).get("success")
-    out["eval"] = read_json(root / "metrics/eval.json")
+    out["eval"] = read_json(root / "metrics/details/eval.json")
     return out
 
 

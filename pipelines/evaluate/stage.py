@@ -1,11 +1,11 @@
 """The `evaluate` stage: bits-per-byte per source on held-out records, for both checkpoints.
 
 Reads ``data/mix/heldout`` (records never trained on) and ``models/phase1``,
-``models/phase2``; writes ``metrics/eval.json``:
+``models/phase2``; writes ``metrics/details/eval.json`` (headline: ``metrics/eval.json``):
 ``{"phase1": {"bpb": {source: x}, "bpb_mean": m, "bpb_all": b, "docs": {...}, "bytes": {...},
 "tokens": {...}}, "phase2": {...}, "delta": {source: phase2 - phase1}}``;
-``metrics/lm_eval.json`` (lm-eval-harness on local task files, per phase) and
-``metrics/contamination.json`` (Min-K% Prob audit of the final checkpoint on the
+``metrics/details/lm_eval.json`` (lm-eval-harness on local task files, per phase) and
+``metrics/details/contamination.json`` (Min-K% Prob audit of the final checkpoint on the
 ``dedup.decontam`` eval sets, next to the n-gram decontamination drop counts).
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 from pipelines import stages
 from pipelines.config import resolve, section, workspace
 from pipelines.core.atomic import write_json_atomic
+from pipelines.core.headline import details_path, write_headline
 from pipelines.core.shards import read_all, stage_shards
 from pipelines.evaluate.bpb import Score, score_documents
 from pipelines.train.checkpoint import load_model, load_state
@@ -81,7 +82,7 @@ def evaluate_checkpoint(directory: Path, docs: dict[str, list[str]], ep: dict, d
 
 
 def run_downstream(params: dict, device: torch.device, loaded: dict | None = None) -> dict:
-    """lm-eval-harness on the local tasks, for each phase's checkpoint -> metrics/lm_eval.json.
+    """lm-eval-harness on the local tasks, for each phase's checkpoint -> metrics/details/lm_eval.json.
 
     ``loaded``: {phase: (model, tokenizer)} already loaded; a phase not in it is loaded here."""
     from pipelines.evaluate.downstream import run_lm_eval
@@ -96,13 +97,13 @@ def run_downstream(params: dict, device: torch.device, loaded: dict | None = Non
         result[phase] = run_lm_eval(model, tokenizer, list(cfg["tasks"]), limit=int(limit) if limit else None,
                                     batch_size=int(cfg.get("batch_size", 8)), seed=int(params.get("seed", 0)))
         log.info("%s: lm-eval %s", phase, result[phase])
-    write_json_atomic(resolve("metrics/lm_eval.json"), result)
+    write_json_atomic(details_path("lm_eval"), result)
     return result
 
 
 def run_contamination(params: dict, docs: dict[str, list[str]], device: torch.device,
                       loaded: dict | None = None) -> dict:
-    """Min-K% Prob of the final checkpoint on the eval sets vs held-out text -> metrics/contamination.json.
+    """Min-K% Prob of the final checkpoint on the eval sets vs held-out text -> metrics/details/contamination.json.
 
     ``loaded``: {phase: (model, tokenizer)} already loaded; used when the audited checkpoint is one of them."""
     from pipelines.dedup.eval_sets import load_set
@@ -130,7 +131,7 @@ def run_contamination(params: dict, docs: dict[str, list[str]], device: torch.de
                    max_tokens=int(cfg.get("max_tokens", 256)), device=device)
     result["checkpoint"] = str(cfg.get("checkpoint", PHASES["phase2"]))
     result["decontam_drops"] = decontam_stats(stages.output_dir("dedup"))
-    write_json_atomic(resolve("metrics/contamination.json"), result)
+    write_json_atomic(details_path("contamination"), result)
     log.info("contamination audit: %s", {n: round(s["flagged_share"], 3) for n, s in result["sets"].items()})
     return result
 
@@ -155,7 +156,8 @@ def run(params: dict) -> dict:
     finally:
         torch.set_num_threads(threads)
     result["delta"] = {s: result["phase2"]["bpb"][s] - result["phase1"]["bpb"][s] for s in result["phase1"]["bpb"]}
-    write_json_atomic(resolve("metrics/eval.json"), result)
+    write_json_atomic(details_path("eval"), result)
+    write_headline("eval", {"bpb": result["phase2"]["bpb_mean"]})  # the final model's mean over sources
     return {"bpb_mean": {p: result[p]["bpb_mean"] for p in PHASES}, "delta": result["delta"],
             "lm_eval": {p: downstream.get(p) for p in PHASES} if downstream else None,
             "contamination": {n: s["flagged_share"] for n, s in contamination.get("sets", {}).items()}}

@@ -164,6 +164,11 @@ class PackStage(DataStage):
         run.write_artifact(SUMMARY, lambda tmp: write_json_atomic(tmp, summary))
         return {}
 
+    def headline(self, out_dir) -> dict:
+        """Records in and out, and the tokens both phases hold."""
+        phases = json.loads((out_dir / SUMMARY).read_text())["phases"]
+        return {**super().headline(out_dir), "tokens": sum(int(phases[p]["tokens"]) for p in PHASES)}
+
     def summarize(self, run, manifest: dict, stats: list[ShardStats]) -> dict:
         summary = json.loads((run.out_dir / SUMMARY).read_text())
         phases = summary["phases"]

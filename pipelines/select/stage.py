@@ -17,7 +17,7 @@ Gumbel-top-k sample with the quality logits / ``temperature`` as log-weights:
 pure top-k hurts diversity) or ``dsir`` (importance resampling towards the
 ``dsir.target_sources`` n-gram distribution, see ``dsir.py``). Every method
 logs the KL reduction of the selected web set towards the target
-(``metrics/select.json``, also in the manifest).
+(``metrics/details/select.json``, also in the manifest).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ SAMPLED_OUT = "not_sampled"  # dropped by a weighted sample, not by a hard thres
 DEFAULT_MAX_TRAIN = 20000
 METHODS = ("quality_topk", "quality_temperature", "dsir")
 DSIR_STEM = "dsir_model"  # -> dsir_model.npy: log p_target - log p_raw per bucket
-METRICS_FILE = "metrics/select.json"
+METRICS_FILE = "metrics/details/select.json"  # the headline row: pipelines.core.headline
 
 
 def _config(params: dict) -> dict:

@@ -1,5 +1,5 @@
 """What a training phase reports: the log line and tensorboard scalars of each step, and at the end
-``metrics/train_<phase>.json`` (summary) and ``metrics/train_<phase>.csv`` (the loss curve)."""
+``metrics/details/train_<phase>.json`` (summary; ``metrics/train_<phase>.json`` its headline) and ``metrics/train_<phase>.csv`` (the loss curve)."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipelines.config import resolve
 from pipelines.core.atomic import write_bytes_atomic, write_json_atomic
+from pipelines.core.headline import details_path, write_headline
 from pipelines.train.model import count_parameters
 from pipelines.train.plan import Phase
 
@@ -44,7 +45,8 @@ def log_step(writer, name: str, step, end_step: int, main: bool = True) -> None:
 
 def write_metrics(name: str, phase: Phase, tokens: int, elapsed: float, history: list[dict], model,
                   world_size: int = 1) -> dict:
-    """metrics/train_<name>.json (summary of the finished phase) and .csv (one row per step)."""
+    """metrics/details/train_<name>.json (summary of the finished phase), metrics/train_<name>.json (its headline:
+    loss and tokens) and metrics/train_<name>.csv (one row per step, the loss plot)."""
     last = history[-1] if history else {"loss": float("nan"), "lr": 0.0}
     tail = history[-10:]
     metrics = {
@@ -60,7 +62,8 @@ def write_metrics(name: str, phase: Phase, tokens: int, elapsed: float, history:
         "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
         "world_size": world_size,
     }
-    write_json_atomic(resolve(f"metrics/train_{name}.json"), metrics)
+    write_json_atomic(details_path(f"train_{name}"), metrics)
+    write_headline(f"train_{name}", {"loss": metrics["loss_final_avg10"], "tokens": tokens})
     lines = [",".join(CURVE_COLUMNS)] + [",".join(repr(h[c]) for c in CURVE_COLUMNS) for h in history]
     write_bytes_atomic(resolve(f"metrics/train_{name}.csv"), ("\n".join(lines) + "\n").encode())
     return metrics

@@ -5,7 +5,8 @@ under `torchrun --nproc-per-node N`; inside torchrun (WORLD_SIZE set) it trains.
 """
 from __future__ import annotations
 
-from pipelines.config import resolve, section
+from pipelines.config import section
+from pipelines.core.headline import details_path
 from pipelines.train import distributed
 from pipelines.train.loop import train_phase
 
@@ -25,5 +26,5 @@ def run_anneal(params: dict) -> dict:
 def _run(params: dict, phase: str) -> dict:
     nproc = distributed.resolve_nproc(section(params, "train"))
     if nproc > 1 and not distributed.launched():
-        return distributed.launch(COMMANDS[phase], params, nproc, resolve(f"metrics/train_{phase}.json"))
+        return distributed.launch(COMMANDS[phase], params, nproc, details_path(f"train_{phase}"))
     return train_phase(params, phase)

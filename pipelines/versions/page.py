@@ -8,9 +8,40 @@ import json
 from html import escape
 from pathlib import Path
 
+from pipelines import stages
 from pipelines.versions.read import collect
 
-COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
+COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+          "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78"]
+
+
+def source_colors(versions: list[dict]) -> dict[str, str]:
+    """One colour per source for the whole page (every version's charts use the same one), by sorted name."""
+    names = set()
+    for v in versions:
+        names |= {s for p in (v.get("mixture") or {}).values() for s in p}
+        names |= {s for p in (v.get("token_shares") or {}).values() for s in p}
+    return {s: COLORS[i % len(COLORS)] for i, s in enumerate(sorted(names))}
+
+
+def text_on(color: str) -> str:
+    """Black or white, whichever reads on ``color`` (relative luminance, WCAG)."""
+    r, g, b = (int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return "#000" if 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2] > 0.179 else "#fff"
+
+
+def ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About n round values spanning [lo, hi] (1, 2 or 5 times a power of ten apart)."""
+    import math
+
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(1, n - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
 def _fmt(v: float) -> str:
@@ -21,7 +52,8 @@ def bar_chart(rows: list[tuple[str, float]], unit: str, title: str) -> str:
     """Horizontal bars, one per (label, value)."""
     if not rows:
         return ""
-    w, label_w, bar_h = 560, 120, 22
+    label_w, bar_h = max(120, 7 * max(len(label) for label, _ in rows) + 8), 22
+    w = label_w + 440
     top = max(v for _, v in rows) or 1
     h = bar_h * len(rows) + 24
     parts = [f'<svg class="chart bar" role="img" aria-label="{escape(title)}" width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg">',
@@ -36,12 +68,13 @@ def bar_chart(rows: list[tuple[str, float]], unit: str, title: str) -> str:
     return "".join(parts)
 
 
-def share_chart(shares: dict[str, dict[str, float]], title: str) -> str:
-    """One stacked 100% bar per phase, a segment per source, and a legend."""
+def share_chart(shares: dict[str, dict[str, float]], title: str, color: dict[str, str] | None = None) -> str:
+    """One stacked 100% bar per phase, a segment per source, and a legend of the sources present.
+    ``color``: the page's source -> colour, so a source looks the same under every version."""
     if not shares:
         return ""
-    sources = sorted({s for p in shares.values() for s in p})
-    color = {s: COLORS[i % len(COLORS)] for i, s in enumerate(sources)}
+    sources = sorted({s for p in shares.values() for s, v in p.items() if v > 0})
+    color = {**{s: COLORS[i % len(COLORS)] for i, s in enumerate(sources)}, **(color or {})}
     w, label_w, bar_h = 560, 80, 26
     h = bar_h * len(shares) + 18 * ((len(sources) + 3) // 4) + 14
     parts = [f'<svg class="chart share" role="img" aria-label="{escape(title)}" width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg">',
@@ -56,7 +89,8 @@ def share_chart(shares: dict[str, dict[str, float]], title: str) -> str:
                 parts.append(f'<rect x="{x:.1f}" y="{y}" width="{seg:.1f}" height="{bar_h - 6}" fill="{color[s]}">'
                              f"<title>{escape(phase)} {escape(s)}: {p[s]:.1%}</title></rect>")
                 if seg > 34:
-                    parts.append(f'<text x="{x + 3:.1f}" y="{y + 15}" font-size="10" fill="#fff">{p[s] / total:.0%}</text>')
+                    parts.append(f'<text x="{x + 3:.1f}" y="{y + 15}" font-size="10" fill="{text_on(color[s])}">'
+                                 f'{p[s] / total:.0%}</text>')
                 x += seg
     y0 = 4 + len(shares) * bar_h + 6
     for i, s in enumerate(sources):
@@ -68,11 +102,11 @@ def share_chart(shares: dict[str, dict[str, float]], title: str) -> str:
 
 
 def line_chart(series: dict[str, list[tuple[float, float]]], title: str, y_label: str) -> str:
-    """Polylines over a shared step axis (the anneal continues phase 1's steps)."""
+    """Polylines over a shared step axis (the anneal continues phase 1's steps), with ticks on both axes."""
     pts = [p for s in series.values() for p in s]
     if not pts:
         return ""
-    w, h, m = 560, 220, 40
+    w, h, m = 560, 240, 52
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
     y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
     sx = lambda x: m + (w - 2 * m) * ((x - x0) / ((x1 - x0) or 1))  # noqa: E731
@@ -80,9 +114,14 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, y_label
     parts = [f'<svg class="chart line" role="img" aria-label="{escape(title)}" width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg">',
              f"<title>{escape(title)}</title>",
              f'<line x1="{m}" y1="{h - m}" x2="{w - m}" y2="{h - m}" stroke="#888"/><line x1="{m}" y1="{m}" x2="{m}" y2="{h - m}" stroke="#888"/>',
-             f'<text x="{m}" y="{m - 8}" font-size="11">{escape(y_label)} {_fmt(y1)}</text>',
-             f'<text x="{m}" y="{h - m + 14}" font-size="11">{escape(y_label)} {_fmt(y0)} @ step {_fmt(x0)}</text>',
-             f'<text x="{w - m}" y="{h - m + 14}" font-size="11" text-anchor="end">step {_fmt(x1)}</text>']
+             f'<text x="{m - 44}" y="{m - 14}" font-size="11">{escape(y_label)}</text>',
+             f'<text x="{w - m}" y="{h - m + 30}" font-size="11" text-anchor="end">step</text>']
+    for t in ticks(y0, y1):
+        parts.append(f'<line x1="{m - 4}" y1="{sy(t):.1f}" x2="{m}" y2="{sy(t):.1f}" stroke="#888"/>'
+                     f'<text class="ytick" x="{m - 6}" y="{sy(t) + 4:.1f}" font-size="10" text-anchor="end">{t:.3g}</text>')
+    for t in ticks(x0, x1):
+        parts.append(f'<line x1="{sx(t):.1f}" y1="{h - m}" x2="{sx(t):.1f}" y2="{h - m + 4}" stroke="#888"/>'
+                     f'<text class="xtick" x="{sx(t):.1f}" y="{h - m + 16}" font-size="10" text-anchor="middle">{_fmt(t)}</text>')
     for i, (name, s) in enumerate(series.items()):
         line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
         parts.append(f'<polyline fill="none" stroke="{COLORS[i % len(COLORS)]}" stroke-width="1.5" points="{line}">'
@@ -92,16 +131,16 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, y_label
     return "".join(parts)
 
 
-def _gates_table(gates: list[dict], base: str) -> str:
+def _gates_table(gates: list[dict], base: str, current: bool = True) -> str:
     if not gates:
-        return "<p class='muted'>No gate reports for this version (they are kept for the workspace's current build only).</p>"
+        return "<p class='muted'>No gate reports for this version (its tag holds none).</p>"
     rows = []
     for g in gates:
         status = "pass" if g["success"] else "FAIL"
         failed = "; ".join(f"{escape(str(c['type']))}{'(' + escape(str(c['column'])) + ')' if c.get('column') else ''}: "
                            f"observed {escape(json.dumps(c.get('observed'), default=str)[:200])}" for c in g["failed"])
         docs = (f'<a href="{base}/gx/{escape(g["data_docs"].removeprefix("reports/gx/"))}" target="_blank">Data Docs</a>'
-                if g["data_docs"] else "")
+                if g["data_docs"] else "" if current else "<span class='muted'>current build only</span>")
         rows.append(f"<tr class='gate {status.lower()}'><td>check_{escape(g['stage'])}</td><td>{status}</td>"
                     f"<td>{g.get('evaluated') or ''}</td><td>{failed}</td><td>{docs}</td></tr>")
     return ("<table class='gates'><tr><th>gate</th><th>result</th><th>expectations</th><th>failed (observed)</th>"
@@ -132,8 +171,37 @@ def _lineage(lineage: dict | None) -> str:
     return "".join(parts)
 
 
-def render(versions: list[dict], base: str = ".") -> str:
+def drops_by_reason(lineage: dict | None) -> list[tuple[str, str, int, dict]]:
+    """[(stage, reason, records, {source: records})] from the version's lineage, in pipeline order."""
+    out = []
+    recorded = (lineage or {}).get("stages") or {}
+    order = stages.names()
+    for stage in sorted(recorded, key=lambda s: (order.index(s) if s in order else len(order), s)):
+        st = recorded[stage]
+        for reason, by_source in sorted((st.get("drops") or {}).items()):
+            n = sum(by_source.values()) if isinstance(by_source, dict) else int(by_source or 0)
+            if n:
+                out.append((stage, reason, n, by_source if isinstance(by_source, dict) else {}))
+    return out
+
+
+def _drops(lineage: dict | None, label: str) -> str:
+    rows = drops_by_reason(lineage)
+    if not rows:
+        return ""
+    table = "".join(f"<tr><td>{escape(stage)}</td><td>{escape(reason)}</td><td>{n:,}</td><td>"
+                    + escape(", ".join(f"{s} {c:,}" for s, c in sorted(by.items(), key=lambda x: -x[1])[:6])) + "</td></tr>"
+                    for stage, reason, n, by in rows)
+    return ("<h3>Drops by reason</h3>" + bar_chart([(f"{stage}: {reason}", n) for stage, reason, n, _ in rows], "records",
+                                                   f"drops by reason, {label}")
+            + "<table class='gates drops'><tr><th>stage</th><th>reason</th><th>records</th><th>most from</th></tr>"
+            + table + "</table>")
+
+
+def render(versions: list[dict], base: str = ".", figures: dict[str, str] | None = None) -> str:
+    """The page; ``figures``: version -> extra HTML shown under it (the offline report's PNG figures)."""
     body = []
+    colors = source_colors(versions)
     if not versions:
         body.append("<p>No data version yet: run <code>corpus_refresh</code> (or <code>dvc repro</code>).</p>")
     for v in versions:
@@ -143,16 +211,19 @@ def render(versions: list[dict], base: str = ".") -> str:
         head += "</h2>"
         meta = f"<p class='muted'>tag {escape(v.get('tag') or '-')} &middot; commit {escape((v.get('commit') or '-')[:12])} &middot; {escape(v.get('date') or '')}</p>"
         f = v["funnel"]
-        sections = [head, meta, _lineage(v.get("lineage")), "<h3>Funnel</h3>",
+        sections = [head, meta, _lineage(v.get("lineage")), (figures or {}).get(v["version"] or "", ""),
+                    "<h3>Funnel: records per stage</h3>",
                     bar_chart([(r["stage"], r["records"]) for r in f["records"]], "records", f"records per stage, {label}") or
-                    "<p class='muted'>No stage manifests found (not in the workspace or the DVC cache).</p>",
-                    bar_chart([(t["phase"], t["tokens"]) for t in f["tokens"]], "tokens", f"tokens per phase, {label}"),
-                    "<h3>Gates</h3>", _gates_table(v["gates"], base)]
+                    "<p class='muted'>No stage manifests found (not in the workspace or the DVC cache).</p>"]
+        if f["tokens"]:
+            sections += ["<h3>Tokens per packed phase</h3>",
+                         bar_chart([(t["phase"], t["tokens"]) for t in f["tokens"]], "tokens", f"tokens per phase, {label}")]
+        sections += [_drops(v.get("lineage"), label), "<h3>Gates</h3>", _gates_table(v["gates"], base, v["current"])]
         mix = {p: {s: e["share"] for s, e in srcs.items()} for p, srcs in v["mixture"].items()}
         if mix:
-            sections += ["<h3>Mixture weights (share of characters per source)</h3>", share_chart(mix, f"mixture {label}")]
+            sections += ["<h3>Mixture weights (share of characters per source)</h3>", share_chart(mix, f"mixture {label}", colors)]
         if v["token_shares"]:
-            sections += ["<h3>Token shares per phase</h3>", share_chart(v["token_shares"], f"token shares {label}")]
+            sections += ["<h3>Token shares per phase</h3>", share_chart(v["token_shares"], f"token shares {label}", colors)]
         elif f["tokens"]:
             total = sum(t["tokens"] for t in f["tokens"]) or 1
             sections += ["<h3>Token shares per phase</h3>",
@@ -160,6 +231,8 @@ def render(versions: list[dict], base: str = ".") -> str:
         c = v["curves"]
         if c["loss"]:
             sections += ["<h3>Training loss</h3>", line_chart(c["loss"], f"loss {label}", "loss")]
+            if c.get("lr"):
+                sections += ["<h3>Learning rate</h3>", line_chart(c["lr"], f"learning rate {label}", "LR")]
         elif v["current"] and v.get("trained_on"):
             sections.append(f"<p class='muted'>Not trained on this version yet: the workspace's last training used "
                             f"<code>{escape(v['trained_on'])}</code>.</p>")

@@ -109,10 +109,21 @@ def token_shares(pack) -> dict:
     return out
 
 
-def gates(root: Path) -> list[dict]:
-    """Gate results from reports/checks/<stage>.json (workspace only: they are not cached)."""
+def gates(root: Path, commit: str | None = None) -> list[dict]:
+    """Gate results from reports/checks/<stage>.json: the workspace's, or those a version's tag commit carries
+    (record_version commits them with the lock). Data Docs are linked for the workspace's build only."""
     out = []
-    reports = {p.stem: read_json(p) for p in sorted((Path(root) / "reports" / "checks").glob("*.json"))}
+    if commit is None:
+        reports = {p.stem: read_json(p) for p in sorted((Path(root) / "reports" / "checks").glob("*.json"))}
+    else:
+        listed = _git(root, "ls-tree", "--name-only", f"{commit}:reports/checks") or ""
+        reports = {}
+        for name in listed.split():
+            text = _git(root, "show", f"{commit}:reports/checks/{name}") if name.endswith(".json") else None
+            try:
+                reports[name[:-len(".json")]] = json.loads(text) if text else None
+            except json.JSONDecodeError:
+                reports[name[:-len(".json")]] = None
     order = stages.names()
     for stage in sorted(reports, key=lambda s: (order.index(s) if s in order else len(order), s)):
         r = reports[stage] or {}
@@ -121,28 +132,32 @@ def gates(root: Path) -> list[dict]:
         out.append({
             "stage": stage, "success": bool(r.get("success")), "evaluated": r.get("evaluated"),
             "failed": [{"type": c.get("type"), "column": c.get("column"), "observed": c.get("observed")} for c in failed],
-            "data_docs": docs if docs and (Path(root) / docs).is_file() else None,
+            "data_docs": docs if commit is None and docs and (Path(root) / docs).is_file() else None,
         })
     return out
 
 
 def curves(root: Path) -> dict:
-    """phase -> [(step, loss)] from metrics/train_<phase>.csv; eval bits-per-byte from metrics/eval.json."""
-    out: dict = {"loss": {}, "bpb": {}}
+    """phase -> [(step, loss)] and [(step, learning rate)] from metrics/train_<phase>.csv; eval bits-per-byte from
+    metrics/details/eval.json."""
+    out: dict = {"loss": {}, "lr": {}, "bpb": {}}
     for phase in PHASES:
         path = Path(root) / "metrics" / f"train_{phase}.csv"
         if not path.exists():
             continue
-        points = []
+        points, lrs = [], []
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 try:
                     points.append((float(row["step"]), float(row["loss"])))
+                    lrs.append((float(row["step"]), float(row["lr"])))
                 except (KeyError, TypeError, ValueError):
                     continue
         if points:
             out["loss"][phase] = points
-    ev = read_json(Path(root) / "metrics" / "eval.json") or {}
+        if lrs:
+            out["lr"][phase] = lrs
+    ev = read_json(Path(root) / "metrics" / "details" / "eval.json") or {}
     for phase in PHASES:
         bpb = (ev.get(phase) or {}).get("bpb")
         if isinstance(bpb, dict):
@@ -182,12 +197,12 @@ def version_detail(root: Path, version: str | None, lock: dict | None, current: 
         used = read_json(Path(root) / "reports" / "pretrain_data_version.json") or {}
         # The workspace's training curves and bpb belong to the version that training used: shown under it only.
         trained = used.get("version") == version
-        detail["curves"] = curves(root) if trained else {"loss": {}, "bpb": {}}
+        detail["curves"] = curves(root) if trained else {"loss": {}, "lr": {}, "bpb": {}}
         detail["trained"] = trained and bool(detail["curves"]["loss"])
         detail["trained_on"] = used.get("version")
         detail["gates"] = gates(root)
     else:
-        detail.update(gates=[], curves={"loss": {}, "bpb": {}}, trained=False)
+        detail.update(gates=[], curves={"loss": {}, "lr": {}, "bpb": {}}, trained=False)
     return detail
 
 
@@ -209,6 +224,7 @@ def collect(root: Path) -> list[dict]:
         lock = yaml.safe_load(lock_text) if lock_text else {}
         d = version_detail(root, t["version"], lock or {}, current=False)
         lineage_text = _git(root, "show", f"{t['commit']}:reports/lineage.json")  # travels in the tag's commit
-        d.update(tag=t["tag"], commit=t["commit"], date=t["date"], lineage=json.loads(lineage_text) if lineage_text else None)
+        d.update(tag=t["tag"], commit=t["commit"], date=t["date"], lineage=json.loads(lineage_text) if lineage_text else None,
+                 gates=gates(root, t["commit"]))
         versions.append(d)
     return versions

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from pipelines import stages
 from pipelines.config import workspace
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.hashing import canonical_json, sha256_bytes
+from pipelines.core.headline import DETAILS, HEADLINE
 from pipelines.orchestration.dvc_runner import dvc_executable, run_command, tool_env
 from pipelines.ingest.common_crawl import held_crawls
 from pipelines.orchestration.graph import load_stages
@@ -84,7 +86,11 @@ def tag_version(root: Path, version: str) -> dict:
         # The gate reports are uncached DVC outputs: they travel in git with the lock.
         gates = sorted(str(p.relative_to(root)) for p in (root / "reports/checks").glob("*.json"))
         lineage_file = [LINEAGE_FILE] if (root / LINEAGE_FILE).exists() else []
-        _git(["add", "-f", "--", "dvc.lock", "dvc.yaml", "params.yaml", *gates, *lineage_file], root, env)
+        # So are the data stages' headline metrics: `dvc metrics diff data/<a> data/<b>` compares them. (Training's
+        # are not: they belong to whichever version was trained last.)
+        metrics = [m for m in [HEADLINE.format(name=s) for s in stages.names()] + [DETAILS.format(name="select")]
+                   if (root / m).exists()]
+        _git(["add", "-f", "--", "dvc.lock", "dvc.yaml", "params.yaml", *gates, *lineage_file, *metrics], root, env)
         tree = _git(["write-tree"], root, env)
         args = ["commit-tree", tree, "-m", f"data version {version}"]
         if head:
