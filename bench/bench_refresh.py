@@ -14,7 +14,7 @@ refresh is cheaper; the target ``refresh <= 0.6x full`` is ratio >= 1.67); CPU s
 they are the same records. Not in general, with scope global: the full build's keep policy may keep B's copy
 of a page where the refresh keeps the earlier one, A's; a refresh verifies a new record against an index
 entry by signature agreement (an estimate), a full build by the true Jaccard, so pairs near the threshold
-can go either way; and star clusters form around other heads (README "Two dedup scopes").
+can go either way; and star clusters form around other heads (docs/refresh.md "Two dedup scopes").
 
 ``index_lookup``: the dedup stage alone, refreshing one new crawl of ``N`` records against a dedup index
 of 1x and 8x N records: CPU seconds per new record (target: within 20%, flat as the index grows).
