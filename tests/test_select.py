@@ -163,3 +163,52 @@ def test_bad_params_fail_clearly(workspace, corpus):
     shutil.rmtree(workspace.path("data/dedup"))
     with pytest.raises(FileNotFoundError, match="data/dedup"):
         stages.run("select", workspace.update("select.web_keep_fraction", 0.5))
+
+
+def test_a_refresh_scores_only_the_new_shards_against_the_same_bar(workspace, corpus):
+    """The previous input plus a new shard, same settings: the classifier and threshold are kept, the earlier
+    shards' outputs are not rewritten, only the new shard is scored; the whole-input figures add up."""
+    records = corpus["web"] + corpus["positive"] + corpus["math"]
+    first, later = [r for i, r in enumerate(records) if i % 4 != 3], records[3::4]
+    _write_dedup(workspace, first)
+    params = workspace.update("select.web_keep_fraction", 0.7)
+    stages.run("select", params)
+    out_dir = workspace.path("data/select")
+    parent = json.loads((out_dir / "_manifest.json").read_text())
+    old_outputs = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out_dir.rglob("part-*.parquet")}
+
+    write_shard(workspace.path("data/dedup/part-00003.parquet"), pa.Table.from_pylist(later))
+    summary = stages.run("select", params)
+    manifest = json.loads((out_dir / "_manifest.json").read_text())
+    assert manifest["refresh"] == {"scored_shards": 1, "kept_shards": 3}
+    assert manifest["quality"]["threshold"] == parent["quality"]["threshold"] == summary["threshold"]
+    assert manifest["artifacts"]["quality_model.npy"] == parent["artifacts"]["quality_model.npy"]
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in old_outputs} == old_outputs  # untouched
+    new_kept = read_shard(out_dir / "part-00003.parquet")
+    new_removed = read_shard(out_dir / "removed/part-00003.parquet")
+    assert new_kept.num_rows + new_removed.num_rows == len(later)
+    threshold = np.float32(manifest["quality"]["threshold"])
+    web_scores = [s for s, src in zip(new_kept.column("quality_score").to_pylist(), new_kept.column("source").to_pylist())
+                  if src == WEB_SOURCE]
+    assert web_scores and min(web_scores) >= threshold - 1e-6
+    assert all(json.loads(d)["score"] < threshold + 1e-6 for d in new_removed.column("drop_detail").to_pylist())
+    out = read_all(out_dir)
+    n_web = len(corpus["web"])
+    assert summary["web_records"] == n_web
+    assert summary["web_kept"] == sum(1 for s in out.column("source").to_pylist() if s == WEB_SOURCE)
+    counts = np.load(out_dir / "ngram_counts.npy")
+
+    # A full build (retrain) of the same input: trains on all of it, so the bar may move, and rewrites every shard;
+    # the target and raw n-gram counts (whole-input sums) are the refresh's.
+    params = workspace.update("select.refresh", "retrain")
+    stages.run("select", params)
+    full = json.loads((out_dir / "_manifest.json").read_text())
+    assert "refresh" not in full and full["quality"]["train"]["negatives"] == n_web
+    assert np.array_equal(np.load(out_dir / "ngram_counts.npy")[:2], counts[:2])
+
+    # A changed earlier shard is not a refresh either.
+    params = workspace.update("select.refresh", "reuse")
+    stages.run("select", params)  # settings changed back: a full build again, the new parent
+    write_shard(workspace.path("data/dedup/part-00000.parquet"), pa.Table.from_pylist(first[0::3][:-1]))
+    stages.run("select", params)
+    assert "refresh" not in json.loads((out_dir / "_manifest.json").read_text())

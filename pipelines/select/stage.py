@@ -11,6 +11,10 @@
    web records scoring below the threshold are dropped as ``low_quality``;
    ``keep_sources`` records are always kept.
 
+A refresh (the previous input plus new shards, same settings and code; ``select.refresh: reuse``)
+keeps the previous classifier and threshold and scores only the new shards
+(pipelines.select.refresh).
+
 ``select.method`` picks how web records are chosen (the same share in every case):
 ``quality_topk`` (the threshold above), ``quality_temperature`` (a seeded
 Gumbel-top-k sample with the quality logits / ``temperature`` as log-weights:
@@ -38,6 +42,7 @@ from pipelines.core.store import fetch_uri
 from pipelines.core.stats import ShardStats, totals
 from pipelines.select import dsir
 from pipelines.select.ngram_classifier import NgramQualityClassifier, train
+from pipelines.select.refresh import find_parent, refresh_key
 from pipelines.select.sampling import kth_largest, quality_logits, sort_keys
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,7 @@ SAMPLED_OUT = "not_sampled"  # dropped by a weighted sample, not by a hard thres
 DEFAULT_MAX_TRAIN = 20000
 METHODS = ("quality_topk", "quality_temperature", "dsir")
 DSIR_STEM = "dsir_model"  # -> dsir_model.npy: log p_target - log p_raw per bucket
+COUNTS_STEM = "ngram_counts"  # -> ngram_counts.npy: target, raw and selected bucket counts (a refresh adds to them)
 METRICS_FILE = "metrics/details/select.json"  # the headline row: pipelines.core.headline
 
 
@@ -66,6 +72,9 @@ def _config(params: dict) -> dict:
     cfg["method"] = cfg.get("method", "quality_topk")
     if cfg["method"] not in METHODS:
         raise ValueError(f"select.method must be one of {list(METHODS)}, got {cfg['method']!r}")
+    cfg["refresh"] = cfg.get("refresh", "reuse")
+    if cfg["refresh"] not in ("reuse", "retrain"):
+        raise ValueError(f"select.refresh must be reuse or retrain, got {cfg['refresh']!r}")
     cfg["temperature"] = float(cfg.get("temperature", 1.0))
     if not cfg["temperature"] > 0:
         raise ValueError(f"select.temperature must be > 0, got {cfg['temperature']!r}")
@@ -205,42 +214,66 @@ def _save_npy(array: np.ndarray):
 
 def train_and_select(run, cfg: dict) -> dict:
     """The whole-input pass: train the classifier, fit DSIR, score every web record, cut at a global threshold.
-    Returns the context every shard needs; the quality and selection blocks go to ``run.notes``."""
-    shards = [ref.uri for ref in run.input_shards()]
-    positives, negatives = _training_texts(shards, cfg)
-    model = train(positives, negatives, features=cfg["features"], ngram_max=cfg["ngram_max"], seed=cfg["seed"])
-    train_info = {"positives": len(positives), "negatives": len(negatives)}
-    coef = run.write_artifact(MODEL_STEM + ".npy", _save_npy(model.coef))
-    meta = model.describe(coef["sha256"], MODEL_STEM + ".npy", {"train": train_info})
+    In a refresh (pipelines.select.refresh) the previous classifier, DSIR model and threshold are kept and only
+    the new shards are scored. Returns the context every shard needs; the quality and selection blocks go to
+    ``run.notes``."""
+    refs = run.input_shards()
+    d = cfg["dsir"]
+    kept_files = [MODEL_STEM + ".npy", MODEL_STEM + ".json", COUNTS_STEM + ".npy"] + \
+        ([DSIR_STEM + ".npy"] if cfg["method"] == "dsir" else [])
+    parent = find_parent(run, kept_files)
+    if parent is None:
+        shards = [ref.uri for ref in refs]
+        positives, negatives = _training_texts(shards, cfg)
+        model = train(positives, negatives, features=cfg["features"], ngram_max=cfg["ngram_max"], seed=cfg["seed"])
+        train_info = {"positives": len(positives), "negatives": len(negatives)}
+        coef = run.write_artifact(MODEL_STEM + ".npy", _save_npy(model.coef))
+        meta = model.describe(coef["sha256"], MODEL_STEM + ".npy", {"train": train_info})
+        prior = {"counts": np.zeros((3, d["buckets"])), "web_records": 0, "web_kept": 0}
+    else:
+        shards = [ref.uri for ref in refs if ref.name not in parent.old_inputs]  # only the new shards are scored
+        for rel in kept_files:
+            run.add_artifact(rel)  # carried into this run's manifest
+        meta = json.loads((run.out_dir / (MODEL_STEM + ".json")).read_text())
+        quality = parent.manifest["quality"]
+        train_info = quality["train"]
+        prior = {"counts": np.load(run.out_dir / (COUNTS_STEM + ".npy"), allow_pickle=False),
+                 "web_records": quality["web_records"], "web_kept": quality["web_kept"]}
+        log.info("select: refresh: %d new shards scored with the previous classifier and threshold %.4f; %d input "
+                 "shards keep their decisions", len(shards), quality["threshold"], len(parent.old_inputs))
     model_ref = {"meta": meta, "coef": run.artifact_uri(MODEL_STEM + ".npy")}
 
     # Bag-of-ngrams models of the target sources and of the raw web pool (DSIR; KL for every method).
-    d = cfg["dsir"]
     counts = run.map(_count_buckets, [(p, d["target_sources"], cfg.get("keep_sources") or [], d["buckets"])
                                       for p in shards])
-    target_counts = np.sum([c[0] for c in counts], axis=0)
-    raw_counts = np.sum([c[1] for c in counts], axis=0)
-    dsir_path = None
-    if cfg["method"] == "dsir":
+    target_counts = prior["counts"][0] + np.sum([c[0] for c in counts], axis=0)
+    raw_counts = prior["counts"][1] + np.sum([c[1] for c in counts], axis=0)
+    dsir_path = run.artifact_uri(DSIR_STEM + ".npy") if parent is not None and cfg["method"] == "dsir" else None
+    if parent is None and cfg["method"] == "dsir":
         if not target_counts.sum():
             raise ValueError(f"select: no records of select.dsir.target_sources {d['target_sources']} in data/dedup")
         importance = dsir.ImportanceModel.fit(target_counts, raw_counts)
         run.write_artifact(DSIR_STEM + ".npy", _save_npy(importance.log_ratio))
         dsir_path = run.artifact_uri(DSIR_STEM + ".npy")
 
-    # Pass 1: the global threshold over the keys of every web record of the input.
+    # Pass 1: the global threshold over the keys of every web record of the input (a refresh keeps its parent's).
     # The per-shard keys (map keeps job order) are kept for the selected-bucket counts below.
     shard_keys = run.map(_score_web, [(p, model_ref, cfg, dsir_path) for p in shards])
     web_scores = np.concatenate(shard_keys) if shard_keys else np.zeros(0)
     frac = float(cfg["web_keep_fraction"])
-    if cfg["method"] == "quality_topk":
+    if parent is not None:
+        threshold = float(parent.manifest["quality"]["threshold"])
+    elif cfg["method"] == "quality_topk":
         threshold = float(np.quantile(web_scores, 1.0 - frac)) if web_scores.size else 0.0
     else:
         threshold = kth_largest(web_scores, int(round(frac * web_scores.size)))
-    web_kept = int((web_scores >= threshold).sum())
+    web_records = prior["web_records"] + int(web_scores.size)
+    web_kept = prior["web_kept"] + int((web_scores >= threshold).sum())
     selected_jobs = [(p, cfg.get("keep_sources") or [], d["buckets"], keys, threshold)
                      for p, keys in zip(shards, shard_keys)]
-    selected_counts = np.sum(run.map(_selected_buckets, selected_jobs), axis=0)
+    selected_counts = prior["counts"][2] + np.sum(run.map(_selected_buckets, selected_jobs) or [np.zeros(d["buckets"])],
+                                                  axis=0)
+    run.write_artifact(COUNTS_STEM + ".npy", _save_npy(np.stack([target_counts, raw_counts, selected_counts])))
     selection = {"method": cfg["method"], "target_sources": d["target_sources"], "buckets": d["buckets"],
                  **({"temperature": cfg["temperature"]} if cfg["method"] == "quality_temperature" else {}),
                  **(dsir.kl_reduction(target_counts, raw_counts, selected_counts)
@@ -248,14 +281,16 @@ def train_and_select(run, cfg: dict) -> dict:
     run.notes["quality"] = {
         "threshold": threshold,
         "web_keep_fraction": frac,
-        "web_records": int(web_scores.size),
+        "web_records": web_records,
         "web_kept": web_kept,
-        "web_keep_rate": web_kept / web_scores.size if web_scores.size else 0.0,
+        "web_keep_rate": web_kept / web_records if web_records else 0.0,
         "train": train_info,
     }
     run.notes["selection"] = selection
-    meta = model.describe(coef["sha256"], MODEL_STEM + ".npy", {"train": train_info, "threshold": threshold})
-    run.write_artifact(MODEL_STEM + ".json", lambda path: write_json_atomic(path, meta))
+    run.notes["refresh"] = {"scored_shards": len(shards), "kept_shards": len(refs) - len(shards)} if parent else None
+    if parent is None:
+        meta = model.describe(coef["sha256"], MODEL_STEM + ".npy", {"train": train_info, "threshold": threshold})
+        run.write_artifact(MODEL_STEM + ".json", lambda path: write_json_atomic(path, meta))
     return {"model": model_ref, "threshold": threshold, "dsir": dsir_path}
 
 
@@ -282,7 +317,8 @@ class SelectStage(DataStage):
         quality, selection = run.notes["quality"], run.notes["selection"]
         write_json_atomic(resolve(METRICS_FILE), {**selection, "web_records": quality["web_records"],
                                                   "web_kept": quality["web_kept"]})
-        return {"quality": quality, "selection": selection}
+        out = {"quality": quality, "selection": selection, "refresh_key": refresh_key(run)}
+        return {**out, "refresh": run.notes["refresh"]} if run.notes.get("refresh") else out
 
     def summarize(self, run, manifest: dict, stats: list[ShardStats]) -> dict:
         summary = totals(stats)
