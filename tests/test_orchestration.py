@@ -360,3 +360,52 @@ def test_pretrain_gpu_stages_become_kubernetes_pods_when_configured(monkeypatch)
     monkeypatch.setenv("PIPELINES_TRAIN_LAUNCHER", "slurm")
     with pytest.raises(ValueError, match="launcher"):
         kubernetes_launcher(params)
+
+
+# ---------------------------------------------------------------- pretrain skips a version it already trained
+
+def _tiny_dvc_project(root: Path) -> None:
+    """A DVC project with one corpus stage and one pretrain stage (shell commands), built once."""
+    from pipelines.orchestration.dvc_runner import dvc_executable, tool_env
+
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "ingest": {"cmd": "echo corpus > o", "outs": ["o"], "meta": {"dag": "corpus_refresh"}},
+        "train": {"cmd": "cat o > m", "deps": ["o"], "params": ["train"], "outs": ["m"], "meta": {"dag": "pretrain"}}}}))
+    (root / "params.yaml").write_text("train: {steps: 1}\n")
+    _git(root, "init", "-q")
+    for argv in (["init", "-q"], ["repro", "-q"]):
+        subprocess.run([dvc_executable(), *argv], cwd=root, env=tool_env(), check=True, capture_output=True)
+
+
+def test_pretrain_skips_a_data_version_it_already_trained(tmp_path, monkeypatch, caplog, capsys):
+    import logging
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from pipelines.versions.record import PRETRAIN_RECORD, already_trained, data_version, training_data_version
+
+    root = tmp_path
+    _tiny_dvc_project(root)
+    version = data_version(root)
+    assert already_trained(root, version) is None  # never trained: train
+    assert training_data_version(root, skip_trained=True) == {"version": version, "from_asset_event": False}
+    assert json.loads((root / PRETRAIN_RECORD).read_text())["version"] == version  # what "trained on" reads
+    # The same version again, every pretrain stage up to date (dvc status): nothing to train, and it says so.
+    done = already_trained(root, version)
+    assert done and version in done and "already trained" in done
+    # The DAG's first task turns that into a skip (its training tasks follow it), naming the version in the log.
+    resolve = DagBag(dag_folder=str(REPO / "dags")).dags["pretrain"].get_task("resolve_data_version")
+    monkeypatch.setenv("PIPELINES_WORKSPACE", str(root))
+    with caplog.at_level(logging.INFO, logger="pipelines.pretrain"), pytest.raises(AirflowSkipException, match=version):
+        resolve.python_callable(triggering_asset_events=None)
+    logged = caplog.text + capsys.readouterr().out  # once Airflow has set up its logging, records go to stdout
+    assert f"skipping: data version {version} was already trained" in logged
+    # Training params changed since (dvc status: train stale): the same data version trains again.
+    (root / "params.yaml").write_text("train: {steps: 2}\n")
+    assert already_trained(root, version) is None
+    # Another data version than the one trained: train (without asking DVC).
+    assert already_trained(root, "0123456789ab", stale=lambda *_: pytest.fail("dvc status not needed")) is None
+    # dvc status cannot answer: train (each stage's dvc repro still skips what is up to date).
+    (root / "params.yaml").write_text("train: {steps: 1}\n")
+    assert already_trained(root, version) and already_trained(root, version, stale=lambda *_: 1 / 0) is None
