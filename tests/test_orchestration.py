@@ -53,8 +53,8 @@ def test_dags_have_one_task_per_dvc_stage_and_import_fast():
     assert corpus.timetable.expression == yaml.safe_load((REPO / "params.yaml").read_text())["orchestration"]["schedule"]
     pretrain = bag.dags["pretrain"]
     assert {t.task_id.split(".")[-1] for t in pretrain.tasks} >= {"train", "anneal", "evaluate"}
-    # Edges mirror dvc.yaml: filter waits for the ingest gate.
-    assert "ingest.check_ingest" in corpus.get_task("filter.filter").upstream_task_ids
+    # Edges mirror dvc.yaml: filter waits for the ingest gate (through quality_model, which waits for it too).
+    assert "ingest.check_ingest" in corpus.get_task("filter.filter").get_flat_relative_ids(upstream=True)
 
 
 HEAVY = ("torch", "transformers", "pandas", "pyarrow", "great_expectations", "dvc", "sklearn", "fastwarc", "tokenizers")
@@ -409,3 +409,33 @@ def test_pretrain_skips_a_data_version_it_already_trained(tmp_path, monkeypatch,
     # dvc status cannot answer: train (each stage's dvc repro still skips what is up to date).
     (root / "params.yaml").write_text("train: {steps: 1}\n")
     assert already_trained(root, version) and already_trained(root, version, stale=lambda *_: 1 / 0) is None
+
+
+def test_dag_graph_reads_stage_by_stage():
+    """One group per stage with its gate inside; the groups form a chain entered after the previous stage's
+    gate (no edge leaves a group around its gate or skips a group), and every order dvc.yaml implies holds."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    stages = load_stages(REPO / "dvc.yaml")
+    for dag_id in ("corpus_refresh", "pretrain"):
+        dag = bag.dags[dag_id]
+        staged = {t.task_id: t for t in dag.tasks if hasattr(t, "stage")}
+        group = {tid: tid.split(".")[0] for tid in staged}
+        for tid, t in staged.items():
+            assert tid == f"{stages[t.stage].group}.{t.stage}", tid  # task ids stay group.stage
+        crossing = {(group[a], group[b]) for a, t in staged.items() for b in t.downstream_task_ids if b in staged
+                    and group[a] != group[b]}
+        order = list(dict.fromkeys(group[t.task_id] for t in dag.topological_sort() if t.task_id in staged))
+        assert crossing == set(zip(order, order[1:])), (dag_id, crossing)  # a chain of groups
+        for a, t in staged.items():
+            leaving = [b for b in t.downstream_task_ids if b in staged and group[b] != group[a]]
+            if leaving and stages[t.stage].is_gate is False:
+                assert not any(stages[s].is_gate for s, st in stages.items() if st.group == group[a]), a
+        # Nothing lost: every upstream stage dvc.yaml names is still upstream (through the chain).
+        ids = {t.stage: tid for tid, t in staged.items()}
+        for name, ups in upstream(stages).items():
+            for up in ups & set(ids) if name in ids else ():
+                assert ids[up] in dag.get_task(ids[name]).get_flat_relative_ids(upstream=True), (up, name)
+    assert len(list(bag.dags["corpus_refresh"].get_task("filter.filter").upstream_task_ids)) == 1
+    assert bag.dags["corpus_refresh"].get_task("filter.quality_model").upstream_task_ids == {"ingest.check_ingest"}
