@@ -12,11 +12,13 @@ from airflow.sdk import DAG, Asset, Param, task
 
 from pipelines.config import load_params, workspace
 from pipelines.orchestration.dag_factory import default_args, sinks, sources, stage_tasks
-from pipelines.orchestration.run_params import form_schema
+from pipelines.orchestration.run_params import form_defaults, form_schema
 
 PARAMS = load_params()
 ORCH = PARAMS.get("orchestration") or {}
 CORPUS = Asset(name="corpus", uri=ORCH.get("corpus_asset", "pipelines://corpus"))
+FORM = form_schema(PARAMS, workspace())
+FORM_DEFAULTS = form_defaults(FORM)  # "as in params.yaml" for the drop-downs, empty for the rest
 
 with DAG(
     dag_id="corpus_refresh",
@@ -25,8 +27,9 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args=default_args(PARAMS),
-    # The trigger form: each field is validated (JSON schema) on UI and REST triggers.
-    params={name: Param(None, **schema) for name, schema in form_schema(PARAMS, workspace()).items()},
+    # The trigger form: each field is validated (JSON schema) on UI and REST triggers; apply_run_params
+    # validates again and names the field in words.
+    params={name: Param(FORM_DEFAULTS[name], **schema) for name, schema in FORM.items()},
     tags=["data", "dvc"],
     doc_md=__doc__,
 ) as dag:

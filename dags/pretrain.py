@@ -1,7 +1,8 @@
 """pretrain: phase-1 training -> anneal -> evaluation, on each new corpus version.
 
 Scheduled on the `corpus` Asset that corpus_refresh emits; tasks come from dvc.yaml
-(meta.dag: pretrain). Runs locally by default.
+(meta.dag: pretrain). Runs locally by default. A data version that the last training already
+trained (and whose pretrain stages DVC finds up to date) is skipped, and the log says which.
 """
 from __future__ import annotations
 
@@ -29,9 +30,19 @@ with DAG(
 
     @task
     def resolve_data_version(triggering_asset_events=None) -> dict:
+        """The data version to train on; skips the run (its training tasks follow the skip) when the
+        last training already trained this version and every pretrain stage is up to date."""
+        import logging
+
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from pipelines.versions.record import training_data_version
 
-        return training_data_version(workspace(), triggering_asset_events)
+        result = training_data_version(workspace(), triggering_asset_events, skip_trained=True)
+        if result.get("already_trained"):
+            logging.getLogger("pipelines.pretrain").info("skipping: %s", result["already_trained"])
+            raise AirflowSkipException(result["already_trained"])
+        return result
 
     stages = stage_tasks("pretrain", params=PARAMS)
     version = resolve_data_version()

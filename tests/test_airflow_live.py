@@ -165,7 +165,19 @@ def test_rest_trigger_runs_corpus_refresh_and_emits_the_asset_event(airflow):
 
 def test_plugin_page_through_the_api_server(airflow):
     api, root = airflow["api"], airflow["root"]
-    assert api.call("GET", "/data-versions/", auth=False, raw=True)[0] == 401
+    assert api.call("GET", "/data-versions/", auth=False, raw=True)[0] == 401  # an API client
+    # A logged-out browser is sent to the login page, and back to the page afterwards.
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    req = urllib.request.Request(api.url + "/data-versions/", headers={"Accept": "text/html"})
+    with pytest.raises(urllib.error.HTTPError) as moved:
+        urllib.request.build_opener(NoRedirect).open(req, timeout=60)
+    assert moved.value.code == 307, moved.value.code
+    assert moved.value.headers["location"] == "/auth/login?next=%2Fdata-versions%2F", moved.value.headers["location"]
+    status, login = api.call("GET", "/auth/login", auth=False, raw=True)
+    assert status == 200 and "<html" in login.lower()
     status, html = api.call("GET", "/data-versions/", raw=True)
     assert status == 200 and "<h1>Data versions</h1>" in html
     version = json.loads((root / "reports/data_version.json").read_text())["version"]

@@ -163,3 +163,30 @@ def test_plugin_registers_app_and_menu_entry():
     assert app["url_prefix"] == "/data-versions" and app["name"] == "Data versions"
     view = plugin.external_views[0]
     assert view["href"] == "/data-versions/" and view["name"] == "Data versions" and view["url_route"]
+
+
+def test_logged_out_browser_is_sent_to_the_login_page_and_api_clients_get_401(tmp_path):
+    """The plugin's app, mounted as Airflow mounts it: a browser (Accept: text/html) without a session is
+    redirected to the auth manager's login page with next= the page; an API client keeps the 401 JSON."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from pipelines.versions.login import login_url, with_login_redirect
+    from pipelines.versions.page import create_app
+
+    outer = FastAPI()
+    outer.mount("/data-versions", with_login_redirect(create_app(tmp_path, require_auth=True)))
+    client = TestClient(outer, follow_redirects=False)
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+    r = client.get("/data-versions/?v=1", headers=browser)
+    assert r.status_code in (302, 303, 307), (r.status_code, r.text)
+    where = urlsplit(r.headers["location"])
+    assert where.path == urlsplit(login_url("/x")).path == "/auth/login"  # the simple auth manager's login page
+    assert parse_qs(where.query)["next"] == ["/data-versions/?v=1"]
+    for path in ("/data-versions/", "/data-versions/api/versions"):  # API clients: 401, JSON
+        r = client.get(path, headers={"Accept": "application/json"})
+        assert r.status_code == 401 and r.json() == {"detail": "Not authenticated"}, (path, r.text)
+    assert client.post("/data-versions/", headers=browser).status_code in (401, 405)  # only page views redirect

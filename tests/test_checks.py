@@ -380,3 +380,116 @@ def test_data_docs_are_built_when_enabled(ws):
     assert result["data_docs"] == "reports/gx/pack/index.html"
     assert ws.path("reports", "gx", "pack", "index.html").is_file()
     assert list(ws.path("reports", "gx", "pack", "validations").rglob("*.html"))
+    assert_offline(ws.path("reports", "gx", "pack"))
+    # One index for the six stage sites: pack's linked with its gate's result, the others not built yet.
+    index = ws.path("reports", "gx", "index.html").read_text()
+    assert '<a href="pack/index.html">check_pack</a>' in index and "passed" in index
+    assert all(f"check_{s}" in index for s in ("ingest", "filter", "dedup", "select", "mix", "pack"))
+
+
+def assert_offline(site):
+    """No page of a Data Docs site loads a script, stylesheet or image from the network, and every local
+    file a page loads exists."""
+    import re
+    from urllib.parse import unquote
+
+    pages = list(site.rglob("*.html"))
+    assert pages
+    for page in pages:
+        text = page.read_text()
+        for tag in re.findall(r"<(?:script|link|img)\b[^>]*>", text, flags=re.I):
+            for url in re.findall(r"""\b(?:src|href)=["']([^"']*)["']""", tag, flags=re.I):
+                assert not re.match(r"(https?:)?//", url), (page, tag)
+                if url.startswith(("data:", "#")):
+                    continue
+                assert (page.parent / unquote(url.split("?")[0])).resolve().is_file(), (page, url)
+        assert "integrity=" not in text and "crossorigin=" not in text, page
+
+
+def test_data_docs_load_vendored_assets_and_the_index_links_every_stage(tmp_path):
+    """The pages GX 1.x writes (CDN Bootstrap, jQuery, vega, Font Awesome; S3 logo) point at local copies."""
+    import re
+    from pathlib import Path
+
+    import pandas as pd
+
+    from pipelines.checks.data_docs import CDN, write_index
+    from pipelines.checks.gx_runner import import_gx, validate
+    from pipelines.checks.suites import Batch
+
+    gx = import_gx()
+    gx_root = tmp_path / "reports" / "gx"
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "x": [0.1, 0.5, 2.0]})
+    for stage in ("filter", "pack"):
+        batch = Batch("stats", frame, [gx.expectations.ExpectColumnValuesToNotBeNull(column="id"),
+                                       gx.expectations.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=1)],
+                      ["id"])
+        results, built = validate(stage, [batch], gx_root / stage)
+        assert built and [r.success for r in results] == [True, False]
+        assert_offline(gx_root / stage)
+    page = next((gx_root / "pack" / "validations").rglob("*.html")).read_text()
+    assert "_static/js/jquery-3.7.1.min.js" in page and "_static/css/bootstrap-4.3.1.min.css" in page
+    assert "static/images/logo-long.png" in page  # GX's logo from the site's own static/, not S3
+    assert all((gx_root / "_static" / f).is_file() for f in CDN.values())
+    # Every CDN URL the installed GX templates name has a vendored copy (a GX upgrade that adds one fails here).
+    templates = Path(gx.__file__).parent / "render" / "view" / "templates"
+    named = {u for t in templates.glob("*.j2") for u in re.findall(r'(?:src|href)="(https://[^"]+)"', t.read_text())
+             if re.search(r"\.(js|css)$|@\d+$", u)}
+    assert named <= set(CDN), named - set(CDN)
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checks" / "pack.json").write_text(json.dumps({"success": False, "failed": 1, "evaluated": 2}))
+    index = write_index(gx_root, ["ingest", "filter", "pack"], tmp_path / "checks").read_text()
+    assert '<a href="filter/index.html">check_filter</a>' in index and "check_ingest <i>(not built)</i>" in index
+    assert "FAILED (1 of 2 checks)" in index and "http" not in index
+
+
+def test_data_docs_render_in_a_browser_with_the_network_blocked(tmp_path):
+    """Chromium, every request through a proxy that does not exist, opens a validation page from disk:
+    jQuery, Bootstrap and bootstrap-table run and the results table is drawn."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.skip(f"Debian chromium/chromium-driver not installed ({CHROMIUM}, {CHROMEDRIVER})")
+    pytest.importorskip("selenium")
+    import pandas as pd
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from pipelines.checks.gx_runner import import_gx, validate
+    from pipelines.checks.suites import Batch
+
+    gx = import_gx()
+    batch = Batch("stats", pd.DataFrame({"id": ["a", "b"], "x": [0.1, 2.0]}),
+                  [gx.expectations.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=1)], ["id"])
+    assert validate("pack", [batch], tmp_path / "gx" / "pack")[1]
+    page = next((tmp_path / "gx" / "pack" / "validations").rglob("*.html"))
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+                 f"--user-data-dir={profile}", "--window-size=1400,1000", "--allow-file-access-from-files"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        driver.get(page.as_uri())
+        state = driver.execute_script(
+            "return {jquery: typeof $, bootstrap: typeof $.fn.modal, table: typeof $.fn.bootstrapTable, "
+            "vega: typeof vegaEmbed, icons: getComputedStyle(document.body).fontFamily, "
+            "sheets: Array.from(document.styleSheets).filter(s => { try { return s.cssRules.length > 0 } "
+            "catch (e) { return false } }).length}")
+        assert state["jquery"] == "function" and state["bootstrap"] == "function", state
+        assert state["table"] == "function" and state["vega"] == "function", state
+        assert state["sheets"] >= 5, state  # bootstrap, bootstrap-table, datepicker, dark, font awesome, GX's own
+        assert "expect_column_values_to_be_between" in driver.page_source or "values must be" in driver.page_source
+        # Reaching the network would have failed: the proxy refuses, so everything above came from disk.
+        failed = driver.execute_script("return performance.getEntriesByType('resource')"
+                                       ".filter(r => !r.name.startsWith('file:')).map(r => r.name)")
+        assert failed == [], failed
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -75,11 +75,13 @@ def test_a_refresh_run_appends_the_next_crawl_and_ingest_reads_every_crawl(works
 def test_the_form_field_lists_candidates_and_refuses_unbounded_crawls(workspace):
     workspace.update("orchestration.crawl_candidates", CRAWLS[:2])
     field = form_schema(workspace.params(), workspace.root)["add_crawl"]
-    assert field["enum"] == [None, "next", *CRAWLS[:2]]
+    assert field["enum"] == ["none", "next", *CRAWLS[:2]]  # no null choice: "none" reads "none (no crawl added)"
+    assert field["values_display"]["none"].startswith("none")
+    assert apply_form(workspace.root, {"add_crawl": "none"}) == {}
     workspace.update("ingest.max_files", 0)
-    with pytest.raises(FormError, match="add_crawl.*max_files"):
+    with pytest.raises(FormError, match="^Add a crawl .*File limit above 0"):
         apply_form(workspace.root, {"add_crawl": "CC-MAIN-2024-18"})
-    with pytest.raises(FormError, match="add_crawl"):
+    with pytest.raises(FormError, match="^Add a crawl \\(refresh\\): 'CC-MAIN-2031-77' is not one of the choices"):
         apply_form(workspace.root, {"add_crawl": "CC-MAIN-2031-77", "max_files": 1})
 
 

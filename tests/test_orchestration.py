@@ -53,8 +53,8 @@ def test_dags_have_one_task_per_dvc_stage_and_import_fast():
     assert corpus.timetable.expression == yaml.safe_load((REPO / "params.yaml").read_text())["orchestration"]["schedule"]
     pretrain = bag.dags["pretrain"]
     assert {t.task_id.split(".")[-1] for t in pretrain.tasks} >= {"train", "anneal", "evaluate"}
-    # Edges mirror dvc.yaml: filter waits for the ingest gate.
-    assert "ingest.check_ingest" in corpus.get_task("filter.filter").upstream_task_ids
+    # Edges mirror dvc.yaml: filter waits for the ingest gate (through quality_model, which waits for it too).
+    assert "ingest.check_ingest" in corpus.get_task("filter.filter").get_flat_relative_ids(upstream=True)
 
 
 HEAVY = ("torch", "transformers", "pandas", "pyarrow", "great_expectations", "dvc", "sklearn", "fastwarc", "tokenizers")
@@ -126,6 +126,8 @@ def _form_params() -> dict:
     ("max_files", 1.5, "is not of type"),
     ("max_record_bytes", 10, "less than the minimum"),
     ("mixture_preset", "no_such_preset", "is not one of"),
+    ("mixture_preset", None, "is not of type"),  # no null choice: the form shows the word for "keep"
+    ("executor", None, "is not of type"),
     ("anneal_fraction", 0.9, "greater than the maximum"),
     ("anneal_fraction", 0.01, "less than the minimum"),
     ("warc", ["../outside/*.warc.gz"], "does not match"),
@@ -141,10 +143,11 @@ def test_airflow_params_refuse_bad_values(field, value, why, tmp_path):
     from airflow.sdk import Param
     from airflow.sdk.definitions.param import ParamsDict
 
-    from pipelines.orchestration.run_params import form_schema
+    from pipelines.orchestration.run_params import form_defaults, form_schema
 
-    params = ParamsDict({n: Param(None, **s) for n, s in form_schema(_form_params(), tmp_path).items()})
-    params.validate()  # all-null (keep params.yaml) is valid
+    schema = form_schema(_form_params(), tmp_path)
+    params = ParamsDict({n: Param(form_defaults(schema)[n], **s) for n, s in schema.items()})
+    params.validate()  # the defaults (keep params.yaml) are valid
     bad = copy.deepcopy(params)
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -157,13 +160,62 @@ def test_airflow_params_refuse_bad_values(field, value, why, tmp_path):
 def test_dag_params_form_has_every_field_with_a_schema():
     from airflow.dag_processing.dagbag import DagBag
 
+    from pipelines.orchestration.run_params import value_range
+
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["corpus_refresh"]
     schemas = {k: dag.params.get_param(k).schema for k in dag.params}
     assert schemas["crawl_id"]["pattern"] == r"^CC-MAIN-\d{4}-\d{2}$"
     assert set(schemas["sources"]["items"]["enum"]) == set(_form_params()["ingest"]["curated"])
     assert schemas["mixture_preset"]["enum"][1:] == list(_form_params()["orchestration"]["mixture_presets"])
-    assert (schemas["anneal_fraction"]["minimum"], schemas["anneal_fraction"]["maximum"]) == (0.05, 0.5)
+    assert value_range(schemas["anneal_fraction"]) == (0.05, 0.5)
     assert schemas["max_files"]["type"] == ["null", "integer"]
+    assert dag.params["mixture_preset"] == "keep" and dag.params["executor"] == "keep" and dag.params["crawl_id"] is None
+
+
+def test_form_fields_render_as_words_not_null():
+    """What Airflow's trigger form draws from each schema (airflow/ui FlexibleForm): a drop-down for a
+    string enum (each choice shown through values_display), a multi-select for an array with examples,
+    a number box that clamps to a top-level minimum/maximum."""
+    from pipelines.orchestration.run_params import form_defaults, form_schema, value_range
+
+    schema = form_schema(_form_params(), REPO)
+    defaults = form_defaults(schema)
+    for name, field in schema.items():
+        assert field.get("title"), name
+        if "enum" in field:  # a drop-down: no null choice (Airflow shows it as the word "null", first)
+            assert None not in field["enum"] and defaults[name] in field["enum"], name
+            assert set(field["values_display"]) >= set(field["enum"]), name
+            assert "null" not in str(field["type"]), name
+    assert schema["mixture_preset"]["values_display"][defaults["mixture_preset"]] == "as in params.yaml"
+    curated = list(_form_params()["ingest"]["curated"])
+    sources = schema["sources"]  # a multi-select of the known sources, not a free-text list
+    assert sources["type"][-1] == "array" and sources["examples"] == curated and sources["items"]["enum"] == curated
+    for name in ("anneal_fraction", "max_files", "max_record_bytes"):  # ranged, but never clamped by the form
+        assert "minimum" not in schema[name] and "maximum" not in schema[name], name
+        assert None not in value_range(schema[name]), name
+
+
+@pytest.mark.parametrize("form,message", [
+    ({"anneal_fraction": 0.9}, "Anneal fraction: 0.9 is above the maximum 0.5"),
+    ({"anneal_fraction": 0.01}, "Anneal fraction: 0.01 is below the minimum 0.05"),
+    ({"sources": ["wikipedia", "notasource"]}, "Curated sources: item 2 'notasource' is not one of the choices: 'wikipedia', "),
+    ({"sources": []}, "Curated sources: choose at least one"),
+    ({"mixture_preset": "nope"}, "Mixture preset: 'nope' is not one of the choices: 'keep' (as in params.yaml), 'balanced', "),
+    ({"crawl_id": "CC-MAIN-24"}, "Common Crawl id: 'CC-MAIN-24' is not a Common Crawl id like CC-MAIN-2024-22"),
+    ({"max_files": 1.5}, "File limit: 1.5 is not a whole number"),
+    ({"max_record_bytes": 10}, "Record size limit: 10 is below the minimum 1000"),
+    ({"warc": ["../x/*.warc.gz"]}, "WARC inputs: item 1 '../x/*.warc.gz' is not a path inside the workspace"),
+    ({"executor": "spark"}, "Executor: 'spark' is not one of the choices"),
+    ({"crawl_segment": "1715971057216.39"}, "Crawl segment: needs a Common Crawl id"),
+])
+def test_form_errors_name_the_field_in_words(form, message, tmp_path):
+    """A refused value is refused (never clamped) with one sentence that starts with the field's title."""
+    from pipelines.orchestration.run_params import FormError, validate_form
+
+    with pytest.raises(FormError) as err:
+        validate_form(form, _form_params(), tmp_path)
+    assert str(err.value).startswith(message), str(err.value)
+    assert "Failed validating" not in str(err.value) and "schema" not in str(err.value)
 
 
 def test_apply_form_writes_every_field_and_refuses_paths_outside(tmp_path):
@@ -173,7 +225,8 @@ def test_apply_form_writes_every_field_and_refuses_paths_outside(tmp_path):
     text = (REPO / "params.yaml").read_text()  # the real file, comments and all
     (tmp_path / "params.yaml").write_text(text)
     form = {"crawl_id": "CC-MAIN-2024-22", "crawl_segment": "1715971057216.39", "max_files": 2,
-            "sources": ["wikipedia", "code"], "mixture_preset": "code_math", "anneal_fraction": 0.3, "max_record_bytes": 5000}
+            "sources": ["wikipedia", "code"], "mixture_preset": "code_math", "anneal_fraction": 0.3, "max_record_bytes": 5000,
+            "executor": "keep"}
     changed = apply_form(tmp_path, form)
     after = (tmp_path / "params.yaml").read_text()
     # Edited in place: every comment line stays, and only the lines of the changed values differ.
@@ -186,7 +239,7 @@ def test_apply_form_writes_every_field_and_refuses_paths_outside(tmp_path):
     assert touched <= {"warc", "wet", "max_files", "max_record_bytes", "anneal_fraction", "weights", "- s3",
                        "books", "news", "math", "cc-main-2019-30"}, touched
     recorded = json.loads((tmp_path / "reports/run_params.json").read_text())
-    assert recorded["form"] == form and set(recorded["changed"]) == set(changed)
+    assert recorded["form"] == {k: v for k, v in form.items() if k != "executor"} and set(recorded["changed"]) == set(changed)
     p = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert p["ingest"]["warc"] == ["s3://commoncrawl/crawl-data/CC-MAIN-2024-22/segments/1715971057216.39/warc/*.warc.gz"]
     assert p["ingest"]["wet"][0].endswith("/wet/*.warc.wet.gz")
@@ -197,15 +250,16 @@ def test_apply_form_writes_every_field_and_refuses_paths_outside(tmp_path):
     assert set(changed) >= {"ingest.warc", "ingest.wet", "ingest.curated", "mix.phase1.weights", "train.anneal_fraction"}
     before = (tmp_path / "params.yaml").read_text()
     for form, msg in [
-        ({"warc": [str(tmp_path.parent / "elsewhere" / "*.warc.gz")]}, "does not match"),
-        ({"warc": ["samples/../../x"]}, "does not match"),
-        ({"crawl_id": "CC-MAIN-2024-22", "max_files": 0}, "max_files > 0"),
-        ({"crawl_segment": "1715971057216.39"}, "needs 'crawl_id'"),
+        ({"warc": [str(tmp_path.parent / "elsewhere" / "*.warc.gz")]}, "^WARC inputs: item 1 .* is not a path inside"),
+        ({"warc": ["samples/../../x"]}, "^WARC inputs: item 1 'samples/../../x' is not a path inside"),
+        ({"crawl_id": "CC-MAIN-2024-22", "max_files": 0}, "^Common Crawl id: .*set the File limit above 0"),
+        ({"crawl_segment": "1715971057216.39"}, "^Crawl segment: needs a Common Crawl id"),
         ({"crawl_id": "CC-MAIN-2024-22", "max_files": 1, "warc": ["samples/x"]}, "not both"),
         ({"no_such_field": 1}, "unknown run-form field"),
-        ({"ray_address": "ray-head:6379"}, "needs executor 'ray'"),
-        ({"executor": "ray", "ray_address": "ray://ray-head:10001"}, "does not match"),
-        ({"executor": "spark"}, "is not one of"),
+        ({"ray_address": "ray-head:6379"}, "^Ray cluster address: needs the executor 'ray'"),
+        ({"executor": "ray", "ray_address": "ray://ray-head:10001"}, "^Ray cluster address: 'ray://ray-head:10001' is not a host:port"),
+        ({"executor": "spark"}, "^Executor: 'spark' is not one of the choices"),
+        ({"anneal_fraction": 0.9}, "^Anneal fraction: 0.9 is above the maximum 0.5"),  # refused, not clamped
     ]:
         with pytest.raises(FormError, match=msg):
             apply_form(tmp_path, form)
@@ -306,3 +360,82 @@ def test_pretrain_gpu_stages_become_kubernetes_pods_when_configured(monkeypatch)
     monkeypatch.setenv("PIPELINES_TRAIN_LAUNCHER", "slurm")
     with pytest.raises(ValueError, match="launcher"):
         kubernetes_launcher(params)
+
+
+# ---------------------------------------------------------------- pretrain skips a version it already trained
+
+def _tiny_dvc_project(root: Path) -> None:
+    """A DVC project with one corpus stage and one pretrain stage (shell commands), built once."""
+    from pipelines.orchestration.dvc_runner import dvc_executable, tool_env
+
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "ingest": {"cmd": "echo corpus > o", "outs": ["o"], "meta": {"dag": "corpus_refresh"}},
+        "train": {"cmd": "cat o > m", "deps": ["o"], "params": ["train"], "outs": ["m"], "meta": {"dag": "pretrain"}}}}))
+    (root / "params.yaml").write_text("train: {steps: 1}\n")
+    _git(root, "init", "-q")
+    for argv in (["init", "-q"], ["repro", "-q"]):
+        subprocess.run([dvc_executable(), *argv], cwd=root, env=tool_env(), check=True, capture_output=True)
+
+
+def test_pretrain_skips_a_data_version_it_already_trained(tmp_path, monkeypatch, caplog, capsys):
+    import logging
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from pipelines.versions.record import PRETRAIN_RECORD, already_trained, data_version, training_data_version
+
+    root = tmp_path
+    _tiny_dvc_project(root)
+    version = data_version(root)
+    assert already_trained(root, version) is None  # never trained: train
+    assert training_data_version(root, skip_trained=True) == {"version": version, "from_asset_event": False}
+    assert json.loads((root / PRETRAIN_RECORD).read_text())["version"] == version  # what "trained on" reads
+    # The same version again, every pretrain stage up to date (dvc status): nothing to train, and it says so.
+    done = already_trained(root, version)
+    assert done and version in done and "already trained" in done
+    # The DAG's first task turns that into a skip (its training tasks follow it), naming the version in the log.
+    resolve = DagBag(dag_folder=str(REPO / "dags")).dags["pretrain"].get_task("resolve_data_version")
+    monkeypatch.setenv("PIPELINES_WORKSPACE", str(root))
+    with caplog.at_level(logging.INFO, logger="pipelines.pretrain"), pytest.raises(AirflowSkipException, match=version):
+        resolve.python_callable(triggering_asset_events=None)
+    logged = caplog.text + capsys.readouterr().out  # once Airflow has set up its logging, records go to stdout
+    assert f"skipping: data version {version} was already trained" in logged
+    # Training params changed since (dvc status: train stale): the same data version trains again.
+    (root / "params.yaml").write_text("train: {steps: 2}\n")
+    assert already_trained(root, version) is None
+    # Another data version than the one trained: train (without asking DVC).
+    assert already_trained(root, "0123456789ab", stale=lambda *_: pytest.fail("dvc status not needed")) is None
+    # dvc status cannot answer: train (each stage's dvc repro still skips what is up to date).
+    (root / "params.yaml").write_text("train: {steps: 1}\n")
+    assert already_trained(root, version) and already_trained(root, version, stale=lambda *_: 1 / 0) is None
+
+
+def test_dag_graph_reads_stage_by_stage():
+    """One group per stage with its gate inside; the groups form a chain entered after the previous stage's
+    gate (no edge leaves a group around its gate or skips a group), and every order dvc.yaml implies holds."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    stages = load_stages(REPO / "dvc.yaml")
+    for dag_id in ("corpus_refresh", "pretrain"):
+        dag = bag.dags[dag_id]
+        staged = {t.task_id: t for t in dag.tasks if hasattr(t, "stage")}
+        group = {tid: tid.split(".")[0] for tid in staged}
+        for tid, t in staged.items():
+            assert tid == f"{stages[t.stage].group}.{t.stage}", tid  # task ids stay group.stage
+        crossing = {(group[a], group[b]) for a, t in staged.items() for b in t.downstream_task_ids if b in staged
+                    and group[a] != group[b]}
+        order = list(dict.fromkeys(group[t.task_id] for t in dag.topological_sort() if t.task_id in staged))
+        assert crossing == set(zip(order, order[1:])), (dag_id, crossing)  # a chain of groups
+        for a, t in staged.items():
+            leaving = [b for b in t.downstream_task_ids if b in staged and group[b] != group[a]]
+            if leaving and stages[t.stage].is_gate is False:
+                assert not any(stages[s].is_gate for s, st in stages.items() if st.group == group[a]), a
+        # Nothing lost: every upstream stage dvc.yaml names is still upstream (through the chain).
+        ids = {t.stage: tid for tid, t in staged.items()}
+        for name, ups in upstream(stages).items():
+            for up in ups & set(ids) if name in ids else ():
+                assert ids[up] in dag.get_task(ids[name]).get_flat_relative_ids(upstream=True), (up, name)
+    assert len(list(bag.dags["corpus_refresh"].get_task("filter.filter").upstream_task_ids)) == 1
+    assert bag.dags["corpus_refresh"].get_task("filter.quality_model").upstream_task_ids == {"ingest.check_ingest"}

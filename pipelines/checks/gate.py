@@ -63,6 +63,10 @@ def run_gate(stage: str, params: dict) -> dict:
         "data_docs": (DOCS_DIR / stage / "index.html").as_posix() if docs_built else None,
     }
     write_json_atomic(report_path(stage, root), report)
+    if docs_dir is not None:  # reports/gx/index.html: the six stage sites, each with its gate's last result
+        from pipelines.checks.data_docs import write_index
+
+        write_index(root / DOCS_DIR, stages.names(), report_path(stage, root).parent)
     log.info("check_%s: %d checks, %d failed (%.1fs)", stage, len(checks), len(failed), time.monotonic() - started)
     if failed:
         lines = [f"check_{stage} FAILED: {len(failed)} of {len(checks)} checks"]

@@ -3,7 +3,8 @@
 The context lives in memory for one gate: a pandas data source per gate, one
 dataframe asset + suite + validation definition per frame. Data Docs (HTML)
 go to a filesystem site of their own per stage, because a site build removes
-pages whose results are not in the (in-memory) stores of the building context.
+pages whose results are not in the (in-memory) stores of the building context;
+their CDN assets are then pointed at vendored copies (pipelines.checks.data_docs).
 """
 from __future__ import annotations
 
@@ -108,6 +109,9 @@ def validate(stage: str, batches, docs_dir: Path | None = None) -> tuple[list[Ch
     if docs_dir is not None:
         try:
             context.build_data_docs(site_names=[SITE_NAME])
+            from pipelines.checks.data_docs import make_offline
+
+            make_offline(Path(docs_dir))  # vendored Bootstrap/jQuery/vega/...: the pages work with no network
             built = True
         except Exception as e:  # noqa: BLE001 - docs are a convenience, never a reason to fail a gate
             log.warning("check_%s: building GX Data Docs failed: %s", stage, e)

@@ -2,6 +2,7 @@
 `airflow dags test`) in this workspace, then print the summary."""
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -33,6 +34,9 @@ def main() -> int:
         if failed:
             print(output[-6000:], file=sys.stderr)
             return 1
+        skipped = re.search(r"skipping: (data version \S+ was already trained)", output)
+        if skipped:  # a rerun on the same corpus: pretrain had nothing to do
+            print(f"[demo] {dag_id}: skipped its training: {skipped.group(1)}", flush=True)
     print(render(root=root))
     report = write_report(root)
     print(f"\n[demo] done in {time.time() - t0:.0f}s. `dvc repro` now has nothing to do; `dvc status` shows it.")

@@ -1,5 +1,6 @@
 """Build Airflow DAGs from dvc.yaml: one task per DVC stage (gates included),
-grouped per stage, edges taken from the stages' deps/outs.
+one task group per stage with its gate inside, edges taken from the stages' deps/outs
+(only those no other path implies, so the groups form a chain: stage, gate, next stage).
 
 Import-cheap on purpose (yaml + airflow.sdk): DAG files are parsed often. The workspace and
 params.yaml come from ``pipelines.config`` (``workspace()``, ``load_params``), as for every stage.
@@ -80,7 +81,9 @@ def stage_tasks(dag_id: str, dvc_yaml: Path | None = None, params: dict | None =
         spec = mine[name]
         group = groups.get(spec.group)
         if group is None:
-            group = groups[spec.group] = TaskGroup(group_id=spec.group)
+            members = [n for n, s in mine.items() if s.group == spec.group]
+            group = groups[spec.group] = TaskGroup(group_id=spec.group, tooltip=" -> ".join(
+                [n for n in topological(stages) if n in members]))
         extra = resources(spec)
         if spec.is_gate:
             extra["retries"] = 0  # a failed gate is a data problem, not a transient one
@@ -88,11 +91,25 @@ def stage_tasks(dag_id: str, dvc_yaml: Path | None = None, params: dict | None =
             tasks[name] = kubernetes_stage_task(name, k8s, task_group=group, **extra)
             continue
         tasks[name] = DvcStageOperator(task_id=name, stage=name, is_gate=spec.is_gate, task_group=group, **extra)
-    for name, task in tasks.items():
-        for up in edges[name]:
-            if up in tasks:
-                tasks[up] >> task
+    for name, ups in reduced({n: {u for u in edges[n] if u in tasks} for n in tasks}).items():
+        for up in sorted(ups):
+            tasks[up] >> tasks[name]
     return tasks
+
+
+def reduced(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``edges`` (node -> its upstream nodes) without the edges another path already implies (a transitive
+    reduction; the order of the tasks is the same). What dvc.yaml says, e.g. filter reads data/ingest *and*
+    the ingest gate's report, becomes ingest -> check_ingest -> filter: each stage's group is entered after
+    the previous stage's gate, and no edge leaves a group around its gate, so the graph reads stage by stage."""
+    memo: dict[str, set[str]] = {}
+
+    def ancestors(n: str) -> set[str]:
+        if n not in memo:
+            memo[n] = set().union(*({u} | ancestors(u) for u in edges[n])) if edges[n] else set()
+        return memo[n]
+
+    return {n: {u for u in ups if not any(u in ancestors(o) for o in ups - {u})} for n, ups in edges.items()}
 
 
 def resources(spec: StageSpec) -> dict:

@@ -56,19 +56,52 @@ def _input_pattern(params: dict, root: Path | None) -> str:
             rf"|(?!s3://)(?![a-zA-Z][a-zA-Z0-9+.-]*://)(?!.*(^|/)\.\.(/|$))({local_start})[^\s]+)$")
 
 
+KEEP = "keep"          # mixture preset / executor: leave params.yaml as it is
+NO_CRAWL = "none"      # add_crawl: no crawl added
+# The word that means "nothing chosen" for the fields the form shows as a drop-down. Airflow's form shows a
+# null choice as the literal word "null" (and sorts it first; apache/airflow#62049), so no enum holds null.
+UNSET = {"mixture_preset": KEEP, "executor": KEEP, "add_crawl": NO_CRAWL}
+# What a value of a pattern-checked field must look like, in words (for the error messages).
+PATTERN_WORDS = {
+    "crawl_id": "a Common Crawl id like CC-MAIN-2024-22",
+    "crawl_segment": "a crawl segment like 1715971057216.39",
+    "add_crawl": "a Common Crawl id like CC-MAIN-2024-22, or 'next'",
+    "ray_address": "a host:port address like ray-head:6379",
+}
+
+
+def _ranged(kind: str, lo, hi, **field) -> dict:
+    """A number field accepting null and ``lo..hi``. The range sits in ``allOf``, not at the top level: Airflow's
+    form passes a top-level minimum/maximum to its number box, which then clamps an out-of-range entry on blur
+    (0.9 silently became 0.5). There the value is sent as typed and the trigger is refused, naming the field."""
+    return {"type": ["null", kind], "allOf": [{"minimum": lo, "maximum": hi}], **field}
+
+
+def value_range(schema: dict) -> tuple:
+    """(minimum, maximum) of a form field, wherever the schema keeps them."""
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    for sub in schema.get("allOf") or []:
+        lo, hi = sub.get("minimum", lo), sub.get("maximum", hi)
+    return lo, hi
+
+
 def form_schema(params: dict | None = None, root: Path | None = None) -> dict:
-    """JSON-schema for each form field; null everywhere means "keep params.yaml".
+    """JSON-schema for each form field (default: the value that keeps params.yaml; see ``form_defaults``).
 
     ``root`` (the workspace) lets absolute local paths under it through; without it only relative ones pass.
+    Every field has a title (what the form and the error messages call it); drop-downs have words for their
+    choices (``values_display``) and no null choice; multi-selects list their choices in ``examples`` (what
+    Airflow's form shows) and refuse others through ``items.enum``.
     """
     params = params or {}
     curated = list(((params.get("ingest") or {}).get("curated") or {}).keys())
     presets = list((_orch(params).get("mixture_presets") or {}).keys())
+    kind_now = (params.get("executor") or {}).get("kind") or "local"
     inputs = {"type": ["null", "array"], "items": {"type": "string", "minLength": 1, "pattern": _input_pattern(params, root)}}
     schema = {
         "crawl_id": {"type": ["null", "string"], "pattern": CRAWL_ID, "title": "Common Crawl id",
                      "description": "e.g. CC-MAIN-2024-22: web inputs become that crawl's WARC/WET files on "
-                                    "s3://commoncrawl (needs max_files > 0). Empty = keep params.yaml"},
+                                    "s3://commoncrawl (needs a file limit > 0). Empty = keep params.yaml"},
         "add_crawl": _add_crawl_field(params),
         "crawl_segment": {"type": ["null", "string"], "pattern": CRAWL_SEGMENT, "title": "Crawl segment",
                           "description": "one segment of the crawl, e.g. 1715971057216.39 (empty = all segments)"},
@@ -77,20 +110,27 @@ def form_schema(params: dict | None = None, root: Path | None = None) -> dict:
                                 f"({', '.join(allowed_buckets(params))}); empty = keep params.yaml"},
         "wet": {**inputs, "title": "WET inputs", "description": "like WARC inputs, for WET files"},
         "sources": {"type": ["null", "array"], "title": "Curated sources",
-                    "items": {"type": "string", "enum": curated}, "uniqueItems": True, "minItems": 1,
-                    "description": "curated sources to ingest (others are left out of this run); empty = all"},
-        "max_files": {"type": ["null", "integer"], "minimum": 0, "maximum": 100000, "title": "File limit",
-                      "description": "at most this many files per input list (0 = all; empty = keep params.yaml)"},
-        "max_record_bytes": {"type": ["null", "integer"], "minimum": 1000, "maximum": 100_000_000,
-                             "title": "Record size limit",
-                             "description": "larger records are dropped as too_large (empty = keep params.yaml)"},
-        "mixture_preset": {"type": ["null", "string"], "enum": [None, *presets], "title": "Mixture preset",
-                           "description": "source weights for the blends, from orchestration.mixture_presets"},
-        "anneal_fraction": {"type": ["null", "number"], "minimum": 0.05, "maximum": 0.5, "title": "Anneal fraction",
-                            "description": "share of training steps spent annealing (0.05..0.5)"},
-        "executor": {"type": ["null", "string"], "enum": [None, "local", "ray"], "title": "Executor",
-                     "description": "where the data stages' tasks run: local (a process pool on the Airflow worker) "
-                                    "or ray (a running Ray cluster; same outputs). Empty = keep params.yaml"},
+                    "items": {"type": "string", "enum": curated}, "examples": curated,
+                    "values_display": {s: s for s in curated}, "uniqueItems": True, "minItems": 1,
+                    "description": "curated sources to ingest (the others are left out of this run); empty = all"},
+        "max_files": _ranged("integer", 0, 100000, title="File limit",
+                             description="at most this many files per input list, 0..100000 "
+                                         "(0 = all; empty = keep params.yaml)"),
+        "max_record_bytes": _ranged("integer", 1000, 100_000_000, title="Record size limit",
+                                    description="larger records are dropped as too_large, 1000..100000000 bytes "
+                                                "(empty = keep params.yaml)"),
+        "mixture_preset": {"type": "string", "enum": [KEEP, *presets], "title": "Mixture preset",
+                           "values_display": {KEEP: "as in params.yaml", **{p: p.replace("_", " ") for p in presets}},
+                           "description": "source weights for the blends, from orchestration.mixture_presets "
+                                          "(“as in params.yaml” keeps mix.*.weights)"},
+        "anneal_fraction": _ranged("number", 0.05, 0.5, title="Anneal fraction",
+                                   description="share of training steps spent annealing, 0.05..0.5 "
+                                               "(empty = keep params.yaml)"),
+        "executor": {"type": "string", "enum": [KEEP, "local", "ray"], "title": "Executor",
+                     "values_display": {KEEP: f"as in params.yaml ({kind_now})",
+                                        "local": "local: a process pool on the Airflow worker",
+                                        "ray": "ray: a running Ray cluster (same outputs)"},
+                     "description": "where the data stages' tasks run"},
         "ray_address": {"type": ["null", "string"], "pattern": RAY_ADDRESS, "title": "Ray cluster address",
                         "description": "the head's GCS address host:port (empty = params.yaml or $RAY_ADDRESS). "
                                        "The auth token comes from the worker's environment, never from this form"},
@@ -98,15 +138,24 @@ def form_schema(params: dict | None = None, root: Path | None = None) -> dict:
     return schema
 
 
+def form_defaults(schema: dict) -> dict:
+    """The value each field starts with in the form: its "keep params.yaml" word, else empty (null)."""
+    return {name: UNSET.get(name) if UNSET.get(name) in (field.get("enum") or []) else None
+            for name, field in schema.items()}
+
+
 def _add_crawl_field(params: dict) -> dict:
     candidates = list(_orch(params).get("crawl_candidates") or [])
-    field = {"type": ["null", "string"], "title": "Add a crawl (refresh)",
+    field = {"title": "Add a crawl (refresh)",
              "description": "grow the corpus by one Common Crawl snapshot (appended to ingest.crawls; earlier crawls "
                             "stay and keep their work): a crawl id, or 'next' = the newest crawl published by the "
-                            "run's date that the corpus does not hold yet. Empty = no crawl added"}
+                            "run's date that the corpus does not hold yet"}
     if candidates:  # the form lists them
-        return {**field, "enum": [None, NEXT_CRAWL, *candidates]}
-    return {**field, "pattern": rf"^({NEXT_CRAWL}|CC-MAIN-\d{{4}}-\d{{2}})$"}
+        return {**field, "type": "string", "enum": [NO_CRAWL, NEXT_CRAWL, *candidates],
+                "values_display": {NO_CRAWL: "none (no crawl added)",
+                                   NEXT_CRAWL: "next: the newest crawl the corpus lacks", **{c: c for c in candidates}}}
+    return {**field, "type": ["null", "string"], "pattern": rf"^({NEXT_CRAWL}|CC-MAIN-\d{{4}}-\d{{2}})$",
+            "description": field["description"] + ". Empty = no crawl added"}
 
 
 # Form field -> dotted key in params.yaml, for the fields copied as they are.
@@ -121,44 +170,89 @@ FORM_FIELDS = {
 }
 
 
+def _num(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _choices(field: dict, allowed: list) -> str:
+    shown = field.get("values_display") or {}
+    return ", ".join(f"{c!r} ({shown[c]})" if shown.get(c, c) != c else repr(c) for c in allowed)
+
+
+def worded_error(name: str, field: dict, error, words: dict | None = None) -> str:
+    """A jsonschema error on form field ``name`` as one sentence naming the field by its title;
+    ``words``: what a value of each pattern-checked field must look like (default PATTERN_WORDS)."""
+    title = field.get("title") or name
+    value, kind = error.instance, error.validator
+    where = f"item {error.path[-1] + 1} " if error.path and isinstance(error.path[-1], int) else ""
+    shown = _num(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+    if kind == "maximum":
+        why = f"{shown} is above the maximum {_num(error.validator_value)}"
+    elif kind == "minimum":
+        why = f"{shown} is below the minimum {_num(error.validator_value)}"
+    elif kind == "enum":
+        why = f"{where}{shown} is not one of the choices: {_choices(field, error.validator_value)}"
+    elif kind == "pattern":
+        why = f"{where}{shown} is not {(words or PATTERN_WORDS).get(name, 'in the expected form')}"
+    elif kind == "type":
+        wanted = [t for t in ([error.validator_value] if isinstance(error.validator_value, str) else error.validator_value)
+                  if t != "null"]
+        words = {"integer": "a whole number", "number": "a number", "string": "text", "array": "a list"}
+        why = f"{where}{shown} is not {' or '.join(words.get(t, t) for t in wanted)}"
+    elif kind == "minItems":
+        why = "choose at least one (or leave it empty for all)"
+    elif kind == "uniqueItems":
+        why = f"{shown} names a choice twice"
+    elif kind == "minLength":
+        why = f"{where}is empty"
+    else:
+        why = error.message
+    return f"{title}: {why}"
+
+
 def validate_form(form: dict, params: dict, root: Path) -> None:
-    """The same JSON-schema Airflow applies, plus what a schema cannot say (paths, field combinations)."""
+    """The same JSON-schema Airflow applies, plus what a schema cannot say (paths, field combinations).
+    Each refusal is a FormError whose message starts with the field's title."""
     import jsonschema
 
     schema = form_schema(params, root)
+    title = {name: field.get("title") or name for name, field in schema.items()}
+    inputs = ("a path inside the workspace (relative, or absolute under it; no '..') or an s3:// URI of an "
+              f"allowed bucket ({', '.join(allowed_buckets(params))})")
+    words = {**PATTERN_WORDS, "warc": inputs, "wet": inputs}
     unknown = sorted(set(form) - set(schema))
     if unknown:
-        raise FormError(f"unknown run-form field(s) {unknown}; known: {sorted(schema)}")
+        raise FormError(f"unknown run-form field(s) {', '.join(unknown)}; the form has: "
+                        f"{', '.join(f'{n} ({t})' for n, t in title.items())}")
     for name, value in form.items():
-        try:
-            jsonschema.validate(value, schema[name])
-        except jsonschema.ValidationError as e:
-            raise FormError(f"run form field {name!r}: {e.message}") from None
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema[name]).iter_errors(value))
+        if error is not None:
+            raise FormError(worded_error(name, schema[name], error, words))
     root = Path(root).resolve()
     for what in ("warc", "wet"):
         for uri in form.get(what) or []:
             if uri.startswith("s3://"):
                 continue
             if ".." in PurePosixPath(uri).parts:
-                raise FormError(f"run form field {what!r}: {uri!r} may not contain '..'")
+                raise FormError(f"{title[what]}: {uri!r} may not contain '..'")
             if Path(uri).is_absolute() and not Path(uri).resolve().is_relative_to(root):
-                raise FormError(f"run form field {what!r}: {uri!r} is outside the workspace {root}")
-    if form.get("ray_address") and (form.get("executor") or (params.get("executor") or {}).get("kind")) != "ray":
-        raise FormError("run form field 'ray_address' needs executor 'ray' (in the form or params.yaml)")
+                raise FormError(f"{title[what]}: {uri!r} is outside the workspace {root}")
+    executor = form.get("executor") if form.get("executor") not in (None, KEEP) else (params.get("executor") or {}).get("kind")
+    if form.get("ray_address") and executor != "ray":
+        raise FormError(f"{title['ray_address']}: needs the executor 'ray' (in the form or params.yaml), not {executor or 'local'!r}")
     if form.get("crawl_segment") and not form.get("crawl_id"):
-        raise FormError("run form field 'crawl_segment' needs 'crawl_id'")
+        raise FormError(f"{title['crawl_segment']}: needs a {title['crawl_id']}")
+    limit = form.get("max_files")
+    limit = limit if limit is not None else ((params.get("ingest") or {}).get("max_files") or 0)
     if form.get("crawl_id"):
         if form.get("warc") or form.get("wet"):
-            raise FormError("give either 'crawl_id' or explicit 'warc'/'wet' inputs, not both")
-        limit = form.get("max_files")
-        limit = limit if limit is not None else ((params.get("ingest") or {}).get("max_files") or 0)
+            raise FormError(f"{title['crawl_id']}: give either a crawl id or {title['warc']}/{title['wet']}, not both")
         if not limit:
-            raise FormError("'crawl_id' reads a whole Common Crawl crawl: set max_files > 0 to bound it")
-    if form.get("add_crawl"):
-        limit = form.get("max_files")
-        limit = limit if limit is not None else ((params.get("ingest") or {}).get("max_files") or 0)
-        if not limit:
-            raise FormError("'add_crawl' reads a whole Common Crawl crawl: set max_files > 0 to bound it")
+            raise FormError(f"{title['crawl_id']}: a crawl id reads a whole Common Crawl crawl: set the "
+                            f"{title['max_files']} above 0 to bound it")
+    if form.get("add_crawl") not in (None, NO_CRAWL) and not limit:
+        raise FormError(f"{title['add_crawl']}: a crawl reads a whole Common Crawl snapshot: set the "
+                        f"{title['max_files']} above 0 to bound it")
 
 
 def crawl_inputs(crawl_id: str, segment: str | None) -> dict[str, list[str]]:
@@ -198,6 +292,7 @@ def apply_form(root: Path, form: dict, as_of: dt.date | None = None, scheduled: 
     params = yaml.safe_load(path.read_text()) or {}
     form = {k: v for k, v in (form or {}).items() if v is not None and v != []}
     validate_form(form, params, root)
+    form = {k: v for k, v in form.items() if UNSET.get(k) != v}  # "as in params.yaml" / "no crawl added"
     new = copy.deepcopy(params)
     changed: dict = {}
     wanted = form.get("add_crawl") or (NEXT_CRAWL if scheduled and _orch(params).get("refresh_adds_crawl") else None)

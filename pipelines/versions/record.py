@@ -135,10 +135,16 @@ def record_data_version(params: dict) -> dict:
     return result
 
 
-def training_data_version(root: Path, triggering_asset_events=None) -> dict:
+PRETRAIN_DAG = "pretrain"
+PRETRAIN_RECORD = "reports/pretrain_data_version.json"  # the version the last pretrain run used
+
+
+def training_data_version(root: Path, triggering_asset_events=None, skip_trained: bool = False, stale=None) -> dict:
     """The data version a pretrain run uses: from the triggering Asset event, else dvc.lock.
 
-    Recorded in reports/pretrain_data_version.json so each model says which corpus it saw.
+    Recorded in reports/pretrain_data_version.json so each model says which corpus it saw. With
+    ``skip_trained``, a version the last training already trained (see ``already_trained``) is not recorded
+    again: the result carries ``already_trained``, the sentence that says so.
     """
     announced = None
     for events in (triggering_asset_events or {}).values():
@@ -152,6 +158,43 @@ def training_data_version(root: Path, triggering_asset_events=None) -> dict:
             f"the corpus announced version {announced} but the workspace holds {current}: "
             f"`git checkout data/{announced} && dvc pull` first"
         )
+    if skip_trained and (done := already_trained(root, current, stale)):
+        return {"version": current, "from_asset_event": bool(announced), "already_trained": done}
     result = {"version": current, "from_asset_event": bool(announced)}
-    write_json_atomic(Path(root) / "reports/pretrain_data_version.json", result)
+    write_json_atomic(Path(root) / PRETRAIN_RECORD, result)
     return result
+
+
+def already_trained(root: Path, version: str, stale=None) -> str | None:
+    """Why pretrain has nothing to do for ``version``, or None when it has.
+
+    Nothing to do: the last training recorded this same data version (reports/pretrain_data_version.json,
+    what the Data versions page calls "trained on") and DVC finds every pretrain stage up to date
+    (its outputs there and made from these inputs, params and code). A failed or interrupted training, or a
+    change to the training params or code, leaves a stage stale: then it trains. ``stale(root, stages)``
+    names the stale stages (default: ``dvc status``)."""
+    root = Path(root)
+    used = (read_json(root / PRETRAIN_RECORD) or {}).get("version")
+    if used != version:
+        return None
+    stages = [n for n, s in load_stages(root / "dvc.yaml").items() if s.dag == PRETRAIN_DAG]
+    try:
+        out_of_date = (stale or stale_stages)(root, stages)
+    except Exception as e:  # cannot tell: train (each stage's dvc repro still skips what is up to date)
+        log.warning("cannot tell whether data version %s was already trained (%s): training", version, e)
+        return None
+    if out_of_date:
+        log.info("data version %s was trained before, but %s changed since: training", version, ", ".join(out_of_date))
+        return None
+    return (f"data version {version} was already trained (reports/pretrain_data_version.json) and "
+            f"{', '.join(stages)} are up to date: nothing to train")
+
+
+def stale_stages(root: Path, stages: list[str]) -> list[str]:
+    """The ``stages`` that `dvc status` finds out of date (changed deps, params or outs; missing outputs)."""
+    out = subprocess.run([dvc_executable(), "status", "--json", *stages], cwd=root, env=tool_env(),
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"dvc status failed: {out.stderr.strip()[-500:]}")
+    status = json.loads(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}")
+    return sorted(k.split(":")[-1] for k in status)
