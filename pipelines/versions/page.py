@@ -143,7 +143,9 @@ def _gates_table(gates: list[dict], base: str, current: bool = True) -> str:
                 if g["data_docs"] else "" if current else "<span class='muted'>current build only</span>")
         rows.append(f"<tr class='gate {status.lower()}'><td>check_{escape(g['stage'])}</td><td>{status}</td>"
                     f"<td>{g.get('evaluated') or ''}</td><td>{failed}</td><td>{docs}</td></tr>")
-    return ("<table class='gates'><tr><th>gate</th><th>result</th><th>expectations</th><th>failed (observed)</th>"
+    index = (f"<p><a href='{base}/gx/index.html' target='_blank'>All Data Docs</a></p>"
+             if current and any(g["data_docs"] for g in gates) else "")
+    return (index + "<table class='gates'><tr><th>gate</th><th>result</th><th>expectations</th><th>failed (observed)</th>"
             "<th>GX</th></tr>" + "".join(rows) + "</table>")
 
 
