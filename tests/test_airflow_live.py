@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -256,6 +257,21 @@ def test_browser_login_trigger_form_and_plugin_page(airflow):
         assert newest["triggered_by"] == "ui" and newest["conf"].get("max_files") == 3, newest
         api.call("PATCH", f"/api/v2/dags/corpus_refresh/dagRuns/{urllib.parse.quote(newest['dag_run_id'])}",
                  {"state": "failed"})  # do not leave a queued run behind
+        # A bad value is refused, and the message names the field; no run is created.
+        driver.get(f"{url}/dags/corpus_refresh")
+        wait.until(lambda d: click("Trigger", 0))
+        fraction = wait.until(EC.presence_of_element_located((By.NAME, "element_anneal_fraction")))
+        driver.execute_script("arguments[0].scrollIntoView()", fraction)
+        fraction.send_keys("0.9")
+        wait.until(lambda d: click("Trigger", -1))
+        refused = re.compile(r"(anneal.fraction|Anneal fraction)[^\n]*(maximum|0\.9|invalid)|Invalid input for param anneal_fraction", re.I)
+        try:
+            wait.until(lambda d: refused.search(d.find_element(By.TAG_NAME, "body").text))
+        finally:
+            (ARTIFACTS / "airflow-3b-bad-value.txt").write_text(driver.find_element(By.TAG_NAME, "body").text)
+        driver.save_screenshot(str(ARTIFACTS / "airflow-3b-bad-value.png"))
+        time.sleep(2)
+        assert api.call("GET", "/api/v2/dags/corpus_refresh/dagRuns")[1]["total_entries"] == runs["total_entries"]
         driver.get(f"{url}/plugin/data-versions")
         frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe")))
         driver.switch_to.frame(frame)
