@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,12 +11,18 @@ import pytest
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-def chrome(offline: bool = False, size: str = "1400,1000"):
-    """A driver; ``offline``: every network request goes to a proxy that is not there (127.0.0.1:9)."""
+def require_chrome() -> None:
+    """Skip the test when the browser is not installed (.ci/run installs it with apt when it can)."""
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         pytest.skip(f"Debian chromium/chromium-driver not installed ({CHROMIUM}, {CHROMEDRIVER}); .ci/run installs "
                     "them with apt when it can")
     pytest.importorskip("selenium")
+
+
+def chrome(offline: bool = False, size: str = "1400,1000"):
+    """A driver with its own profile (``close`` removes it); ``offline``: every network request goes to a proxy
+    that is not there (127.0.0.1:9), so a page shows what it can without the network."""
+    require_chrome()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -24,9 +31,16 @@ def chrome(offline: bool = False, size: str = "1400,1000"):
     profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", f"--window-size={size}"):
+                 "--allow-file-access-from-files", f"--user-data-dir={profile}", f"--window-size={size}"):
         opts.add_argument(flag)
     if offline:
         opts.add_argument("--proxy-server=127.0.0.1:9")
         opts.add_argument("--proxy-bypass-list=<-loopback>")
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.profile_dir = profile
+    return driver
+
+
+def close(driver) -> None:
+    driver.quit()
+    shutil.rmtree(driver.profile_dir, ignore_errors=True)

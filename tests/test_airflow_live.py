@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -22,13 +20,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.browser import chrome, close, require_chrome
 from tests.fixtures.project import REPO, copy_project
 
 pytestmark = pytest.mark.slow
 
 RUN_TIMEOUT_S = int(os.environ.get("PIPELINES_TEST_RUN_TIMEOUT", "1500"))
 ARTIFACTS = REPO / "reports" / "test-artifacts"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 class Api:
@@ -191,23 +189,8 @@ def test_plugin_page_through_the_api_server(airflow):
     assert mine and mine[0]["external_views"][0]["href"] == "/data-versions/"
 
 
-def _chrome(profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--window-size=1400,1000"):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-
-
 def test_browser_login_trigger_form_and_plugin_page(airflow):
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.skip(f"Debian chromium/chromium-driver not installed ({CHROMIUM}, {CHROMEDRIVER}); .ci/run installs them with apt when it can")
-    pytest.importorskip("selenium")
+    require_chrome()
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
@@ -218,8 +201,7 @@ def test_browser_login_trigger_form_and_plugin_page(airflow):
     api.call("PATCH", "/api/v2/dags/corpus_refresh", {"is_paused": True})  # the run we trigger stays queued
     _, before = api.call("GET", "/api/v2/dags/corpus_refresh/dagRuns")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
-    driver = _chrome(profile)
+    driver = chrome()
     # The React UI re-renders while it loads: an element found a moment ago may be gone (stale);
     # the wait then simply looks again (as it does while a button is not there yet).
     wait = WebDriverWait(driver, 90, ignored_exceptions=(StaleElementReferenceException, IndexError))
@@ -281,5 +263,4 @@ def test_browser_login_trigger_form_and_plugin_page(airflow):
         driver.switch_to.default_content()
         driver.save_screenshot(str(ARTIFACTS / "airflow-4-data-versions.png"))
     finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        close(driver)

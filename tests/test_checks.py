@@ -446,18 +446,10 @@ def test_data_docs_load_vendored_assets_and_the_index_links_every_stage(tmp_path
 def test_data_docs_render_in_a_browser_with_the_network_blocked(tmp_path):
     """Chromium, every request through a proxy that does not exist, opens a validation page from disk:
     jQuery, Bootstrap and bootstrap-table run and the results table is drawn."""
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
+    from tests.browser import chrome, close, require_chrome
 
-    CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.skip(f"Debian chromium/chromium-driver not installed ({CHROMIUM}, {CHROMEDRIVER})")
-    pytest.importorskip("selenium")
+    require_chrome()
     import pandas as pd
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
 
     from pipelines.checks.gx_runner import import_gx, validate
     from pipelines.checks.suites import Batch
@@ -467,14 +459,7 @@ def test_data_docs_render_in_a_browser_with_the_network_blocked(tmp_path):
                   [gx.expectations.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=1)], ["id"])
     assert validate("pack", [batch], tmp_path / "gx" / "pack")[1]
     page = next((tmp_path / "gx" / "pack" / "validations").rglob("*.html"))
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-                 f"--user-data-dir={profile}", "--window-size=1400,1000", "--allow-file-access-from-files"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = chrome(offline=True)
     try:
         driver.get(page.as_uri())
         state = driver.execute_script(
@@ -491,5 +476,4 @@ def test_data_docs_render_in_a_browser_with_the_network_blocked(tmp_path):
                                        ".filter(r => !r.name.startsWith('file:')).map(r => r.name)")
         assert failed == [], failed
     finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        close(driver)

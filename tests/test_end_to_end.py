@@ -131,7 +131,7 @@ def test_the_offline_report_shows_the_build(project):
     # As a person opens it: in a browser with the network blocked, every picture loads and the parts are there.
     from selenium.webdriver.common.by import By
 
-    from tests.browser import chrome
+    from tests.browser import chrome, close
 
     driver = chrome(offline=True, size="1200,4000")
     try:
@@ -146,7 +146,7 @@ def test_the_offline_report_shows_the_build(project):
         artifacts.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(artifacts / "report-index.png"))
     finally:
-        driver.quit()
+        close(driver)
 
 
 def test_every_stage_output_is_accounted_for(project):
