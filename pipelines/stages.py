@@ -36,6 +36,12 @@ def names() -> list[str]:
     return list(STAGES)
 
 
+def order_key(name: str) -> tuple[int, str]:
+    """Sorts stage names in pipeline order (unknown names last, by name)."""
+    order = names()
+    return (order.index(name) if name in order else len(order), name)
+
+
 def output(name: str) -> str:
     """A stage's (or job's) workspace directory, relative to the workspace (what dvc.yaml lists as its out)."""
     if name in JOB_OUTPUTS:

@@ -17,8 +17,12 @@ FIGURES = "reports/figures"
 
 
 def _png(fig) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
     return buf.getvalue()
 
 
@@ -46,9 +50,7 @@ def training(curves: dict) -> bytes | None:
     for ax in (loss, lr):
         ax.grid(alpha=0.3)
         ax.legend()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return _png(fig)
 
 
 def bpb(curves: dict) -> bytes | None:
@@ -66,9 +68,7 @@ def bpb(curves: dict) -> bytes | None:
     ax.set(ylabel="bits per byte", title="Held-out bits per byte per source (lower is better)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return _png(fig)
 
 
 def funnel(records: list[dict]) -> bytes | None:
@@ -83,9 +83,7 @@ def funnel(records: list[dict]) -> bytes | None:
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:,}", va="center", fontsize=9)
     ax.set(xlabel="records", title="Records per stage")
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return _png(fig)
 
 
 def figures_html(root: Path, version: dict) -> str:

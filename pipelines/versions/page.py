@@ -177,8 +177,7 @@ def drops_by_reason(lineage: dict | None) -> list[tuple[str, str, int, dict]]:
     """[(stage, reason, records, {source: records})] from the version's lineage, in pipeline order."""
     out = []
     recorded = (lineage or {}).get("stages") or {}
-    order = stages.names()
-    for stage in sorted(recorded, key=lambda s: (order.index(s) if s in order else len(order), s)):
+    for stage in sorted(recorded, key=stages.order_key):
         st = recorded[stage]
         for reason, by_source in sorted((st.get("drops") or {}).items()):
             n = sum(by_source.values()) if isinstance(by_source, dict) else int(by_source or 0)

@@ -124,8 +124,7 @@ def gates(root: Path, commit: str | None = None) -> list[dict]:
                 reports[name[:-len(".json")]] = json.loads(text) if text else None
             except json.JSONDecodeError:
                 reports[name[:-len(".json")]] = None
-    order = stages.names()
-    for stage in sorted(reports, key=lambda s: (order.index(s) if s in order else len(order), s)):
+    for stage in sorted(reports, key=stages.order_key):
         r = reports[stage] or {}
         failed = [c for c in r.get("checks") or [] if not c.get("success")]
         docs = r.get("data_docs")
