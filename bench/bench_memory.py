@@ -5,7 +5,8 @@ different window of the original's lines plus a unique line, so exact dedup does
 and near-dup detection still has real work). Most records are near-duplicates: the worst case for
 dedup's global phase, which holds state per candidate pair (``dedup.kept_rows`` says how many
 survive). Every file holds the same number of records (the shard size); 8x input = 8x as many files. Each stage runs in its own child process with one worker
-and reports its own peak RSS (ru_maxrss). ``ours`` = peak RSS at 8x, ``anchor`` = at 1x;
+and reports the peak RSS (ru_maxrss) of itself (the driver) and of its largest worker; dedup's
+``merge_chunk`` is the shard size, so each of its global tasks holds about one shard's entries. ``ours`` = peak RSS at 8x, ``anchor`` = at 1x;
 ``ratio`` = anchor / ours (1.0: memory flat in corpus size; 0.125 would be linear).
 
 Scale knobs (env): BENCH_MEMORY_RECORDS_PER_FILE (default 25000: 1x = 25k, 8x = 200k records),
@@ -45,7 +46,8 @@ rc = main([sys.argv[1]])
 me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t,
                   "cpu_seconds": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
-                  "peak_rss_mb": max(me.ru_maxrss, kids.ru_maxrss) / 1024}), file=sys.stderr)
+                  "peak_rss_mb": max(me.ru_maxrss, kids.ru_maxrss) / 1024, "driver_peak_rss_mb": me.ru_maxrss / 1024}),
+      file=sys.stderr)
 """
 
 
@@ -103,6 +105,9 @@ def measure(scale: int, texts) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["ingest"].update(warc=[], wet=["inputs/*.warc.wet.gz"], curated={}, max_files=0)
     params["executor"]["workers"] = 1
+    # dedup's global tasks hold one partition of ~merge_chunk records: a partition per shard keeps every task's
+    # memory at the shard size (the default, 1M, would make one partition of the whole input at both scales)
+    params["dedup"]["merge_chunk"] = RECORDS_PER_FILE
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ingest = run_stage(root, "ingest")
     # dedup reads data/filter: give it the ingest shards directly (the filter's models are not what is measured).
@@ -136,6 +141,7 @@ def main() -> dict:
         "anchor_name": "same stages at 1x input",
         "ratio": round(peak(one) / peak(big), 3),
         "ratio_by_stage": {s: round(one[s]["peak_rss_mb"] / big[s]["peak_rss_mb"], 3) for s in ("ingest", "dedup")},
+        "dedup_driver_peak_rss_mb": {"1x": one["dedup"]["driver_peak_rss_mb"], f"{SCALE}x": big["dedup"]["driver_peak_rss_mb"]},
         "input": f"{one['records']} vs {big['records']} WET records ({RECORDS_PER_FILE} per file/shard), "
                  f"edited copies of {WET.name}",
         "peak_rss_mb": round(peak(big), 1),

@@ -15,7 +15,8 @@ model is off (it is a separate job, not a data stage). Every stage runs as ``pyt
 - ``scaling``: the same run on 1 node x 1 CPU vs 2 nodes x 1 CPU (target >= 1.8x), next to the local pool
   with 1 vs 2 workers on the same input: the speed-up two shared cores allow at all.
 - ``driver_peak_rss``: the stage process's own peak RSS (the driver; its pool workers are separate
-  processes) for dedup, mix and pack at 1x vs 8x input (flat = the driver holds keys, not texts).
+  processes) for dedup, mix and pack at 1x vs 8x input (flat = the driver holds keys, not texts); dedup's
+  ``merge_chunk`` is the file size there, so its global tasks are pool tasks of one file's records.
 
 Scale knobs (env): BENCH_SCALE_PER_FILE (records per WET file, default 2000), BENCH_SCALE_FILES (files of
 the throughput runs, default 32: long enough that a Ray job's fixed start-up, a few seconds per stage, is
@@ -93,7 +94,7 @@ def build_inputs(directory: Path, files: int, pages: list[list[str]], first: int
     return files * PER_FILE
 
 
-def workspace(name: str, files: int, texts, executor: dict) -> tuple[Path, int]:
+def workspace(name: str, files: int, texts, executor: dict, merge_chunk: int | None = None) -> tuple[Path, int]:
     root = WORK / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -109,6 +110,8 @@ def workspace(name: str, files: int, texts, executor: dict) -> tuple[Path, int]:
     params["mix"]["max_rows_per_shard"] = 4000
     params["pack"]["max_seq_per_shard"] = 2048
     params["executor"] = executor
+    if merge_chunk is not None:
+        params["dedup"]["merge_chunk"] = merge_chunk
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root, records
 
@@ -147,8 +150,9 @@ def on_ray(name: str, nodes: int, cpus: int, texts) -> dict:
     return {**result, "records": records, "nodes": nodes, "cpus_per_node": cpus}
 
 
-def locally(name: str, files: int, texts, workers: int = 2) -> dict:
-    root, records = workspace(name, files, texts, {"kind": "local", "workers": workers, "start_method": "fork"})
+def locally(name: str, files: int, texts, workers: int = 2, merge_chunk: int | None = None) -> dict:
+    root, records = workspace(name, files, texts, {"kind": "local", "workers": workers, "start_method": "fork"},
+                              merge_chunk)
     env = {k: v for k, v in os.environ.items() if k != "PIPELINES_WORKERS"}
     return {**run_pipeline(root, env), "records": records}
 
@@ -166,8 +170,10 @@ def main() -> dict:
     ray_1x1 = on_ray("ray_1x1", 1, 1, texts)
     ray_2x1 = on_ray("ray_2x1", 2, 1, texts)
     same = all(r["hashes"] == local["hashes"] for r in (local_1, ray_1x2, ray_1x1, ray_2x1))
-    small = locally("local_2_x1", MEMORY_FILES, texts)
-    big = locally(f"local_2_x{FACTOR}", MEMORY_FILES * FACTOR, texts)
+    # dedup's global tasks hold ~merge_chunk records each: one file's worth, so that they are pool tasks at both
+    # scales (with the default, 1M, each global step is one task, which the pool runs in the driver's process)
+    small = locally("local_2_x1", MEMORY_FILES, texts, merge_chunk=PER_FILE)
+    big = locally(f"local_2_x{FACTOR}", MEMORY_FILES * FACTOR, texts, merge_chunk=PER_FILE)
     rss = {s: {"1x": small["stages"][s]["driver_peak_rss_mb"], f"{FACTOR}x": big["stages"][s]["driver_peak_rss_mb"]}
            for s in ("dedup", "mix", "pack")}
     for r in rss.values():

@@ -60,11 +60,12 @@ def main() -> None:
                              url=None, bands=bands[a:b], shingles=(s, [], []))
                   for s, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
         clock = PhaseClock()
-        result = decide(LocalExecutor(workers=1).map, store, layout, args.n, args.parts, exact=True, bands=BANDS,
-                        url=False, threshold=None, clock=clock)
+        result = decide(LocalExecutor(workers=1).map, store, layout, args.n, args.parts,
+                        spill.node_bounds(args.n, args.parts), exact=True, bands=BANDS, url=False, threshold=None,
+                        clock=clock)
     phases = clock.rounded()
     cpu = {k: max(v["cpu_s"], 1e-9) for k, v in phases.items()}
-    clustered = len(result.node)
+    clustered = result.clustered
     rates = {
         "exact_entries_per_cpu_s": args.n / cpu["exact_url_buckets"],
         "band_entries_per_cpu_s": BANDS * args.n / cpu["band_buckets"],

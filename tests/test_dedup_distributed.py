@@ -18,7 +18,7 @@ from pipelines.core.shards import read_all
 from pipelines.core.store import LocalStore, S3Store
 from pipelines.dedup import spill
 from pipelines.dedup.clusters import DUPLICATE_URL, EXACT_DUP, NEAR_DUP
-from pipelines.dedup.components import LARGE, components, write_edges
+from pipelines.dedup.components import LARGE, components, load_nodes, write_edges
 from pipelines.dedup.minhash import MinHasher
 from pipelines.dedup.normalize import normalize_text, words
 from pipelines.dedup.timing import PhaseClock
@@ -50,7 +50,7 @@ def test_star_rounds_find_the_components_scipy_finds(tmp_path, parts):
     half = len(src) // 2  # edges from two writers, as the bucket and pair tasks give them
     inputs = [(f"in{k}.bin", write_edges(store, f"in{k}.bin", s, d, LARGE, bounds))
               for k, (s, d) in enumerate([(src[:half], dst[:half]), (src[half:], dst[half:])])]
-    nodes = components(_serial_map, store, inputs, bounds, PhaseClock())
+    nodes = load_nodes(store, components(_serial_map, store, inputs, bounds, PhaseClock())["nodes"])
 
     _, label = connected_components(coo_matrix((np.ones(len(src)), (src, dst)), shape=(n, n)), directed=False)
     smallest = np.full(label.max() + 1, n)

@@ -182,3 +182,13 @@ def test_refresh_with_the_index_on_s3(workspace, crawls, s3env, moto_url, monkey
         run(workspace.params())
     assert "refresh: 2 new shards deduplicated against the dedup index (24 records)" in caplog.text
     assert manifest(workspace)["index"]["records"] == len(a) + len(b) - 4
+
+
+def test_a_refresh_refuses_a_new_record_with_an_indexed_records_id(workspace, crawls):
+    """The old shards are not re-read in a refresh: the index's ids are what a new id is checked against."""
+    a = crawls["a"]
+    write_crawl(workspace, "a", a)
+    run(workspace.params())
+    write_crawl(workspace, "z", [dict(a[3], source="cc-z", text="an entirely different page " * 20)], shards=1)
+    with pytest.raises(ValueError, match=f"record id '{a[3]['id']}' occurs more than once"):
+        run(workspace.params())

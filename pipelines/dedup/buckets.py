@@ -5,9 +5,9 @@ group's best ranked member (a star: the group's smallest rank), so what a
 task decides depends on the records only, never on sharding or order.
 
 - exact / url: the star edges go to the component files (pipelines.dedup.components);
-  the linked members (the group's non-heads) are listed for the driver: an
-  exact copy of a better ranked record is an exact duplicate, and takes no
-  part in MinHash banding (its representative does).
+  the linked members (the group's non-heads) are listed by node range for the
+  finalize tasks: an exact copy of a better ranked record is an exact
+  duplicate, and takes no part in MinHash banding (its representative does).
 - band b: records sharing the band's hash are candidate pairs (star pairs,
   smaller rank first), written by node range of the pair's first record for
   the pair tasks (pipelines.dedup.verify), which drop the pairs repeated by
@@ -53,8 +53,24 @@ def exact_bucket(job: dict) -> dict:
         src, dst = rec["r"][member], rec["r"][head]
     with clock("write"):
         offsets = write_edges(store, job["out"], src, dst, LARGE, job["bounds"])
-        spill.save_array(store, job["out"] + ".nonheads.npy", np.sort(src))
-    return {"offsets": offsets, "nonheads": len(src), "phases": clock.phases}
+        nonheads = np.sort(src)
+        by_node = spill.write_partitioned(store, nonheads_rel(job["out"]), nonheads, nonheads, job["bounds"])
+    return {"offsets": offsets, "nonheads": by_node, "phases": clock.phases}
+
+
+def nonheads_rel(out: str) -> str:
+    """The ranks an exact / URL bucket task linked to a better ranked copy, sorted (by node range)."""
+    return out + ".nonheads.bin"
+
+
+def nonhead_bits(job: dict) -> None:
+    """The exact non-heads of every bucket task as one bitmap over ranks (n / 8 bytes), for the band tasks."""
+    store = job["store"]
+    bits = np.zeros(-(-job["n"] // 8), np.uint8)
+    for rel, count in job["files"]:
+        ranks = spill.read_rows(store, rel, np.dtype("<i8"), 0, count)
+        np.bitwise_or.at(bits, ranks >> 3, (1 << (ranks & 7)).astype(np.uint8))
+    spill.save_array(store, job["out"], bits)
 
 
 def band_bucket(job: dict) -> dict:

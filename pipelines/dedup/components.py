@@ -85,13 +85,27 @@ def star_step(job: dict) -> dict:
             nodes["label"] = np.where(is_centre, node, low)
             nodes["size"] = np.where(is_centre, degree + 1, 0)  # a leaf's size is its centre's
             spill.save_array(job["store"], job["out"] + ".nodes.npy", nodes)
-    return {"offsets": offsets, "stars": stars, "edges": len(a), "phases": clock.phases}
+    return {"offsets": offsets, "stars": stars, "edges": len(a), "phases": clock.phases,
+            **({"nodes": len(node), "centres": int(is_centre.sum())} if stars else {})}
 
 
-def components(run_map, store, inputs: list[tuple[str, np.ndarray]], bounds: np.ndarray, clock: PhaseClock) -> np.ndarray:
+def load_nodes(store, rels: list[str]) -> np.ndarray:
+    """Every clustered node with its label and component size, in one array (tests and benchmarks: a run's
+    finalize tasks read one node range each)."""
+    nodes = [spill.load_array(store, rel) for rel in rels]
+    nodes = np.concatenate(nodes) if nodes else np.zeros(0, NODE_DTYPE)
+    centres = nodes[nodes["label"] == nodes["node"]]
+    leaf = nodes["size"] == 0
+    nodes["size"][leaf] = centres["size"][np.searchsorted(centres["node"], nodes["label"][leaf])]
+    return nodes
+
+
+def components(run_map, store, inputs: list[tuple[str, np.ndarray]], bounds: np.ndarray, clock: PhaseClock) -> dict:
     """The components of the edges in ``inputs`` ((rel, node-range offsets) files keyed for a large-star round).
 
-    Returns every node that has an edge: (node, label = its component's smallest node, component size), by node.
+    Returns ``nodes``: per node range, the file (NODE_DTYPE, by node) of every node in it that has an edge:
+    its label (its component's smallest node) and, for a centre, the component's size (a leaf's is its
+    centre's: ``load_nodes`` joins it); and the counts of ``clustered`` nodes and ``clusters``.
     """
     parts = len(bounds) + 1
     files, mode = inputs, LARGE
@@ -103,14 +117,9 @@ def components(run_map, store, inputs: list[tuple[str, np.ndarray]], bounds: np.
         for res in results:
             clock.add(res["phases"], prefix="cc_worker_")
         if mode == LARGE and all(res["stars"] for res in results):
-            nodes = [spill.load_array(store, out + ".nodes.npy") for out in outs]
-            nodes = np.concatenate(nodes) if nodes else np.zeros(0, NODE_DTYPE)
-            centres = nodes[nodes["label"] == nodes["node"]]
-            leaf = nodes["size"] == 0
-            nodes["size"][leaf] = centres["size"][np.searchsorted(centres["node"], nodes["label"][leaf])]
-            log.info("dedup: %d clustered records in %d components after %d star rounds", len(nodes), len(centres),
-                     rnd + 1)
-            return nodes
+            clustered, clusters = sum(r["nodes"] for r in results), sum(r["centres"] for r in results)
+            log.info("dedup: %d clustered records in %d components after %d star rounds", clustered, clusters, rnd + 1)
+            return {"nodes": [out + ".nodes.npy" for out in outs], "clustered": clustered, "clusters": clusters}
         if rnd:
             store.remove(f"cc/r{rnd - 1:03d}")
         files = list(zip(outs, (res["offsets"] for res in results)))

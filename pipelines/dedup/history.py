@@ -38,10 +38,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.core.hashing import canonical_json, params_hash, stage_hash
 from pipelines.core.manifest import load_manifest_if_any
-from pipelines.core.shards import read_shard, write_parquet
+from pipelines.core.shards import ROW_GROUP_SIZE
 from pipelines.core.store import LocalStore, fetch_uri
 from pipelines.dedup import spill
 
@@ -116,11 +117,10 @@ def local_file(store, entry: dict) -> Path:
     return fetch_uri(entry["uri"]) if entry.get("uri") else store.fetch(entry["rel"])
 
 
-def read_records(store, refresh: Refresh | None) -> pa.Table:
-    if refresh is None:
-        return pa.table({"id": pa.array([], pa.string()), "source": pa.array([], pa.string()),
-                         "added": pa.array([], pa.string())})
-    return read_shard(str(local_file(store, refresh.index["files"][RECORDS])))
+def read_records_file(store, entry: dict, columns: list[str] | None = None) -> pa.Table:
+    """The index's records table (id, source, added per hid), or some of its columns."""
+    with pq.ParquetFile(local_file(store, entry)) as f:  # not pq.read_table: it imports pyarrow.dataset (slow)
+        return f.read(columns=columns)
 
 
 def source_salts(sources: list) -> np.ndarray:
@@ -160,7 +160,7 @@ def stage_signatures(job: dict) -> None:
 def write_index_keys(job: dict) -> dict:
     """One kind's index file: every kept record's key (index entries and new records), hid for rank, sorted."""
     scratch, kind = job["scratch"], job["kind"]
-    hid = spill.load_array(scratch, job["hid"], cache=True)  # rank -> hid, -1 when not kept
+    hid = rank_to_hid(scratch, job)
     band = kind.startswith("band_")
     rec = spill.read_parts(scratch, spill.BAND_DTYPE if band else spill.EXACT_DTYPE, job["parts"])
     rec = rec[hid[rec["r"]] >= 0]
@@ -175,24 +175,75 @@ def write_index_keys(job: dict) -> dict:
     return {"kind": kind, "entry": {**entry, "rel": job["rel"]}}
 
 
+def rank_to_hid(scratch, job: dict) -> np.ndarray:
+    """rank -> hid (-1: not kept) of every record: the index's entries keep theirs; each node range's kept
+    records follow in keep order (``hids``: the range's kept-positions file, first rank, first hid)."""
+    hid = np.full(job["n"], -1, np.int64)
+    hid[:job["n_hist"]] = np.arange(job["n_hist"])
+    for rel, lo, base in job["hids"]:
+        position = spill.load_array(scratch, rel)
+        hid[lo:lo + len(position)] = np.where(position >= 0, position + base, -1)
+    return hid
+
+
 def write_index_signatures(job: dict) -> dict:
-    """The signatures file in hid order: the index's own rows, then each new kept record's (pass 1 spilled
-    every new record's signature per shard; ``new``: per shard, (its spill file, rows, their hids))."""
+    """The signatures file in hid order: the index's own rows, then each node range's kept records' (pass 1
+    spilled every new record's signature per shard). Streamed one node range at a time: memory holds one
+    range's rows, whatever the index's size."""
     scratch, num_perm = job["scratch"], job["num_perm"]
-    out = np.zeros((job["n_total"], num_perm), SIG_DTYPE)
-    if job["history"]:
-        old = np.fromfile(scratch.fetch(job["history"]), SIG_DTYPE).reshape(-1, num_perm)
-        out[:len(old)] = old
-    for rel, rows, hids in job["new"]:
-        if len(rows):
-            out[hids] = np.fromfile(scratch.fetch(rel), SIG_DTYPE).reshape(-1, num_perm)[rows]
-    entry = job["store"].put_data(job["rel"], lambda tmp: out.tofile(tmp), ".bin")
+    row_dtype = np.dtype((SIG_DTYPE, num_perm))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
+            if job["history"]:
+                with open(scratch.fetch(job["history"]), "rb") as old:
+                    shutil.copyfileobj(old, out)
+            for rel, _ in job["survivors"]:  # ranges in rank order, each in rank order: hid order
+                kept = spill.load_array(scratch, rel)
+                rows = np.empty(len(kept), row_dtype)
+                for s in np.unique(kept["shard"]).tolist():
+                    mine = kept["shard"] == s
+                    spilled = np.memmap(scratch.fetch(job["signatures"][s]), row_dtype, mode="r")
+                    rows[mine] = spilled[kept["row"][mine]]  # pages of the rows it needs, not the file
+                    del spilled
+                out.write(rows.tobytes())
+
+    entry = job["store"].put_data(job["rel"], write, ".bin")
     return {"kind": SIGNATURES, "entry": {**entry, "rel": job["rel"]}}
 
 
-def write_records(store, rel: str, table: pa.Table) -> dict:
-    entry = store.put_data(rel, lambda tmp: write_parquet(tmp, table, conform_schema=False), ".parquet")
-    return {**entry, "rel": rel}
+RECORDS_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("added", pa.string())])
+
+
+def write_index_records(job: dict) -> dict:
+    """The records table: the earlier entries, then each node range's kept records (id, source, this run),
+    streamed in row groups of the shard format's size (the same bytes however the ranges were cut)."""
+
+    def batches():
+        if job["earlier"] is not None:
+            with pq.ParquetFile(local_file(job["store"], job["earlier"])) as f:
+                yield from (pa.Table.from_batches([b]) for b in f.iter_batches(columns=RECORDS_SCHEMA.names))
+        for rel in job["survivors"]:
+            kept = spill.load_array(job["scratch"], rel)
+            yield pa.table({"id": pa.array([i.decode() for i in kept["id"].tolist()], pa.string()),
+                            "source": pa.array([job["sources"][c] for c in kept["src"].tolist()], pa.string()),
+                            "added": pa.array([job["added"]] * len(kept), pa.string())}, schema=RECORDS_SCHEMA)
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, RECORDS_SCHEMA, compression="zstd", write_statistics=True, store_schema=True) as w:
+            pending: list[pa.Table] = []
+            for table in batches():
+                pending.append(table)
+                while sum(t.num_rows for t in pending) >= ROW_GROUP_SIZE:
+                    whole = pa.concat_tables(pending)
+                    w.write_table(whole.slice(0, ROW_GROUP_SIZE), row_group_size=ROW_GROUP_SIZE)
+                    pending = [whole.slice(ROW_GROUP_SIZE)]
+            rest = pa.concat_tables(pending) if pending else RECORDS_SCHEMA.empty_table()
+            if rest.num_rows:
+                w.write_table(rest, row_group_size=ROW_GROUP_SIZE)
+
+    entry = job["store"].put_data(job["rel"], write, ".parquet")
+    return {**entry, "rel": job["rel"]}
 
 
 def index_dir(entry: dict) -> str:

@@ -1,14 +1,15 @@
 """Pass 1 of dedup, one task per input shard (on the executor): keys of every record, written to scratch.
 
-``keep_keys`` reads the columns the keep policy ranks by (id and the numeric
-keep columns) for the driver's global keep rank. ``hash_shard`` then reads id,
+``hash_shard`` reads its records' keep ranks (pipelines.dedup.rank) and their
 text (and url when URL dedup is on); hashes every word once (vectorised,
 pipelines.dedup.minhash.text_word_hashes) and derives from those the exact
 key, the MinHash signature and the decontamination n-grams; and writes, per
 key kind (exact, url, band b), one key file sorted by hash and cut into the
 hash-range partitions of the bucket tasks (pipelines.dedup.spill), each entry
 carrying the record's keep rank (and, for bands, where its shingles are).
-Records dropped as contaminated get no keys: they take no part in dedup.
+Records dropped as contaminated get no keys: they take no part in dedup. The
+contamination flags stay in scratch for the shard's pass 3; the ranks of the
+records they drop go to a file by node range, for the finalize tasks.
 With scope ``snapshot`` every key is salted with the record's source
 (pipelines.dedup.history.source_salts), so dedup runs within each source. With
 the dedup index on and verification on, each record's signature is spilled too
@@ -19,8 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.core.shards import iter_batches, read_schema
-from pipelines.dedup import history, keep, spill
+from pipelines.dedup import history, spill
 from pipelines.dedup.exact import exact_hashes
+from pipelines.dedup.rank import RANK_DTYPE
 from pipelines.dedup.minhash import MinHasher, text_word_hashes, word_sequence_digests
 from pipelines.dedup.timing import PhaseClock
 from pipelines.dedup.urls import url_keys
@@ -36,30 +38,13 @@ def pq_columns(path: str) -> list[str]:
     return read_schema(path).names
 
 
-def keep_keys(job: tuple) -> tuple[np.ndarray, dict[str, np.ndarray], list]:
-    """(ids, keep-column values, sources) of one shard; a column the shard lacks is left out (missing: ranks
-    last)."""
-    path, policy = job
-    present = set(pq_columns(path))
-    value_cols = [c for c in keep.value_columns(keep.parse_keep(policy)) if c in present]
-    ids, values, sources = [], {c: [] for c in value_cols}, []
-    for batch in iter_batches(path, columns=["id", "source", *value_cols]):
-        ids.extend(batch.column("id").to_pylist())
-        sources.extend(batch.column("source").to_pylist())
-        for c in value_cols:
-            try:
-                values[c].append(batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64))
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"dedup.keep: column {c!r} of {path} is not numeric ({e})") from None
-    return (np.array(ids, dtype=str), {c: np.concatenate(v) if v else np.zeros(0) for c, v in values.items()},
-            sources)
-
-
 def hash_shard(job: dict) -> dict:
-    """Pass 1 for one shard: write its partitioned key files (and shingles); return the files' partition offsets,
-    its contamination flags (rows, (m, sets) bool) and timings."""
-    path, shard, cfg, store, index, rank = (job[k] for k in ("path", "shard", "cfg", "store", "index", "rank"))
+    """Pass 1 for one shard: write its partitioned key files (and shingles) and its contamination flags; return
+    the files' partition offsets and timings."""
+    path, shard, cfg, store, index = (job[k] for k in ("path", "shard", "cfg", "store", "index"))
     clock = PhaseClock()
+    with clock("read"):
+        rank = shard_ranks(store, job["ranks"], job["rows"])
     exact_cfg, mh_cfg = cfg["exact"], cfg["minhash"]
     hasher = MinHasher(mh_cfg["ngram"], mh_cfg["bands"], mh_cfg["rows"], mh_cfg["seed"]) if mh_cfg["enabled"] else None
     use_url = exact_cfg["url"]
@@ -111,7 +96,7 @@ def hash_shard(job: dict) -> dict:
             with clock("decontam"):
                 contam.append(index.match_words(word_hashes, lengths))
     if len(rank) != seen:
-        raise RuntimeError(f"dedup: {path} changed between the keep pass and pass 1 ({len(rank)} != {seen} records)")
+        raise RuntimeError(f"dedup: {path} changed between the keep rank and pass 1 ({len(rank)} != {seen} records)")
     n_sets = len(index.names) if index is not None else 0
     flags = np.concatenate(contam) if contam else np.zeros((seen, n_sets), bool)
     active = ~flags.any(axis=1) if cfg["decontam"]["mode"] == "drop" else np.ones(seen, bool)
@@ -128,8 +113,40 @@ def hash_shard(job: dict) -> dict:
                              url=(url_rows_all, _cat(url_hashes, (0, 2)) ^ salt[url_rows_all, None]) if use_url else None,
                              bands=_cat(bands, (0, mh_cfg["bands"])) ^ salt[:, None] if hasher is not None else None,
                              shingles=(shard, _cat(counts, (0,), np.int64), _cat(starts, (0,))))
-    flagged = np.flatnonzero(flags.any(axis=1))
-    return {"offsets": offsets, "contam": (flagged, flags[flagged]), "phases": clock.phases}
+        flagged = np.flatnonzero(flags.any(axis=1))
+        contam = write_contamination(store, shard, flagged, flags[flagged], rank, job["node_bounds"], cfg)
+    return {"offsets": offsets, "contam": contam, "phases": clock.phases}
+
+
+def shard_ranks(store, parts: list[tuple[str, int, int]], rows: int) -> np.ndarray:
+    """rank[row] of one shard's records, from the rank tasks' files."""
+    rec = spill.read_parts(store, RANK_DTYPE, parts)
+    if len(rec) != rows or (rows and not np.array_equal(np.sort(rec["row"]), np.arange(rows))):
+        raise RuntimeError(f"dedup: the keep rank covers {len(rec)} rows of a shard of {rows}")
+    rank = np.empty(rows, np.int64)
+    rank[rec["row"]] = rec["rank"]
+    return rank
+
+
+def contamination_rel(shard: int) -> str:
+    return f"contam/s{shard:05d}.npy"
+
+
+def dropped_rel(shard: int) -> str:
+    return f"contam/s{shard:05d}.dropped.bin"
+
+
+def write_contamination(store, shard: int, rows: np.ndarray, flags: np.ndarray, rank: np.ndarray,
+                        node_bounds: np.ndarray, cfg: dict) -> dict:
+    """The shard's flagged rows with their benchmark flags (for its pass 3), and in mode ``drop`` the ranks of
+    those rows by node range (for the finalize tasks). Returns the count and the ranks file's offsets."""
+    if flags.shape[1]:  # decontamination on
+        rec = np.empty(len(rows), np.dtype([("row", "<u4"), ("flags", "u1", (flags.shape[1],))]))
+        rec["row"], rec["flags"] = rows, flags
+        spill.save_array(store, contamination_rel(shard), rec)
+    dropped = np.sort(rank[rows]) if cfg["decontam"]["mode"] == "drop" else np.zeros(0, np.int64)
+    return {"flagged": len(rows),
+            "dropped": spill.write_partitioned(store, dropped_rel(shard), dropped, dropped, node_bounds)}
 
 
 def _cat(parts: list, empty_shape: tuple, dtype=np.uint64) -> np.ndarray:

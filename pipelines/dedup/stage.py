@@ -1,23 +1,21 @@
 """Dedup stage: data/filter -> data/dedup.
 
-The keep pass (parallel, per input shard) reads ids and the keep-policy
-columns; the driver ranks every record in keep order (pipelines.dedup.keep).
-Pass 1 (parallel, per input shard, pipelines.dedup.pass1): hash every word
-once and derive the exact key, the MinHash signature and the decontamination
-n-grams; write the exact, URL and band keys (each with its record's rank) as
-key files partitioned by hash range into the run's scratch store (a local
-directory or S3: pipelines.dedup.spill); return benchmark-contamination flags.
-Pass 2 (executor tasks, pipelines.dedup.clusters): bucket tasks per (key kind,
-hash range), pair tasks that count and verify candidate pairs, then
-connected-component rounds, giving the duplicate clusters; the driver turns
-them into each shard's small context. Then, optionally, semantic dedup of the
-survivors (pipelines.dedup.semantic, on the driver), which also writes the
-embedding cache. Pass 3 (parallel, per shard, through the core runner): write
-kept records with ``dup_of`` / ``dup_cluster`` / ``contamination`` columns and
-dropped ones under removed/ with their reason. Every output shard depends on
-every input shard (a duplicate may live anywhere), so each shard's
-fingerprints cover all inputs. Phase timings (wall + CPU) go to the log,
-never into outputs.
+Every whole-corpus step is a map of executor tasks exchanging files through the run's scratch store; the
+driver holds no per-record data, only file offsets.
+Keep rank (pipelines.dedup.rank): a sample sort by keep key gives every record its rank (0 = kept first),
+in key ranges that are the node ranges of the later steps.
+Pass 1 (per input shard, pipelines.dedup.pass1): hash every word once and derive the exact key, the
+MinHash signature and the decontamination n-grams; write the exact, URL and band keys (each with its
+record's rank) as key files partitioned by hash range into scratch (a local directory or S3:
+pipelines.dedup.spill), and the contamination flags.
+Pass 2 (pipelines.dedup.clusters): bucket tasks per (key kind, hash range), pair tasks that count and verify
+candidate pairs, then connected-component rounds, giving the duplicate clusters; finalize tasks
+(pipelines.dedup.finalize) turn them into small per-shard decision files. Then, optionally, semantic dedup
+of the survivors (pipelines.dedup.semantic, on the driver), which also writes the embedding cache. Pass 3
+(per shard, through the core runner): write kept records with ``dup_of`` / ``dup_cluster`` /
+``contamination`` columns and dropped ones under removed/ with their reason. Every output shard depends on
+every input shard (a duplicate may live anywhere), so each shard's fingerprints cover all inputs. Phase
+timings (wall + CPU) go to the log, never into outputs.
 
 History (pipelines.dedup.history): every run writes the dedup index of the
 records it kept; a refresh (the previous input plus new shards, same settings)
@@ -29,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -40,11 +37,13 @@ from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_t
 from pipelines.core.manifest import load_manifest_if_any
 from pipelines.core.shards import read_shard
 from pipelines.core.stats import ShardStats
-from pipelines.dedup import decontam, eval_sets, history, keep, semantic, spill
-from pipelines.dedup.clusters import DUPLICATE_URL, EXACT_DUP, NEAR_DUP, check_unique_ids, decide, partitions
+from pipelines.dedup import decontam, eval_sets, history, keep, rank, semantic, spill
+from pipelines.dedup.clusters import DUPLICATE_URL, EXACT_DUP, NEAR_DUP, decide, partitions
 from pipelines.dedup.decontam import CONTAMINATED
+from pipelines.dedup.finalize import (CONTAMINATED_CODE, EXACT_COPY, NEAR, SEMANTIC_CODE, URL_COPY, answer_range,
+                                      by_shard, decide_range, semantic_dtype, shard_decisions, survivor_dtype)
 from pipelines.dedup.minhash import MinHasher
-from pipelines.dedup.pass1 import band_kind, hash_shard, keep_keys
+from pipelines.dedup.pass1 import band_kind, dropped_rel, hash_shard
 from pipelines.dedup.semantic import SEMANTIC_DUP
 from pipelines.dedup.timing import PhaseClock
 from pipelines.dedup.verify import read_text_column
@@ -55,6 +54,7 @@ REASONS = [EXACT_DUP, DUPLICATE_URL, NEAR_DUP, SEMANTIC_DUP, CONTAMINATED]
 DUP_COLUMNS = ("dup_of", "dup_cluster", "contamination")
 SCOPES = ("global", "snapshot")
 STAGED_SIGNATURES = "signatures/index.u32"  # the index's signatures, in the run's scratch
+SCRATCH_DONE = ["keys", "shingles", "signatures", "pairs", "cc", "rank", "exact_nonheads.bits.npy"]
 
 
 def dedup_config(params: dict) -> dict:
@@ -84,39 +84,29 @@ def dedup_config(params: dict) -> dict:
             "semantic": semantic.validate(cfg.get("semantic"))}
 
 
-def texts_at(inputs: list[str], offsets: np.ndarray, indices: np.ndarray) -> list[str]:
-    """Texts of records by global index (sorted indices), re-read one shard at a time (text column only)."""
-    out: list[str] = []
-    bounds = list(offsets) + [np.iinfo(np.int64).max]
-    for s, path in enumerate(inputs):
-        mine = indices[(indices >= bounds[s]) & (indices < bounds[s + 1])]
-        if len(mine):
-            out += read_text_column(path).take(pa.array(mine - bounds[s])).to_pylist()
-    return out
-
-
 def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
-    """Passes 1 and 2: each new shard's small context (its drops, cluster heads and contamination flags); in a
+    """Passes 1 and 2 and the finalize maps: each new shard's context (where its decisions are in scratch). In a
     refresh the dedup index's entries take part too, ranked first, and are never dropped."""
     refresh: history.Refresh | None = run.notes.get("refresh")
     refs = [ref for ref in run.input_shards() if refresh is None or ref.name not in refresh.old]
     inputs, names = [ref.uri for ref in refs], [ref.name for ref in refs]
-    dc = cfg["decontam"]
+    n_hist, mh, store = (refresh.n if refresh is not None else 0), cfg["minhash"], run.scratch
+    records = {"store": run.store, "entry": refresh.index["files"][history.RECORDS]} if n_hist else None
     with clock("decontam_index"):
         index = decontam_index(run)
     with clock("keep_rank"):
-        ids, offsets, rank, sources = keep_rank(run, inputs, cfg["keep"])
-        earlier = history.read_records(run.store, refresh)  # the index's entries, by hid
-        earlier_ids = np.array(earlier.column("id").to_pylist(), dtype=str)
-        check_unique_ids(np.concatenate([earlier_ids, ids]) if len(earlier_ids) else ids)
-    n_hist, n_new, mh = len(earlier_ids), len(ids), cfg["minhash"]
-    n = n_hist + n_new
-    rank = rank + n_hist  # index entries rank first: the earlier record wins
+        ranking = rank.rank_records(run.map, store, inputs, cfg["keep"], first=n_hist, chunk=cfg["merge_chunk"],
+                                    index_ids={**records, "n": n_hist} if records else None)
+    n = n_hist + ranking.n
     parts = partitions(n, cfg["merge_chunk"])
-    store = run.scratch
+    # Node ranges: the index's entries cut evenly, then this run's key ranges (each has its rank table).
+    hist = np.r_[0, spill.node_bounds(n_hist, partitions(n_hist, cfg["merge_chunk"]))] if n_hist else np.zeros(0, np.int64)
+    starts = np.r_[hist, ranking.bases[:-1]].astype(np.int64)
+    bounds, first_new = starts[1:], len(hist)
     with clock("pass1_hash"):
         jobs = [{"path": p, "shard": s, "cfg": cfg, "store": store, "index": index, "bounds": spill.hash_bounds(parts),
-                 "rank": rank[offsets[s]:offsets[s + 1]]} for s, p in enumerate(inputs)]
+                 "ranks": ranking.shard_ranks(s), "rows": ranking.rows[s], "node_bounds": bounds}
+                for s, p in enumerate(inputs)]
         shard_out = run.map(hash_shard, jobs)
     for o in shard_out:
         clock.add(o["phases"], prefix="pass1_worker_")
@@ -127,50 +117,46 @@ def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
             layout.append(stage_index(run, refresh, spill.hash_bounds(parts)))
         if SIGNATURE_KIND in refresh.index["files"]:
             verify_index = {"signatures": STAGED_SIGNATURES, "minhash": mh}
-    decisions = decide(run.map, store, layout, n, parts, exact=cfg["exact"]["enabled"],
+    decisions = decide(run.map, store, layout, n, parts, bounds, exact=cfg["exact"]["enabled"],
                        bands=mh["bands"] if mh["enabled"] else 0, url=cfg["exact"]["url"],
                        threshold=mh["verify_threshold"] if mh["enabled"] else None, clock=clock, index=verify_index)
-    log.info("%s: %d records, %d candidate pairs, %d after verification, %d clusters (%d of the records: the dedup "
-             "index's)", STAGE, n, decisions.candidate_pairs, decisions.verified_pairs, decisions.n_clusters, n_hist)
+    log.info("%s: %d records, %d candidate pairs, %d after verification, %d clusters of %d records (%d of the "
+             "records: the dedup index's)", STAGE, n, decisions.candidate_pairs, decisions.verified_pairs,
+             decisions.n_clusters, decisions.clustered, n_hist)
     with clock("finalize"):
-        by_rank = np.empty(n_new, dtype=np.int64)
-        by_rank[rank - n_hist] = np.arange(n_new)
-        id_of_rank = np.concatenate([earlier_ids, ids[by_rank]]) if n_hist else ids[by_rank]
-        added = earlier.column("added").to_pylist()
+        ends = np.r_[starts[1:], n]
+        dropped = [(dropped_rel(s), o["contam"]["dropped"]) for s, o in enumerate(shard_out)]
+        decide_jobs = [{"store": store, "lo": int(starts[q]), "hi": int(ends[q]), "table": ranking.tables[q - first_new],
+                        "nodes": decisions.nodes[q], "dropped": spill.slices(dropped, q), "bounds": bounds,
+                        "nonheads": {k: spill.slices(f, q) for k, f in decisions.nonheads.items()},
+                        "shards": len(inputs), "out": f"final/q{q:05d}"} for q in range(first_new, len(starts))]
+        decided = run.map(decide_range, decide_jobs)
+        requests = [(j["out"] + ".req.bin", d["req"]) for j, d in zip(decide_jobs, decided)]
+        answer_jobs = [{"store": store, "lo": int(starts[r]), "requests": spill.slices(requests, r),
+                        "nodes": decisions.nodes[r], "table": ranking.tables[r - first_new] if r >= first_new else None,
+                        "index": records if r < first_new else None, "shards": len(inputs),
+                        "out": f"final/a{r:05d}.bin"} for r in range(len(starts))]
+        answered = run.map(answer_range, answer_jobs)
         sets = index.names if index is not None else []
-        contexts = {name: {"drops": {}, "heads": {}, "flags": {}, "sets": sets} for name in names}
-        excluded = []
-        for s, o in enumerate(shard_out):
-            rows, flags = o["contam"]
-            ctx = contexts[names[s]]
-            for i, f in zip((offsets[s] + rows).tolist(), flags):
-                ctx["flags"][str(ids[i])] = [sets[j] for j in np.flatnonzero(f)]
-                if dc["mode"] == "drop":
-                    ctx["drops"][str(ids[i])] = (CONTAMINATED, None, 1, None)
-                    excluded.append(i)
-        mine = decisions.node >= n_hist  # index entries keep their earlier decisions
-        node, kept = decisions.node[mine], decisions.kept[mine]
-        member = by_rank[node - n_hist]
-        shard_of = np.searchsorted(offsets, member, side="right") - 1
-        for i, s, reason, head, size in zip(member.tolist(), shard_of.tolist(), decisions.reason[mine],
-                                            kept.tolist(), decisions.size[mine].tolist()):
-            ctx = contexts[names[s]]
-            if reason is not None:
-                ctx["drops"][str(ids[i])] = (reason, str(id_of_rank[head]), size, added[head] if head < n_hist else None)
-            else:
-                ctx["heads"][str(ids[i])] = size
-        survivors = np.ones(n_new, bool)
-        survivors[member[kept != node]] = False
-        survivors[np.asarray(excluded, dtype=np.int64)] = False
+        contexts = {}
+        for s, name in enumerate(names):
+            contexts[name] = {
+                "store": store, "shard": s, "sets": sets,
+                "dec": spill.slices([(j["out"] + ".dec.bin", d["dec"]) for j, d in zip(decide_jobs, decided)], s),
+                "ans": [(j["out"], int(a["ans"][s]), int(a["ans"][s + 1]), a["dtype"])
+                        for j, a in zip(answer_jobs, answered) if a["ans"][s + 1] > a["ans"][s]]}
+    survivors = [j["out"] + ".surv.npy" for j in decide_jobs]
     if cfg["semantic"]["enabled"]:
         with clock("semantic"):
-            sem_of = semantic_pass(run, inputs, offsets, ids, rank, np.flatnonzero(survivors), cfg["semantic"])
-        add_semantic(contexts, names, offsets, ids, sem_of)
-        survivors[sem_of >= 0] = False
+            sem = semantic_pass(run, inputs, survivors, ranking.id_width, cfg["semantic"])
+        for s, ctx in enumerate(contexts.values()):
+            ctx["semantic"], ctx["semantic_dtype"] = spill.slices([sem["file"]], s), sem["dtype"]
     elif cfg["history"]:
         with clock("index_write"):
-            run.notes["index"] = write_index(run, layout, earlier, ids, sources, offsets, rank, survivors)
-    run.drop_scratch()  # key, shingle and edge files: not needed past the components and the index
+            run.notes["index"] = write_index(run, layout, ranking, n_hist, survivors, [
+                (j["out"] + ".kept.npy", j["lo"], d["kept"]) for j, d in zip(decide_jobs, decided)])
+    for rel in SCRATCH_DONE + key_kinds(cfg):  # pass 3 reads only final/ and contam/
+        store.remove(rel)
     return contexts
 
 
@@ -195,46 +181,39 @@ def stage_index(run, refresh: history.Refresh, bounds: np.ndarray) -> dict[str, 
     return layout
 
 
-def write_index(run, layout: list[dict], earlier, ids: np.ndarray, sources: list, offsets: np.ndarray,
-                rank: np.ndarray, survivors: np.ndarray) -> dict:
-    """The dedup index of this run's output: the earlier entries plus the new records kept, one file per key
-    kind (executor tasks), the signatures and the records table."""
-    n_hist, n_new = earlier.num_rows, len(ids)
-    kept = np.flatnonzero(survivors)
-    kept = kept[np.argsort(rank[kept], kind="stable")]  # new entries in keep order
-    hid_of_rank = np.full(n_hist + n_new, -1, dtype=np.int64)
-    hid_of_rank[:n_hist] = np.arange(n_hist)
-    hid_of_rank[rank[kept]] = n_hist + np.arange(len(kept))
-    spill.save_array(run.scratch, "index_hids.npy", hid_of_rank)
+def write_index(run, layout: list[dict], ranking: rank.Ranking, n_hist: int, survivors: list[str],
+                kept: list[tuple[str, int, int]]) -> dict:
+    """The dedup index of this run's output: the earlier entries plus the new records kept (in keep order), one
+    file per key kind, the signatures and the records table, all written by executor tasks. ``survivors``: per
+    node range of this run, its kept records; ``kept``: (their positions file, the range's first rank, count)."""
+    hid_base = n_hist + np.r_[0, np.cumsum([c for _, _, c in kept])].astype(np.int64)
+    hids = [(rel, lo, int(base)) for (rel, lo, _), base in zip(kept, hid_base)]
+    n_total = int(hid_base[-1])
     gen = run.notes["index_generation"]
     where = f"{history.INDEX}/{gen[:16]}"
     files: dict[str, dict] = {}
     jobs = []
     for kind in key_kinds(run.cfg):
         parts = [(spill.key_rel(s, kind), 0, int(off[kind][-1])) for s, off in enumerate(layout) if off[kind][-1] > 0]
-        jobs.append({"scratch": run.scratch, "store": run.store, "kind": kind, "parts": parts, "hid": "index_hids.npy",
-                     "rel": f"{where}/{kind}.bin"})
+        jobs.append({"scratch": run.scratch, "store": run.store, "kind": kind, "parts": parts, "hids": hids,
+                     "n_hist": n_hist, "n": n_hist + ranking.n, "rel": f"{where}/{kind}.bin"})
     for r in run.map(history.write_index_keys, jobs):
         files[f"{r['kind']}.bin"] = r["entry"]
     mh = run.cfg["minhash"]
+    refresh = run.notes.get("refresh")
+    survived = list(zip(survivors, hid_base[:-1].tolist()))
     if mh["enabled"] and mh["verify_threshold"] is not None:
-        shard_of = np.searchsorted(offsets, kept, side="right") - 1
-        new = [(spill.signature_rel(s), kept[shard_of == s] - offsets[s], n_hist + np.flatnonzero(shard_of == s))
-               for s in range(len(offsets) - 1)]
-        refresh = run.notes.get("refresh")
-        job = {"scratch": run.scratch, "store": run.store, "num_perm": mh["bands"] * mh["rows"],
-               "n_total": n_hist + len(kept), "history": STAGED_SIGNATURES if refresh and n_hist else None,
-               "new": new, "rel": f"{where}/{SIGNATURE_KIND}"}
+        job = {"scratch": run.scratch, "store": run.store, "num_perm": mh["bands"] * mh["rows"], "n_total": n_total,
+               "history": STAGED_SIGNATURES if refresh and n_hist else None, "survivors": survived,
+               "signatures": [spill.signature_rel(s) for s in range(len(ranking.rows))], "rel": f"{where}/{SIGNATURE_KIND}"}
         files[SIGNATURE_KIND] = run.map(history.write_index_signatures, [job])[0]["entry"]
-    table = pa.concat_tables([earlier, pa.table({
-        "id": pa.array(ids[kept].tolist(), pa.string()),
-        "source": pa.array([sources[i] for i in kept.tolist()], pa.string()),
-        "added": pa.array([gen] * len(kept), pa.string())})])
-    files[history.RECORDS] = history.write_records(run.store, f"{where}/{history.RECORDS}", table)
-    records = n_hist + len(kept)
-    log.info("%s: dedup index: %d records (%d added)", STAGE, records, len(kept))
-    return {"key": history.index_key(run), "generation": gen, "records": records, "files": dict(sorted(files.items())),
-            "fingerprint": history.index_fingerprint(files, records)}
+    job = {"scratch": run.scratch, "store": run.store, "survivors": survivors, "sources": ranking.sources,
+           "earlier": refresh.index["files"][history.RECORDS] if refresh and n_hist else None, "added": gen,
+           "rel": f"{where}/{history.RECORDS}"}
+    files[history.RECORDS] = run.map(history.write_index_records, [job])[0]
+    log.info("%s: dedup index: %d records (%d added)", STAGE, n_total, n_total - n_hist)
+    return {"key": history.index_key(run), "generation": gen, "records": n_total, "files": dict(sorted(files.items())),
+            "fingerprint": history.index_fingerprint(files, n_total)}
 
 
 def decontam_index(run) -> decontam.ContaminationIndex | None:
@@ -254,86 +233,83 @@ def decontam_report(index: decontam.ContaminationIndex, cfg: dict) -> dict:
                      for name in index.names}}
 
 
-def keep_rank(run, inputs: list[str], policy) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
-    """(ids, shard offsets (n_shards + 1), keep rank, sources) of every record, in global index order."""
-    shard_keys = run.map(keep_keys, [(p, policy) for p in inputs])
-    ids = np.concatenate([k[0] for k in shard_keys]) if shard_keys else np.zeros(0, str)
-    offsets = np.r_[0, np.cumsum([len(k[0]) for k in shard_keys])].astype(np.int64)
-    sources = [s for k in shard_keys for s in k[2]]
-    values = {}
-    for c in keep.value_columns(keep.parse_keep(policy)):  # a shard without the column: missing values (rank last)
-        if any(c in k[1] for k in shard_keys):
-            values[c] = np.concatenate([k[1].get(c, np.full(len(k[0]), np.nan)) for k in shard_keys])
-    return ids, offsets, keep.global_rank(ids, values, keep.parse_keep(policy)), sources
+def texts_of(inputs: list[str], shard: np.ndarray, row: np.ndarray) -> list[str]:
+    """Texts of records given as (shard, row), re-read one shard at a time (text column only)."""
+    out: list = [None] * len(shard)
+    for s in np.unique(shard).tolist():
+        mine = np.flatnonzero(shard == s)
+        for k, text in zip(mine.tolist(), read_text_column(inputs[s]).take(pa.array(row[mine])).to_pylist()):
+            out[k] = text
+    return out
 
 
-def add_semantic(contexts: dict, names: list[str], offsets: np.ndarray, ids: np.ndarray, sem_of: np.ndarray) -> None:
-    """Semantic duplicates into the shards' contexts (dropped, naming their kept record, whose cluster grows)."""
-    if not (sem_of >= 0).any():
-        return
-    group = np.bincount(sem_of[sem_of >= 0], minlength=len(ids)) + 1  # a kept record and its semantic dups
-    shard_of = np.searchsorted(offsets, np.arange(len(ids)), side="right") - 1
-    for i in np.flatnonzero(sem_of >= 0):
-        head = int(sem_of[i])
-        contexts[names[shard_of[i]]]["drops"][str(ids[i])] = (SEMANTIC_DUP, str(ids[head]), int(group[head]), None)
-        heads = contexts[names[shard_of[head]]]["heads"]
-        heads[str(ids[head])] = max(heads.get(str(ids[head]), 1), int(group[head]))
+def semantic_pass(run, inputs: list[str], survivors: list[str], id_width: int, cfg: dict) -> dict:
+    """Semantic dedup of the records exact + fuzzy dedup kept; writes the kept records' embeddings and the
+    semantic decisions (by shard). It runs on the driver, which holds those records' embeddings: unlike the
+    rest of dedup, its memory grows with the corpus.
 
-
-def semantic_pass(run, inputs: list[str], offsets: np.ndarray, ids: np.ndarray, rank: np.ndarray, candidates: np.ndarray,
-                  cfg: dict) -> np.ndarray:
-    """Semantic dedup of the records exact + fuzzy dedup kept; writes the kept records' embeddings.
-
-    Returns sem_of: (n,) global index of the record each semantic duplicate duplicates, -1 elsewhere.
-    Candidates are embedded in keep-rank order, so k-means (and so the result) does not depend on sharding.
+    Records are embedded in keep-rank order, so k-means (and so the result) does not depend on sharding.
     """
-    texts = dict(zip(candidates.tolist(), texts_at(inputs, offsets, candidates)))
-    order = candidates[np.argsort(rank[candidates], kind="stable")]
-    emb = semantic.embed([texts[i] for i in order.tolist()], batch_size=cfg["batch_size"], max_tokens=cfg["max_tokens"])
-    local = semantic.semantic_duplicates(emb, rank[order], n_clusters=cfg["clusters"], threshold=cfg["threshold"],
+    kept = [spill.load_array(run.scratch, rel) for rel in survivors]
+    kept = np.concatenate(kept) if kept else np.zeros(0, survivor_dtype(id_width))  # rank order
+    emb = semantic.embed(texts_of(inputs, kept["shard"], kept["row"]), batch_size=cfg["batch_size"],
+                         max_tokens=cfg["max_tokens"])
+    local = semantic.semantic_duplicates(emb, kept["rank"], n_clusters=cfg["clusters"], threshold=cfg["threshold"],
                                          seed=cfg["seed"])
-    sem_of = np.full(len(ids), -1, dtype=np.int64)
     dup = local >= 0
-    sem_of[order[dup]] = order[local[dup]]
     run.write_artifact(semantic.EMBEDDINGS_FILE, lambda tmp: semantic.write_embeddings(
-        tmp, [str(ids[i]) for i in order[~dup]], emb[~dup]))
-    log.info("%s: semantic dedup of %d records dropped %d (threshold %.3f)", STAGE, len(order), int(dup.sum()),
+        tmp, [i.decode() for i in kept["id"][~dup]], emb[~dup]))
+    group = np.bincount(local[dup], minlength=len(kept)) + 1  # a kept record and its semantic dups
+    heads = np.unique(local[dup])
+    rec = np.empty(int(dup.sum()) + len(heads), semantic_dtype(id_width))
+    members = np.r_[np.flatnonzero(dup), heads].astype(np.int64)
+    named = np.r_[local[dup], heads].astype(np.int64)
+    rec["shard"], rec["row"], rec["head"] = kept["shard"][members], kept["row"][members], kept["id"][named]
+    rec["dropped"], rec["size"] = np.r_[np.ones(dup.sum(), np.uint8), np.zeros(len(heads), np.uint8)], group[named]
+    log.info("%s: semantic dedup of %d records dropped %d (threshold %.3f)", STAGE, len(kept), int(dup.sum()),
              cfg["threshold"])
-    return sem_of
+    return {"file": ("final/semantic.bin", by_shard(run.scratch, "final/semantic.bin", rec, len(inputs))),
+            "dtype": rec.dtype.descr}
+
+
+REASON_OF = {EXACT_COPY: EXACT_DUP, URL_COPY: DUPLICATE_URL, NEAR: NEAR_DUP, CONTAMINATED_CODE: CONTAMINATED,
+             SEMANTIC_CODE: SEMANTIC_DUP}
 
 
 def apply_decisions(task: ShardTask) -> ShardResult:
     """Pass 3 for one shard: split its records into kept and removed by the global decisions."""
-    if "drops" not in task.context:
+    if "dec" not in task.context:
         raise RuntimeError(f"{STAGE}/{task.shard}: no global decisions for this shard (pass 2 did not run)")
     table = read_shard(task.inputs[0])
     table = table.drop_columns([c for c in DUP_COLUMNS if c in table.column_names])  # recomputed here
-    drops, heads = task.context["drops"], task.context["heads"]
+    drops, heads, flagged = shard_decisions(task.context, table.num_rows)
+    sets = task.context["sets"]
+    flags = {row: [sets[j] for j in found] for row, found in flagged.items()}
     ids = table.column("id").to_pylist()
-    flags = task.context["flags"]
-    dup_of = [drops[i][1] if i in drops else None for i in ids]
-    cluster = [drops[i][1] if i in drops else (i if i in heads else None) for i in ids]
-    table = table.append_column("dup_of", pa.array(dup_of, pa.string()))  # semantic dups name their kept record too
-    table = table.append_column("dup_cluster", pa.array(cluster, pa.string()))
-    table = table.append_column("contamination", pa.array([",".join(flags[i]) if i in flags else None for i in ids], pa.string()))
-    keep = pa.array([i not in drops for i in ids], pa.bool_())
+    rows = range(len(ids))
+    table = table.append_column("dup_of", pa.array([drops[r][1] if r in drops else None for r in rows], pa.string()))
+    table = table.append_column("dup_cluster", pa.array(  # semantic dups name their kept record too
+        [drops[r][1] if r in drops else (ids[r] if r in heads else None) for r in rows], pa.string()))
+    table = table.append_column("contamination", pa.array([",".join(flags[r]) if r in flags else None for r in rows],
+                                                          pa.string()))
+    keep = pa.array([r not in drops for r in rows], pa.bool_())
     kept, gone = table.filter(keep), table.filter(pc.invert(keep))
-    gone_ids = gone.column("id").to_pylist()
-    reasons = [drops[i][0] for i in gone_ids]
-    details = [json.dumps(_detail(drops[i], flags.get(i)), sort_keys=True) for i in gone_ids]
+    gone_rows = [r for r in rows if r in drops]
+    reasons = [REASON_OF[drops[r][0]] for r in gone_rows]
+    details = [json.dumps(_detail(REASON_OF[drops[r][0]], drops[r], flags.get(r)), sort_keys=True) for r in gone_rows]
 
     stats = ShardStats(shard=task.shard, records_in=table.num_rows)
     stats.bytes_in = int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
     for reason in REASONS:
         stats.drop(reason, reasons.count(reason))
-    stats.extra["clusters"] = float(sum(1 for i in ids if i in heads))
-    for name in task.context["sets"]:  # flagged records per benchmark (dropped or not, by mode)
-        stats.extra[f"{CONTAMINATED}__{name}"] = float(sum(1 for i in ids if name in flags.get(i, ())))
+    stats.extra["clusters"] = float(len(heads))
+    for name in sets:  # flagged records per benchmark (dropped or not, by mode)
+        stats.extra[f"{CONTAMINATED}__{name}"] = float(sum(1 for f in flags.values() if name in f))
     return ShardResult(kept, removed_table(gone, reasons, details), stats)
 
 
-def _detail(drop: tuple, flags) -> dict:
-    reason, head, size, run_key = drop
+def _detail(reason: str, drop: tuple, flags) -> dict:
+    _, head, size, run_key = drop
     if reason == CONTAMINATED:
         return {"benchmarks": flags}
     # dup_of_index: the dedup index generation that holds dup_of, i.e. the earlier data version it was kept in
