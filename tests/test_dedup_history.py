@@ -15,6 +15,7 @@ import pytest
 from pipelines.core.shards import read_all, write_shard
 from pipelines.dedup.clusters import EXACT_DUP, NEAR_DUP
 from pipelines.stages import runner
+from pipelines.versions import lineage, page
 from tests.fixtures.dedup_inputs import dedup_record, near_dup_set  # noqa: F401 (fixture)
 from tests.fixtures.moto_s3 import moto_url, s3env  # noqa: F401 (fixtures)
 from tests.fixtures.outputs import snapshot
@@ -134,15 +135,28 @@ def test_snapshot_scope_refresh_equals_a_full_build(workspace, crawls, caplog):
     workspace.update("dedup.scope", "snapshot")
     write_crawl(workspace, "a", a)
     run(workspace.params())
+    assert manifest(workspace)["cross_source"]["records"] == 0
     write_crawl(workspace, "b", b)
     with caplog.at_level(logging.INFO, logger="pipelines"):
         run(workspace.params())
     assert "refresh: 2 new shards" in caplog.text
     refreshed_kept, refreshed_gone = kept_ids(workspace), removed(workspace)
     assert set(refreshed_gone) == {b[4]["id"]}  # only B's own repeat; B's copies of A stay (another crawl)
+    # ... but they are counted: B's verbatim copies of A's pages (case and spacing changed), not its near copy
+    assert manifest(workspace)["cross_source"] == {"scope": "snapshot", "match": "exact", "records": 2,
+                                                   "by_source": {"cc-b": 2}}
+    cross = lineage.cross_source_duplicates(workspace.root)  # what the version's lineage and page show
+    assert cross["kept"] and cross["records"] == 2 and cross["share"] == round(2 / (len(a) + len(b)), 6)
+    assert "2 records (5.41% of dedup's input) are exact copies" in page._lineage({"cross_source_duplicates": cross})
+    write_crawl(workspace, "c", crawls["c"], shards=1)  # C repeats one of B's own pages: the count grows
+    run(workspace.params())
+    assert manifest(workspace)["cross_source"]["by_source"] == {"cc-b": 2, "cc-c": 1}
+    workspace.path("data", "filter", "part-cc-c-0.parquet").unlink(missing_ok=True)
 
     shutil.rmtree(workspace.path("data", "dedup"))
     run(workspace.params())
+    # a full build ranks by the keep policy alone: B's upper-cased copy (quality 0.99) outranks A's page
+    assert manifest(workspace)["cross_source"]["records"] == 2
     assert kept_ids(workspace) == refreshed_kept
     assert {k: (v["drop_reason"], v["dup_of"]) for k, v in removed(workspace).items()} == \
         {k: (v["drop_reason"], v["dup_of"]) for k, v in refreshed_gone.items()}

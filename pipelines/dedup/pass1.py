@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.core.shards import iter_batches, read_schema
-from pipelines.dedup import history, spill
+from pipelines.dedup import cross_source, history, spill
 from pipelines.dedup.exact import exact_hashes
 from pipelines.dedup.rank import RANK_DTYPE
 from pipelines.dedup.minhash import MinHasher, text_word_hashes, word_sequence_digests
@@ -110,6 +110,7 @@ def hash_shard(job: dict) -> dict:
                 _cat(sigs, (0, hasher.num_perm), history.SIG_DTYPE).tofile(out)
         offsets = write_keys(store, shard, job["bounds"], rank, active,
                              exact=_cat(exact, (0, 2)) ^ salt[:, None] if exact_cfg["enabled"] else None,
+                             xsource=(_cat(exact, (0, 2)), salt) if by_source and exact_cfg["enabled"] else None,
                              url=(url_rows_all, _cat(url_hashes, (0, 2)) ^ salt[url_rows_all, None]) if use_url else None,
                              bands=_cat(bands, (0, mh_cfg["bands"])) ^ salt[:, None] if hasher is not None else None,
                              shingles=(shard, _cat(counts, (0,), np.int64), _cat(starts, (0,))))
@@ -154,12 +155,18 @@ def _cat(parts: list, empty_shape: tuple, dtype=np.uint64) -> np.ndarray:
 
 
 def write_keys(store, shard: int, bounds: np.ndarray, rank: np.ndarray, active: np.ndarray, *, exact, url, bands,
-               shingles) -> dict[str, np.ndarray]:
-    """Write a shard's key files (active records only); returns kind -> partition row offsets."""
+               shingles, xsource=None) -> dict[str, np.ndarray]:
+    """Write a shard's key files (active records only); returns kind -> partition row offsets. ``xsource``:
+    scope ``snapshot``'s unsalted exact keys and source salts (pipelines.dedup.cross_source)."""
     offsets = {}
     if exact is not None:
         rows = np.flatnonzero(active)
         offsets[EXACT] = _write_exact(store, spill.key_rel(shard, EXACT), exact[rows], rank[rows], bounds)
+    if xsource is not None:
+        rows = np.flatnonzero(active)
+        keys, salt = xsource
+        offsets[cross_source.KIND] = cross_source.write_keys(store, spill.key_rel(shard, cross_source.KIND), keys[rows],
+                                                             salt[rows], rank[rows], bounds)
     if url is not None:
         rows, keys = url
         mine = active[rows]

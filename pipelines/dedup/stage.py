@@ -37,7 +37,7 @@ from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_t
 from pipelines.core.manifest import load_manifest_if_any
 from pipelines.core.shards import read_shard
 from pipelines.core.stats import ShardStats
-from pipelines.dedup import decontam, eval_sets, history, keep, rank, semantic, spill
+from pipelines.dedup import cross_source, decontam, eval_sets, history, keep, rank, semantic, spill
 from pipelines.dedup.clusters import DUPLICATE_URL, EXACT_DUP, NEAR_DUP, decide, partitions
 from pipelines.dedup.decontam import CONTAMINATED
 from pipelines.dedup.finalize import (CONTAMINATED_CODE, EXACT_COPY, NEAR, SEMANTIC_CODE, URL_COPY, answer_range,
@@ -117,6 +117,9 @@ def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
             layout.append(stage_index(run, refresh, spill.hash_bounds(parts)))
         if SIGNATURE_KIND in refresh.index["files"]:
             verify_index = {"signatures": STAGED_SIGNATURES, "minhash": mh}
+    if cfg["scope"] == "snapshot" and cfg["exact"]["enabled"]:
+        with clock("cross_source"):
+            run.notes["cross_source"] = count_cross_source(run, layout, ranking, parts)
     decisions = decide(run.map, store, layout, n, parts, bounds, exact=cfg["exact"]["enabled"],
                        bands=mh["bands"] if mh["enabled"] else 0, url=cfg["exact"]["url"],
                        threshold=mh["verify_threshold"] if mh["enabled"] else None, clock=clock, index=verify_index)
@@ -161,6 +164,31 @@ def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
 
 
 SIGNATURE_KIND = history.SIGNATURES
+
+
+def count_cross_source(run, layout: list[dict], ranking: rank.Ranking, parts: int) -> dict:
+    """Scope ``snapshot``: how many of this version's records are exact copies of a better ranked record of
+    another source (kept: pipelines.dedup.cross_source); a refresh adds its new crawl's to the previous count."""
+    refresh, store = run.notes.get("refresh"), run.scratch
+    shards = len(ranking.rows)
+    files = [(spill.key_rel(s, cross_source.KIND), layout[s][cross_source.KIND]) for s in range(shards)]
+    names = list(ranking.sources)
+    if refresh is not None and refresh.n:
+        rel = spill.key_rel(shards, cross_source.KIND)
+        staged = run.map(cross_source.stage_index, [{
+            "store": run.store, "entry": refresh.index["files"]["exact.bin"], "scratch": store, "rel": rel,
+            "records": refresh.index["files"][history.RECORDS], "bounds": spill.hash_bounds(parts)}])[0]
+        files.append((rel, staged["offsets"]))
+        names += staged["sources"]
+    found = cross_source.count(run.map, store, files, parts, refresh.n if refresh is not None else 0, names)
+    before = ((load_manifest_if_any(run.out_dir) or {}).get("cross_source") or {}) if refresh is not None else {}
+    by_source = dict(before.get("by_source") or {})
+    for source, k in found["by_source"].items():
+        by_source[source] = by_source.get(source, 0) + k
+    log.info("%s: %d records are exact copies of a record from another source (kept: scope snapshot)", STAGE,
+             found["records"])
+    return {"scope": "snapshot", "match": "exact", "records": int(before.get("records", 0)) + found["records"],
+            "by_source": dict(sorted(by_source.items()))}
 
 
 def key_kinds(cfg: dict) -> list[str]:
@@ -388,6 +416,8 @@ class DedupStage(DataStage):
             out["index"] = run.notes["index"]
             # The previous generation goes now (a crash before the manifest is written costs a full rebuild).
             history.remove_other_indexes(run, keep={run.notes["index_generation"][:16]})
+        if "cross_source" in run.notes:
+            out["cross_source"] = run.notes["cross_source"]
         if run.notes.get("refresh") is not None:
             out["refresh"] = {"parent_index": run.notes["refresh"].index["fingerprint"],
                               "kept_shards": len(run.notes["refresh"].old)}

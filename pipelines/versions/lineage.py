@@ -9,7 +9,8 @@ commit (with dvc.lock and the gate reports), so every tag says:
   keep ingest's shard names), and the blends' records by source (mix's blend.json);
 - ``deltas``: the same numbers minus the parent's (records added or removed, by source and reason);
 - ``cross_source_duplicates``: dedup drops whose kept record came from another source (a new
-  crawl repeating an older one shows here), with their share of the dedup input;
+  crawl repeating an older one shows here; scope ``snapshot``, which drops none: the exact copies of
+  another source's records it kept), with their share of the dedup input;
 - ``dedup``: the dedup index generation this version's dedup wrote (records dropped in a later
   refresh as copies of this version's records name it in ``dup_of_index``), and whether dedup was
   a refresh (then: the parent's index fingerprint and the shards whose decisions it kept).
@@ -62,8 +63,15 @@ def stage_numbers(root: Path) -> dict:
 
 def cross_source_duplicates(root: Path) -> dict:
     """Dedup drops whose kept record is from another source: {"records": n, "share": n / dedup input,
-    "by_source": {source: {kept record's source: n}}}."""
+    "by_source": {source: {kept record's source: n}}}; with scope ``snapshot``, which drops none of them,
+    the exact copies it kept: {"records", "share", "kept": True, "by_source": {source: n}}."""
     dedup_dir = stages.output_dir("dedup", root)
+    counted = (read_json(dedup_dir / "_manifest.json") or {}).get("cross_source")
+    if counted:
+        records_in = sum(st.records_in for st in read_stats(dedup_dir / "_stats.parquet"))
+        return {"records": counted["records"], "kept": True, "match": counted["match"],
+                "share": round(counted["records"] / records_in, 6) if records_in else 0.0,
+                "by_source": counted["by_source"]}
     if not (dedup_dir / "_manifest.json").exists() or not (dedup_dir / "removed").is_dir():
         return {}
     dups: dict[str, list[str]] = {}  # kept id -> sources of the records dropped as its copies

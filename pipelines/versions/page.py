@@ -159,7 +159,10 @@ def _lineage(lineage: dict | None) -> str:
              + " &middot; crawls: " + (escape(", ".join(lineage.get("crawls") or [])) or "none")
              + " &middot; sources: " + escape(", ".join(lineage.get("sources") or [])) + "</p>"]
     cross = lineage.get("cross_source_duplicates") or {}
-    if cross.get("records"):
+    if cross.get("records") and cross.get("kept"):
+        parts.append(f"<p class='muted'>{cross['records']} records ({100 * cross['share']:.2f}% of dedup's input) are "
+                     f"exact copies of a record from another source, kept (dedup scope snapshot)</p>")
+    elif cross.get("records"):
         parts.append(f"<p class='muted'>dedup dropped {cross['records']} records as copies of a record from another "
                      f"source ({100 * cross['share']:.2f}% of its input)</p>")
     rows = []
