@@ -49,12 +49,6 @@ def verified(store, pairs: np.ndarray, threshold: float, index: dict | None = No
     """Bool mask of the pairs (sorted by first record) whose shingle-set Jaccard >= threshold (index entries:
     whose estimated Jaccard is)."""
     out = np.zeros(len(pairs), dtype=bool)
-    hasher = None
-    if index is not None:
-        from pipelines.dedup.minhash import MinHasher
-
-        mh = index["minhash"]
-        hasher = MinHasher(mh["ngram"], mh["bands"], mh["rows"], mh["seed"])
     cache: dict[int, np.ndarray] = {}
 
     def shingles(rank: int, shard: int, first: int, count: int) -> np.ndarray:
@@ -63,24 +57,36 @@ def verified(store, pairs: np.ndarray, threshold: float, index: dict | None = No
             cache[rank] = np.unique(spill.read_rows(store, rel, SHINGLE, first, first + count))
         return cache[rank]
 
-    for k, p in enumerate(pairs.tolist()):
-        u, v, us, uc, uo, vs, vc, vo = p
-        if us == history.HIST_SHARD:
-            if vs != history.HIST_SHARD:
-                out[k] = _estimated(store, index, hasher, uo, shingles(v, vs, vo, vc)) >= threshold
-            continue
+    with_index = pairs["us"] == history.HIST_SHARD  # an index entry is always the pair's first record
+    mixed = with_index & (pairs["vs"] != history.HIST_SHARD)  # two index entries: no edge, never checked
+    if mixed.any():
+        out[mixed] = _estimated(store, index, pairs[mixed]) >= threshold
+    for k in np.flatnonzero(~with_index).tolist():
+        u, v, us, uc, uo, vs, vc, vo = pairs[k].tolist()
         if len(cache) + 2 > CACHE_RECORDS and (u not in cache or v not in cache):
             cache.clear()  # never between loading u and v: both stay for this pair
         out[k] = jaccard(shingles(u, us, uo, uc), shingles(v, vs, vo, vc)) >= threshold
     return out
 
 
-def _estimated(store, index: dict, hasher, hid: int, shingles: np.ndarray) -> float:
-    """Estimated Jaccard of an index entry (its stored signature) and a record (its shingles)."""
-    num_perm = hasher.num_perm
-    row = spill.read_rows(store, index["signatures"], np.dtype((history.SIG_DTYPE, num_perm)), hid, hid + 1)[0]
-    sig = hasher.signatures_of_shingles(shingles, np.array([len(shingles)], np.int64))[0]
-    return float(np.mean((sig & np.uint64(0xFFFFFFFF)).astype(history.SIG_DTYPE) == row))
+def _estimated(store, index: dict, pairs: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard of each pair of an index entry (its stored signature) and a new record (the signature
+    of its shingles), computed for all the pairs at once: each record's signature once, however many index
+    entries it pairs with (the more history, the more such pairs)."""
+    from pipelines.dedup.minhash import MinHasher
+
+    mh = index["minhash"]
+    hasher = MinHasher(mh["ngram"], mh["bands"], mh["rows"], mh["seed"])
+    records, where = np.unique(pairs["v"], return_index=True)
+    sets = [np.unique(spill.read_rows(store, spill.shingle_rel(int(pairs["vs"][i])), SHINGLE, int(pairs["vo"][i]),
+                                      int(pairs["vo"][i]) + int(pairs["vc"][i]))) for i in where.tolist()]
+    counts = np.array([len(x) for x in sets], np.int64)
+    signatures = hasher.signatures_of_shingles(np.concatenate(sets) if sets else np.zeros(0, SHINGLE), counts)
+    signatures = (signatures & np.uint64(0xFFFFFFFF)).astype(history.SIG_DTYPE)
+    entries, hid = np.unique(pairs["uo"], return_inverse=True)  # an index entry's "o" is its hid
+    row_dtype = np.dtype((history.SIG_DTYPE, hasher.num_perm))
+    stored = np.stack([spill.read_rows(store, index["signatures"], row_dtype, h, h + 1)[0] for h in entries.tolist()])
+    return np.mean(signatures[np.searchsorted(records, pairs["v"])] == stored[hid], axis=1)
 
 
 def pair_task(job: dict) -> dict:
