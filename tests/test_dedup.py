@@ -7,10 +7,11 @@ import shutil
 from itertools import combinations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from pipelines.core.schema import make_record_id
-from pipelines.core.shards import read_all, read_shard
+from pipelines.core.shards import read_all, read_shard, write_shard
 from pipelines.dedup.clusters import EXACT_DUP, NEAR_DUP
 from pipelines.dedup.minhash import MinHasher, mulmod61
 from pipelines.dedup.normalize import normalize_text, words
@@ -237,3 +238,17 @@ def test_bad_input_and_params(workspace):
     workspace.update("dedup.keep", "smallest_id")
     with pytest.raises(ValueError, match="dedup.minhash.bands"):
         run(workspace.update("dedup.minhash.bands", 0))
+
+
+def test_empty_shards_and_an_empty_input_are_deduplicated_without_error(workspace):
+    """A shard with no records (every page filtered out) ranks, hashes and finalizes like any other."""
+    docs = news_articles(3)
+    records = [dedup_record("news", str(i), d) for i, d in enumerate(docs)] + [dedup_record("news", "copy", docs[0])]
+    write_filter_output(workspace, records, 1)
+    write_shard(workspace.path("data", "filter", "part-zz-empty.parquet"), pa.Table.from_pylist(records).slice(0, 0))
+    summary = run(workspace.params())
+    assert (summary["records_in"], summary["records_out"], summary[EXACT_DUP]) == (4, 3, 1)
+    write_filter_output(workspace, [], 0)
+    write_shard(workspace.path("data", "filter", "part-zz-empty.parquet"), pa.Table.from_pylist(records).slice(0, 0))
+    summary = run(workspace.params())
+    assert (summary["records_in"], summary["records_out"]) == (0, 0)
