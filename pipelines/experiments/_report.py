@@ -154,6 +154,7 @@ def summarize(runs: list[dict], params: dict, main_config: dict, total_steps: in
                   "lr": tp["lr"], "min_lr": tp["min_lr"], "warmup_steps": tp["warmup_steps"],
                   "defaults_measured": main_config, "upsampled_sources": upsampled_sources(params),
                   "phase2_weights": params["mix"]["phase2"]["weights"],
+                  "phase1_weights": params["mix"]["phase1"]["weights"],
                   "replay_fraction": params["mix"]["phase2"]["replay_fraction"],
                   "max_tokens_per_doc": params["evaluate"]["max_tokens_per_doc"],
                   "min_heldout_per_source": params["mix"].get("min_heldout_per_source")},
@@ -195,15 +196,15 @@ def _fmt(iv: dict) -> str:
 
 
 def figure(summary: dict) -> bytes | None:
-    """Left: each main arm's bpb per source minus the constant arm's mean, with 95% intervals.
-    Right: the sweep's mean bpb by decay length, one line per shape."""
+    """Left: each main arm's bpb per source minus the constant arm's mean, with 95% intervals. Middle: each
+    claim's paired delta (same seed). Right: the sweep's mean bpb by decay length, one line per shape."""
     from pipelines.versions.figures import _png, _pyplot
 
     arms = [a for a in MAIN_ARMS if a in summary["arms"]]
     if "constant" not in arms:
         return None
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(19, 4.8), gridspec_kw={"width_ratios": [2, 1.3, 1]})
     sources = [s for s in summary["arms"]["constant"] if s not in ("seeds", MEAN)] + [MEAN]
     width = 0.8 / len(arms)
     for i, arm in enumerate(arms):
@@ -216,6 +217,15 @@ def figure(summary: dict) -> bytes | None:
     left.set_ylabel("bpb − constant-LR mean (lower is better)")
     left.set_title("Anneal ablation: mean ± 95% CI over seeds")
     left.legend(fontsize=8)
+    paired = [c for c in summary["claims"] if c["paired_delta"] and c["paired_delta"]["half_width"] is not None]
+    labels = [f"{c['better']} − {c['worse']} ({c['source']})" for c in paired]
+    middle.errorbar([c["paired_delta"]["mean"] for c in paired], range(len(paired)),
+                    xerr=[c["paired_delta"]["half_width"] for c in paired], fmt="o", capsize=3)
+    middle.axvline(0, color="grey", lw=0.8)
+    middle.set_yticks(range(len(paired)), labels, fontsize=8)
+    middle.invert_yaxis()
+    middle.set_xlabel("paired bpb delta, same seed (< 0: the first arm is better)")
+    middle.set_title("Claims, paired over seeds (95% CI)")
     for shape in sorted({c["decay_shape"] for c in summary["sweep"]}):
         cells = [c for c in summary["sweep"] if c["decay_shape"] == shape]
         right.errorbar([c["decay_fraction"] * 100 for c in cells], [c["bpb_mean"]["mean"] for c in cells],
@@ -225,7 +235,34 @@ def figure(summary: dict) -> bytes | None:
     right.set_title("Product's anneal: length × shape")
     if summary["sweep"]:
         right.legend(fontsize=8)
+    fig.tight_layout()  # the claim labels of the middle panel need room
     return _png(fig)
+
+
+def relative_weights(setup: dict) -> str:
+    """ "wikipedia x3.0, books x2.0, ...": each phase-2 weight over the source's phase-1 weight."""
+    import fnmatch
+
+    def phase1(src: str) -> float:
+        return next((float(w) for pat, w in setup["phase1_weights"].items() if fnmatch.fnmatch(src, pat)), 1.0)
+
+    ratios = {src: float(w) / phase1(src) for src, w in setup["phase2_weights"].items() if phase1(src) > 0}
+    return ", ".join(f"{src} x{r:g}" for src, r in sorted(ratios.items(), key=lambda kv: -kv[1]))
+
+
+def paired_note(claim: dict) -> str:
+    """Whether the paired delta's interval excludes 0 when the arms' own intervals overlap: a consistent
+    effect smaller than the seed-to-seed spread of absolute bpb."""
+    d = claim["paired_delta"]
+    if claim["verdict"] == SHOWN or not d or d["half_width"] is None:
+        return ""
+    if d["high"] < 0:
+        return (" The paired delta's interval lies below 0: the same seed's arm is lower every time, but the "
+                "spread of absolute bpb across seeds (init and data order) is larger than the effect, so by the "
+                "report's rule it is not shown.")
+    if d["low"] > 0:
+        return " The paired delta's interval lies above 0: at this scale it is the other way round."
+    return ""
 
 
 def reading(summary: dict) -> list[str]:
@@ -239,25 +276,31 @@ def reading(summary: dict) -> list[str]:
                    f"{float(summary['setup']['defaults_measured']['anneal_fraction']):.0%} of the steps on the same data "
                    f"changes mean held-out bpb by {_fmt(d)} (paired over seeds). This is the WSD claim; "
                    + ("it holds at this scale." if decay["verdict"] == SHOWN else "at this scale it is not separated "
-                      "from the seed spread."))
+                      "from the seed spread.") + paired_note(decay))
     blend = by.get(("anneal", "decay_phase1", MEAN))
     if blend:
         shares = summary.get("token_share") or {}
         diluted = [src for src in summary["setup"]["upsampled_sources"]
                    if shares and shares["phase2"].get(src, 0) < shares["phase1"].get(src, 0)]
         out.append(f"- **Phase-2 blend vs decay on phase-1 data** ({blend['verdict']}): the product's blend changes mean "
-                   f"bpb by {_fmt(blend['paired_delta'])} against the same decay on the phase-1 pack.")
+                   f"bpb by {_fmt(blend['paired_delta'])} against the same decay on the phase-1 pack."
+                   + paired_note(blend))
+        per_source = [by[("anneal", "decay_phase1", src)] for src in summary["setup"]["upsampled_sources"]
+                      if ("anneal", "decay_phase1", src) in by]
+        if per_source:
+            out.append("  Per source with phase-2 weight > 1 (paired delta, anneal − decay on phase-1 data): "
+                       + "; ".join(f"{c['source']} {_fmt(c['paired_delta'])} ({c['verdict']})" for c in per_source) + ".")
         if diluted:
             out.append(f"  Measured explanation: `mix.phase2.weights` repeat records, and every source is repeated, so "
                        f"what counts is a source's *share* of the anneal's tokens. {', '.join(diluted)} "
                        f"{'has' if len(diluted) == 1 else 'have'} phase-2 weight > 1 but a *smaller* token share in the "
-                       "phase-2 pack than in the phase-1 pack (table above): wikipedia (x3) and math (0.5 -> 1.0, x2 "
-                       "relative to phase 1) grow faster and dilute them. Only a source whose share rises is upsampled "
-                       "in the sense of the papers.")
+                       "phase-2 pack than in the phase-1 pack (table above): relative to their phase-1 weights the "
+                       f"phase-2 weights are {relative_weights(summary['setup'])}, so the sources repeated most dilute "
+                       "the others. Only a source whose share rises is upsampled in the sense of the papers.")
     replay = by.get(("anneal", "anneal_no_replay", MEAN))
     if replay:
         out.append(f"- **Replay** ({replay['verdict']}): with vs without the replay slice, mean bpb changes by "
-                   f"{_fmt(replay['paired_delta'])}.")
+                   f"{_fmt(replay['paired_delta'])}." + paired_note(replay))
     best = summary.get("sweep_best")
     if best:
         if best["is_default"]:
