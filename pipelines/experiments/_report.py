@@ -307,8 +307,13 @@ def reading(summary: dict) -> list[str]:
             out.append("- **Decay length and shape**: the default has the lowest mean of the sweep.")
         else:
             v = best["vs_default"]
+            d = summary["setup"]["defaults_measured"]
             out.append(f"- **Decay length and shape**: `{best['arm']}` has the lowest mean "
-                       f"({_fmt(v['paired_delta'])} paired vs the default): {v['verdict']}.")
+                       f"({_fmt(v['paired_delta'])} paired vs the default): {v['verdict']}. "
+                       + (f"The default ({float(d['anneal_fraction']):.0%}, {d['decay_shape']}) should move to it."
+                          if v["verdict"] == SHOWN else
+                          f"The defaults stay ({float(d['anneal_fraction']):.0%} of the steps, {d['decay_shape']}): "
+                          "no cell is shown better."))
     prec = summary.get("heldout_precision") or {}
     if prec:
         under = [src for src, e in prec.items() if e["standard_error_max"] < 0.01]

@@ -12,7 +12,7 @@ and the product's arm is swept over decay length (10/20/30% of the steps, defaul
 (linear, cosine, 1-sqrt, default length). Each finished (seed, arm) is scored with the evaluate stage's bits-per-byte on
 every held-out document and cached, so an interrupted run resumes where it stopped.
 
-``python -m pipelines.experiments science [--seeds 5] [--sweep-seeds 3] [--steps 400] [--report-only]``
+``python -m pipelines.experiments science [--seeds 5] [--sweep-seeds 5] [--steps 400] [--report-only]``
 in a workspace with packed data (``dvc repro pack``). Not part of the test suite: about an hour on 1 CPU thread.
 """
 from __future__ import annotations
@@ -128,7 +128,7 @@ def token_share(phase_dir: Path) -> dict[str, float]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.experiments science", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the four main arms (1..N)")
-    parser.add_argument("--sweep-seeds", type=int, default=3, help="seeds of the decay length x shape sweep")
+    parser.add_argument("--sweep-seeds", type=int, default=5, help="seeds of the decay length x shape sweep")
     parser.add_argument("--steps", type=int, default=400, help="total optimizer steps of every arm")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the cached runs")
     parser.add_argument("--out", default="reports/science", help="report path without extension")
