@@ -244,3 +244,16 @@ def test_searched_phase1_realises_domain_shares_and_gate_checks_them(workspace):
     workspace.path("data/mixture/mixture.json").write_text(json.dumps({"phase1_weights": {}}))
     with pytest.raises(ValueError, match="mixture.enabled"):
         _run(params)
+
+
+def test_heldout_tops_up_each_source_to_the_minimum_or_half_of_a_small_source():
+    from pipelines.mix.plan import heldout_mask
+
+    ids = [f"big-{i}" for i in range(100)] + [f"small-{i}" for i in range(6)] + ["one-0"]
+    sources = ["big"] * 100 + ["small"] * 6 + ["one"]
+    mask = heldout_mask(ids, sources, frac=0.0, min_heldout=20)
+    held = {s: int(sum(m for m, src in zip(mask, sources) if src == s)) for s in ("big", "small", "one")}
+    # big: topped up to 20; small (6 < 2 x 20): half of it, not none; a single record stays trainable
+    assert held == {"big": 20, "small": 3, "one": 0}
+    # the fraction still rules when it holds out more than the minimum
+    assert sum(heldout_mask(ids, sources, frac=1.0, min_heldout=2)) == len(ids)

@@ -44,7 +44,7 @@ def test_wsd_schedule_shape():
     assert anneal_steps(300, 0.2) == 75 and anneal_steps(100, 0.0) == 0
     n1, warm, lr, floor = 100, 10, 3e-3, 3e-4
     n2 = anneal_steps(n1, 0.2)
-    for shape in ("linear", "1-sqrt"):
+    for shape in ("linear", "cosine", "1-sqrt"):
         lrs = [wsd_lr(s, lr=lr, min_lr=floor, warmup_steps=warm, phase1_steps=n1, decay_steps=n2, decay_shape=shape)
                for s in range(n1 + n2)]
         warmup, stable, decay = lrs[:warm], lrs[warm:n1], lrs[n1:]
@@ -55,8 +55,13 @@ def test_wsd_schedule_shape():
     # 1-sqrt drops faster early in the anneal than linear
     kw = dict(lr=lr, min_lr=floor, warmup_steps=warm, phase1_steps=n1, decay_steps=n2)
     assert wsd_lr(n1 + 5, decay_shape="1-sqrt", **kw) < wsd_lr(n1 + 5, decay_shape="linear", **kw)
+    # cosine stays above linear in the first half and below it in the second, meeting it halfway
+    assert wsd_lr(n1 + 5, decay_shape="cosine", **kw) > wsd_lr(n1 + 5, decay_shape="linear", **kw)
+    assert wsd_lr(n1 + n2 - 5, decay_shape="cosine", **kw) < wsd_lr(n1 + n2 - 5, decay_shape="linear", **kw)
+    even = {**kw, "decay_steps": 20}  # progress (step - n1 + 1) / 20 = 0.5 at step n1 + 9
+    assert wsd_lr(n1 + 9, decay_shape="cosine", **even) == pytest.approx(wsd_lr(n1 + 9, decay_shape="linear", **even))
     with pytest.raises(ValueError, match="decay_shape"):
-        wsd_lr(0, decay_shape="cosine", **kw)
+        wsd_lr(0, decay_shape="exponential", **kw)
     with pytest.raises(ValueError, match="anneal_fraction"):
         anneal_steps(100, 1.0)
 

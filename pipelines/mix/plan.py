@@ -23,8 +23,9 @@ REMOVED_REASONS = DROP_REASONS[1:]  # held-out records are kept, under heldout/
 
 
 def heldout_mask(ids: list[str], sources: list[str], frac: float, min_heldout: int) -> np.ndarray:
-    """Per source: ids hashing under ``frac``; topped up to ``min_heldout`` (lowest hashes first)
-    when the source has at least twice that many records, so most of it stays trainable."""
+    """Per source: ids hashing under ``frac``; topped up to ``min_heldout`` (lowest hashes first), or to
+    half the source's records when it has fewer than twice that many, so at least half stays trainable
+    and a small source is still measured."""
     keys = np.fromiter((heldout_key(i) for i in ids), dtype=np.float64, count=len(ids))
     mask = keys < frac
     by_source: dict[str, list[int]] = {}
@@ -32,9 +33,10 @@ def heldout_mask(ids: list[str], sources: list[str], frac: float, min_heldout: i
         by_source.setdefault(s, []).append(i)
     for rows in by_source.values():
         rows = np.asarray(rows)
-        if mask[rows].sum() < min_heldout and len(rows) >= 2 * min_heldout and min_heldout > 0:
+        target = min(min_heldout, len(rows) // 2)
+        if mask[rows].sum() < target:
             # A threshold on the key (not a count) keeps records with the same id together.
-            threshold = np.sort(keys[rows])[min_heldout - 1]
+            threshold = np.sort(keys[rows])[target - 1]
             mask[rows] = keys[rows] <= threshold
     return mask
 

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import math
 
-DECAY_SHAPES = ("linear", "1-sqrt")
+DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
+
+
+# Share of the (lr - min_lr) range left at anneal progress p in [0, 1]: 1 at the start, 0 at the end.
+# 1-sqrt drops fastest early (Hägele et al. 2024), cosine slowest at both ends.
+REMAINING = {
+    "linear": lambda p: 1.0 - p,
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+    "1-sqrt": lambda p: 1.0 - math.sqrt(p),
+}
 
 
 def anneal_steps(phase1_steps: int, anneal_fraction: float) -> int:
@@ -29,7 +38,7 @@ def wsd_lr(step: int, *, lr: float, min_lr: float, warmup_steps: int, phase1_ste
         return lr
     # Progress through the anneal, reaching exactly 1.0 (min_lr) on its last step.
     progress = min(1.0, (step - phase1_steps + 1) / decay_steps)
-    remaining = 1.0 - progress if decay_shape == "linear" else 1.0 - math.sqrt(progress)
+    remaining = REMAINING[decay_shape](progress)
     return min_lr + (lr - min_lr) * remaining
 
 
