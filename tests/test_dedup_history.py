@@ -77,6 +77,10 @@ def test_global_refresh_drops_new_copies_of_earlier_records_and_keeps_old_shards
         summary = run(workspace.params())
     assert "refresh: 2 new shards deduplicated against the dedup index (24 records); 2 shards keep" in caplog.text
     assert "part-cc-a-0.parquet already complete, skipped" in caplog.text
+    # The lookup is a probe: only the index entries sharing a key with a new record take part (a[0], a[1]
+    # by exact text, and a[2] too by MinHash bands), not all 24.
+    staged = json.loads(caplog.text.split("index probe: of 24 index entries, staged by key kind ")[1].splitlines()[0])
+    assert staged["exact"] == 2 and 2 <= max(v for k, v in staged.items() if k.startswith("band_")) <= 3
     v2 = manifest(workspace)
     after = snapshot(workspace.path("data", "dedup"))
     for name in ("part-cc-a-0.parquet", "part-cc-a-1.parquet"):  # the old shards' bytes are untouched
@@ -97,8 +101,14 @@ def test_global_refresh_drops_new_copies_of_earlier_records_and_keeps_old_shards
     assert kept_ids(workspace) == {r["id"] for r in a + b} - set(gone)
     assert summary["records_in"] == len(a) + len(b) and summary["records_out"] == len(a) + len(b) - 4
     assert v2["index"]["records"] == len(a) + len(b) - 4
-    assert not [d for d in workspace.path("data", "dedup", "index").iterdir()
-                if d.name != v2["index"]["generation"][:16]]  # the previous generation is gone
+    # The index grew by a segment of the new records kept; version 1's segment is reused, not rewritten.
+    assert v2["index"]["segments"][0] == v1["index"]["segments"][0]
+    assert [seg["records"] for seg in v2["index"]["segments"]] == [len(a), len(b) - 4]
+    for name in v1_files:
+        if name.startswith("index/"):
+            assert after[name] == v1_files[name]
+    assert sorted(d.name for d in workspace.path("data", "dedup", "index").iterdir()) == sorted(
+        {v1["index"]["generation"][:16], v2["index"]["generation"][:16]})
 
     # The same refresh again: nothing to do, same bytes.
     assert run(workspace.params()) == summary
@@ -190,7 +200,8 @@ def test_refresh_with_the_index_on_s3(workspace, crawls, s3env, moto_url, monkey
     write_crawl(workspace, "a", a)
     run(workspace.params())
     index = manifest(workspace)["index"]
-    assert all(e["uri"].startswith(f"s3://{bucket}/lake/dedup/objects/") for e in index["files"].values())
+    assert all(e["uri"].startswith(f"s3://{bucket}/lake/dedup/objects/")
+               for seg in index["segments"] for e in seg["files"].values())
     write_crawl(workspace, "b", b)
     with caplog.at_level(logging.INFO, logger="pipelines"):
         run(workspace.params())

@@ -33,8 +33,9 @@ def write_keys(store, rel: str, keys: np.ndarray, salt: np.ndarray, rank: np.nda
 def stage_index(job: dict) -> dict:
     """The dedup index's exact keys, unsalted with the sources of their entries (hid = rank), as one more
     shard's ``xsource`` file."""
-    src = np.fromfile(history.local_file(job["store"], job["entry"]), spill.EXACT_DTYPE)
-    sources = history.read_records_file(job["store"], job["records"], ["source"]).column("source").to_pylist()
+    pieces = [np.fromfile(history.local_file(job["store"], entry), spill.EXACT_DTYPE) for entry in job["entries"]]
+    src = np.concatenate(pieces) if pieces else np.zeros(0, spill.EXACT_DTYPE)
+    sources = history.read_records(job["store"], job["records"], ["source"]).column("source").to_pylist()
     salt = history.source_salts(sources)[src["r"]] if len(src) else np.zeros(0, np.uint64)
     keys = np.stack([src["k"] ^ salt, src["k2"] ^ salt], 1) if len(src) else np.zeros((0, 2), np.uint64)
     return {"offsets": write_keys(job["scratch"], job["rel"], keys, salt, src["r"], job["bounds"]),

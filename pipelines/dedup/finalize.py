@@ -101,9 +101,9 @@ def answer_range(job: dict) -> dict:
     if len(req) and job["table"] is not None:
         head = spill.load_array(store, job["table"])["id"][req["head"] - job["lo"]]
     elif len(req):  # the dedup index's entries: their ids and the run that kept them are in its records table
-        records = history.read_records_file(job["index"]["store"], job["index"]["entry"], ["id", "added"])
-        head = np.array([s.encode() for s in records.column("id").take(req["head"]).to_pylist()], "S")
-        added = np.array([s.encode() for s in records.column("added").take(req["head"]).to_pylist()], "S")
+        records = history.take_records(job["index"]["store"], job["index"]["records"], req["head"], ["id", "added"])
+        head = np.array([s.encode() for s in records["id"]], "S")
+        added = np.array([s.encode() for s in records["added"]], "S")
     ans = np.empty(len(req), answer_dtype(head.dtype.itemsize, added.dtype.itemsize))
     ans["shard"], ans["row"], ans["head"], ans["added"] = req["shard"], req["row"], head, added
     if len(req):

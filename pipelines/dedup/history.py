@@ -13,18 +13,33 @@ the same dedup settings, code and eval sets (``dedup.history: true``, the defaul
 Anything else (a changed or removed old shard, e.g. after a takedown; other settings, code or eval sets;
 semantic dedup on; no index) is a full build, which writes a fresh index.
 
-Index files (under ``index/<run>/`` of the stage's store, listed with their sha256 in ``_manifest.json``
-``index``, versioned by DVC with the data):
+The index is a chain of **segments**, one per run that added records: a full build writes the first, each
+refresh appends one holding only the records it kept, and the earlier segments are reused as they are (their
+files, hashes and DVC cache entries do not change). So a refresh writes O(new records), not O(index). Entry
+numbers (``hid``) run on across segments: segment k holds hids [first_k, first_k + records_k).
 
-- ``records.parquet``: per index entry (``hid``, its row number): ``id``, ``source`` and ``added`` (the
-  dedup stage key of the run that kept it, so a drop names the run, and so the data version, it lost to);
+Files of a segment (under ``index/<run>/`` of the stage's store, listed with their sha256 in
+``_manifest.json`` ``index.segments``, versioned by DVC with the data):
+
+- ``records.parquet``: per entry, in hid order: ``id``, ``source`` and ``added`` (the dedup stage key of the
+  run that kept it, so a drop names the run, and so the data version, it lost to), in fixed row groups, so
+  that an answer reads only the row groups of the entries it names;
 - ``exact.bin`` / ``url.bin``: the 128-bit exact-text / URL keys with their hid, sorted by key (the spill
   format of pipelines.dedup.spill: any hash-range partition is a contiguous slice);
 - ``band_<b>.bin``: MinHash band keys with their hid, sorted by key;
+- ``ids.bin``: the 128-bit hashes of the entries' ids with their hid, sorted (a refresh checks that no new
+  record reuses an indexed id by probing it);
 - ``signatures.bin`` (when ``verify_threshold`` is set): each entry's MinHash signature (low 32 bits of
   each of the ``bands * rows`` minima), in hid order. Candidate pairs of a new record with an index entry
   are verified by the signatures' agreement (an unbiased estimate of the Jaccard similarity, standard error
   ~0.04 at 112 permutations), since the index keeps no texts and no shingles: about 0.5 KB per record.
+
+**Lookup is a probe:** a refresh stages only the index entries that share a key (or an id hash) with a new
+record (a binary search of each segment's sorted file per distinct new key; the file is memory-mapped, so only
+the pages holding matches are read) and reads single signature rows and record row groups by hid. The global
+pass then works on the new records and their matches, not on the whole index. (Still O(index) per refresh:
+scope ``snapshot``'s cross-source count, which unsalts every indexed exact key. On S3 a segment's file is
+downloaded whole before it is probed: ranged reads would make that follow the matches too.)
 
 Keys are stored as the run used them (salted per source with scope ``snapshot``), since an index only
 serves runs with the same settings.
@@ -51,8 +66,10 @@ INDEX_INPUT = "@dedup-index"  # the pseudo input a refresh's new shards are deci
 HIST_SHARD = np.uint32(0xFFFFFFFF)  # BAND_DTYPE "s" of an index entry: its "o" is then its hid
 BAND_INDEX_DTYPE = np.dtype([("k", "<u8"), ("r", "<i8")])
 SIG_DTYPE = np.dtype("<u4")
+ID_INDEX_DTYPE = spill.EXACT_DTYPE  # an entry's 128-bit id hash (k, k2) and its hid (r)
 RECORDS = "records.parquet"
 SIGNATURES = "signatures.bin"
+IDS = "ids.bin"
 
 
 @dataclass
@@ -81,9 +98,32 @@ def generation(run, tasks) -> str:
     return params_hash({"index": index_key(run), "inputs": {t.shard: t.fingerprints for t in tasks}})
 
 
-def index_fingerprint(files: dict[str, dict], records: int) -> str:
-    return hashlib.sha256(canonical_json({"files": {k: v["sha256"] for k, v in files.items()},
-                                          "records": records}).encode()).hexdigest()
+def index_fingerprint(segments: list[dict]) -> str:
+    return hashlib.sha256(canonical_json([{"files": {k: v["sha256"] for k, v in seg["files"].items()},
+                                           "records": seg["records"]} for seg in segments]).encode()).hexdigest()
+
+
+def segments(index: dict) -> list[dict]:
+    """The index's segments in hid order ({generation, records, files}); an index written before segments
+    existed is one segment."""
+    if "segments" in index:
+        return index["segments"]
+    return [{"generation": index["generation"], "records": index["records"], "files": index["files"]}]
+
+
+def segment_files(index: dict, name: str) -> list[dict]:
+    """One file (``exact.bin``, ``records.parquet``, ...) of every segment, in hid order, each with its
+    segment's first hid and entry count (``first``, ``count``)."""
+    out, first = [], 0
+    for seg in segments(index):
+        if name in seg["files"]:
+            out.append({**seg["files"][name], "first": first, "count": int(seg["records"])})
+        first += int(seg["records"])
+    return out
+
+
+def segment_dirs(index: dict) -> set[str]:
+    return {index_dir(e) for seg in segments(index) for e in seg["files"].values()}
 
 
 def find_refresh(run, refs) -> Refresh | None:
@@ -107,7 +147,8 @@ def find_refresh(run, refs) -> Refresh | None:
         if any(current.get(name) != fp for name, fp in inputs.items() if name != INDEX_INPUT):
             return None  # an input it was decided with changed or is gone
         old[shard] = inputs
-    if not all(run.store.intact(entry.get("rel", name), entry) for name, entry in index["files"].items()):
+    if not all(run.store.intact(entry.get("rel", name), entry)
+               for seg in segments(index) for name, entry in seg["files"].items()):
         return None
     return Refresh(old, index)
 
@@ -117,10 +158,50 @@ def local_file(store, entry: dict) -> Path:
     return fetch_uri(entry["uri"]) if entry.get("uri") else store.fetch(entry["rel"])
 
 
-def read_records_file(store, entry: dict, columns: list[str] | None = None) -> pa.Table:
-    """The index's records table (id, source, added per hid), or some of its columns."""
-    with pq.ParquetFile(local_file(store, entry)) as f:  # not pq.read_table: it imports pyarrow.dataset (slow)
-        return f.read(columns=columns)
+def read_records(store, files: list[dict], columns: list[str] | None = None) -> pa.Table:
+    """The index's records table (id, source, added per hid) over all segments, or some of its columns."""
+    tables = []
+    for entry in files:
+        with pq.ParquetFile(local_file(store, entry)) as f:  # not pq.read_table: it imports pyarrow.dataset (slow)
+            tables.append(f.read(columns=columns))
+    return pa.concat_tables(tables) if tables else RECORDS_SCHEMA.empty_table().select(columns or RECORDS_SCHEMA.names)
+
+
+def take_records(store, files: list[dict], hids: np.ndarray, columns: list[str]) -> dict[str, list]:
+    """Some entries' columns, by hid: only the segments and row groups holding them are read."""
+    hids = np.asarray(hids, np.int64)
+    out = {c: [None] * len(hids) for c in columns}
+    firsts = np.array([e["first"] for e in files], np.int64)
+    seg = np.searchsorted(firsts, hids, "right") - 1
+    for k in np.unique(seg).tolist():
+        mine = np.flatnonzero(seg == k)
+        local = hids[mine] - firsts[k]
+        with pq.ParquetFile(local_file(store, files[k])) as f:
+            size = f.metadata.row_group(0).num_rows if f.metadata.num_row_groups else 1
+            groups = np.unique(local // size).tolist()
+            table = f.read_row_groups(groups, columns=columns)
+            # a hid's row in what was read: its offset in its group plus the rows of the groups read before it
+            starts = dict(zip(groups, np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in groups[:-1]]).tolist()))
+        rows = np.array([starts[g] + r for g, r in zip((local // size).tolist(), (local % size).tolist())], np.int64)
+        for c in columns:
+            values = table.column(c).take(rows).to_pylist()
+            for i, v in zip(mine.tolist(), values):
+                out[c][i] = v
+    return out
+
+
+def read_signature_rows(store, files: list[dict], hids: np.ndarray, num_perm: int) -> np.ndarray:
+    """Some entries' stored signatures, by hid (one ranged read of each)."""
+    row_dtype = np.dtype((SIG_DTYPE, num_perm))
+    firsts = np.array([e["first"] for e in files], np.int64)
+    out = np.empty((len(hids), num_perm), SIG_DTYPE)
+    paths: dict[int, Path] = {}
+    for i, h in enumerate(np.asarray(hids, np.int64).tolist()):
+        k = int(np.searchsorted(firsts, h, "right") - 1)
+        if k not in paths:
+            paths[k] = local_file(store, files[k])
+        out[i] = np.fromfile(paths[k], row_dtype, count=1, offset=(h - int(firsts[k])) * row_dtype.itemsize)[0]
+    return out
 
 
 def source_salts(sources: list) -> np.ndarray:
@@ -138,66 +219,89 @@ def source_salts(sources: list) -> np.ndarray:
 # ---------------------------------------------------------------- executor tasks
 
 def stage_history(job: dict) -> dict:
-    """One index file into the run's scratch as the key file of one more "shard" (the index), with the
-    partition offsets of this run's hash ranges."""
+    """One key kind of the index into the run's scratch as the key file of one more "shard" (the index), with
+    the partition offsets of this run's hash ranges: only the entries whose key a new record has, found by
+    binary search in each segment's sorted file, one hash range at a time (``probe``: the new shards' key
+    files of this kind as (rel, partition offsets)), so memory holds one range's new keys."""
     store, kind = job["scratch"], job["kind"]
-    path = local_file(job["store"], job["entry"])
-    if kind.startswith("band_"):
-        src = np.fromfile(path, BAND_INDEX_DTYPE)
-        rec = np.zeros(len(src), spill.BAND_DTYPE)
-        rec["k"], rec["r"], rec["s"], rec["o"] = src["k"], src["r"], HIST_SHARD, src["r"].astype(np.uint64)
-    else:
-        rec = np.fromfile(path, spill.EXACT_DTYPE)
-    return {"kind": kind, "offsets": spill.write_partitioned(store, job["rel"], rec, rec["k"], job["bounds"])}
+    band = kind.startswith("band_")
+    file_dtype = BAND_INDEX_DTYPE if band else spill.EXACT_DTYPE
+    files = [local_file(job["store"], entry) for entry in job["entries"]]
+    counts = [0]
+    with spill.writing(store, job["rel"]) as path, open(path, "wb") as out:
+        for p in range(len(job["bounds"]) + 1):
+            new = spill.read_parts(store, spill.BAND_DTYPE if band else spill.EXACT_DTYPE, spill.slices(job["probe"], p))
+            found = [probe(f, file_dtype, np.unique(new["k"])) for f in files] if len(new) else []
+            src = np.concatenate(found) if found else np.zeros(0, file_dtype)
+            # by key; equal keys in hid order (segments are in hid order, each file sorted by key then hid)
+            src = src[np.argsort(src["k"], kind="stable")]
+            if band:
+                rec = np.zeros(len(src), spill.BAND_DTYPE)
+                rec["k"], rec["r"], rec["s"], rec["o"] = src["k"], src["r"], HIST_SHARD, src["r"].astype(np.uint64)
+            else:
+                rec = src
+            out.write(rec.tobytes())
+            counts.append(len(rec))
+    return {"kind": kind, "offsets": np.cumsum(counts).astype(np.int64)}
 
 
-def stage_signatures(job: dict) -> None:
-    path = local_file(job["store"], job["entry"])
-    with spill.writing(job["scratch"], job["rel"]) as out:
-        out.write_bytes(path.read_bytes())
+def probe(path: Path, dtype: np.dtype, keys: np.ndarray) -> np.ndarray:
+    """The rows of a key file (sorted by ``k``) whose ``k`` is one of ``keys`` (sorted, distinct)."""
+    if not path.stat().st_size or not len(keys):
+        return np.zeros(0, dtype)
+    table = np.memmap(path, dtype, mode="r")
+    lo = np.searchsorted(table["k"], keys, "left")
+    hi = np.searchsorted(table["k"], keys, "right")
+    hit = hi > lo
+    lo, hi = lo[hit], hi[hit]
+    if not len(lo):
+        return np.zeros(0, dtype)
+    # every row of every [lo, hi) run, without a Python loop over keys
+    lengths = hi - lo
+    rows = np.repeat(lo - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(lengths.sum())
+    out = np.array(table[rows])
+    del table
+    return out
 
 
 def write_index_keys(job: dict) -> dict:
-    """One kind's index file: every kept record's key (index entries and new records), hid for rank, sorted."""
+    """One kind's file of this run's segment: the key of every new record kept, with its hid, sorted."""
     scratch, kind = job["scratch"], job["kind"]
     hid = rank_to_hid(scratch, job)
     band = kind.startswith("band_")
     rec = spill.read_parts(scratch, spill.BAND_DTYPE if band else spill.EXACT_DTYPE, job["parts"])
-    rec = rec[hid[rec["r"]] >= 0]
+    mine = hid[rec["r"] - job["n_hist"]]  # the parts are the new shards': ranks from n_hist on
+    rec, mine = rec[mine >= 0], mine[mine >= 0]
     if band:
         out = np.empty(len(rec), BAND_INDEX_DTYPE)
-        out["k"], out["r"] = rec["k"], hid[rec["r"]]
+        out["k"], out["r"] = rec["k"], mine
     else:
         out = rec.copy()
-        out["r"] = hid[rec["r"]]
+        out["r"] = mine
     out = out[np.lexsort((out["r"], out["k"]))]  # by key, then hid: the same bytes however the input was cut
     entry = job["store"].put_data(job["rel"], lambda tmp: out.tofile(tmp), ".bin")
     return {"kind": kind, "entry": {**entry, "rel": job["rel"]}}
 
 
 def rank_to_hid(scratch, job: dict) -> np.ndarray:
-    """rank -> hid (-1: not kept) of every record: the index's entries keep theirs; each node range's kept
-    records follow in keep order (``hids``: the range's kept-positions file, first rank, first hid)."""
-    hid = np.full(job["n"], -1, np.int64)
-    hid[:job["n_hist"]] = np.arange(job["n_hist"])
+    """rank - n_hist -> hid (-1: not kept) of every new record: each node range's kept records follow the
+    index's entries in keep order (``hids``: the range's kept-positions file, first rank, first hid)."""
+    hid = np.full(job["n"] - job["n_hist"], -1, np.int64)
     for rel, lo, base in job["hids"]:
         position = spill.load_array(scratch, rel)
+        lo -= job["n_hist"]
         hid[lo:lo + len(position)] = np.where(position >= 0, position + base, -1)
     return hid
 
 
 def write_index_signatures(job: dict) -> dict:
-    """The signatures file in hid order: the index's own rows, then each node range's kept records' (pass 1
-    spilled every new record's signature per shard). Streamed one node range at a time: memory holds one
-    range's rows, whatever the index's size."""
+    """The segment's signatures file in hid order: each node range's kept records' (pass 1 spilled every new
+    record's signature per shard). Streamed one node range at a time: memory holds one range's rows."""
     scratch, num_perm = job["scratch"], job["num_perm"]
     row_dtype = np.dtype((SIG_DTYPE, num_perm))
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as out:
-            if job["history"]:
-                with open(scratch.fetch(job["history"]), "rb") as old:
-                    shutil.copyfileobj(old, out)
             for rel, _ in job["survivors"]:  # ranges in rank order, each in rank order: hid order
                 kept = spill.load_array(scratch, rel)
                 rows = np.empty(len(kept), row_dtype)
@@ -215,14 +319,29 @@ def write_index_signatures(job: dict) -> dict:
 RECORDS_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("added", pa.string())])
 
 
+def write_index_ids(job: dict) -> dict:
+    """The segment's ``ids.bin``: each kept record's 128-bit id hash (as the dedup id check hashes ids) and
+    its hid, sorted by hash."""
+    from pipelines.dedup.rank import id_hashes
+
+    pieces = []
+    for rel, base in job["survivors"]:
+        kept = spill.load_array(job["scratch"], rel)
+        hashed = id_hashes([i.decode() for i in kept["id"].tolist()])
+        rec = np.empty(len(kept), ID_INDEX_DTYPE)
+        rec["k"], rec["k2"], rec["r"] = hashed[:, 0], hashed[:, 1], base + np.arange(len(kept))
+        pieces.append(rec)
+    out = np.concatenate(pieces) if pieces else np.zeros(0, ID_INDEX_DTYPE)
+    out = out[np.lexsort((out["k2"], out["k"]))]
+    entry = job["store"].put_data(job["rel"], lambda tmp: out.tofile(tmp), ".bin")
+    return {**entry, "rel": job["rel"]}
+
+
 def write_index_records(job: dict) -> dict:
-    """The records table: the earlier entries, then each node range's kept records (id, source, this run),
-    streamed in row groups of the shard format's size (the same bytes however the ranges were cut)."""
+    """The segment's records table: each node range's kept records (id, source, this run), streamed in row
+    groups of the shard format's size (the same bytes however the ranges were cut)."""
 
     def batches():
-        if job["earlier"] is not None:
-            with pq.ParquetFile(local_file(job["store"], job["earlier"])) as f:
-                yield from (pa.Table.from_batches([b]) for b in f.iter_batches(columns=RECORDS_SCHEMA.names))
         for rel in job["survivors"]:
             kept = spill.load_array(job["scratch"], rel)
             yield pa.table({"id": pa.array([i.decode() for i in kept["id"].tolist()], pa.string()),

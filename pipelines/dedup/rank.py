@@ -34,7 +34,7 @@ from pipelines.core.shards import iter_batches, read_schema
 from pipelines.dedup import history, keep, spill
 
 SAMPLES = 64  # keys per shard the driver sees (splitters): O(shards), not O(records)
-ID_HASH_DTYPE = np.dtype([("k", "<u8"), ("k2", "<u8"), ("row", "<u4")])
+ID_HASH_DTYPE = np.dtype([("k", "<u8"), ("k2", "<u8"), ("row", "<u8")])  # row: an index entry's is its hid
 RANK_DTYPE = np.dtype([("shard", "<u4"), ("row", "<u4"), ("rank", "<i8")])  # pass 1's view, by shard
 
 
@@ -74,10 +74,15 @@ def sort_keys(ids: list[str], values: dict[str, np.ndarray], policy: list[tuple[
     return np.ascontiguousarray(raw).view(f"S{raw.shape[1]}").ravel(), 8 * len(cols)
 
 
+def id_hashes(ids: list[str]) -> np.ndarray:
+    """The ids' 128-bit hashes, as (n, 2) uint64."""
+    raw = b"".join(hashlib.blake2b(i.encode(), digest_size=16).digest() for i in ids)
+    return np.frombuffer(raw, "<u8").reshape(-1, 2) if ids else np.zeros((0, 2), np.uint64)
+
+
 def write_id_hashes(store, rel: str, ids: list[str]) -> np.ndarray:
     """Write the ids' 128-bit hashes with their rows, sorted by hash (what ``check_ids`` compares)."""
-    raw = b"".join(hashlib.blake2b(i.encode(), digest_size=16).digest() for i in ids)
-    hashed = np.frombuffer(raw, "<u8").reshape(-1, 2) if ids else np.zeros((0, 2), np.uint64)
+    hashed = id_hashes(ids)
     rec = np.empty(len(ids), ID_HASH_DTYPE)
     rec["k"], rec["k2"], rec["row"] = hashed[:, 0], hashed[:, 1], np.arange(len(ids))
     rec = rec[np.lexsort((rec["k2"], rec["k"]))]
@@ -156,10 +161,22 @@ INDEX_IDS = "rank/ids/index.bin"
 
 
 def stage_index_ids(job: dict) -> np.ndarray:
-    """The dedup index's id hashes as one more sorted id-hash file; returns its partition offsets."""
-    rec = write_id_hashes(job["scratch"], INDEX_IDS,
-                          history.read_records_file(job["store"], job["entry"], ["id"]).column("id").to_pylist())
-    return np.r_[0, np.searchsorted(rec["k"], job["id_bounds"], "left"), len(rec)].astype(np.int64)
+    """The dedup index's id hashes that a new record's id hash may equal, as one more sorted id-hash file (a
+    probe of each segment's sorted ``ids.bin``, one id-hash partition at a time); returns its partition
+    offsets."""
+    scratch, counts = job["scratch"], [0]
+    files = [history.local_file(job["store"], entry) for entry in job["ids"]]
+    with spill.writing(scratch, INDEX_IDS) as path, open(path, "wb") as out:
+        for p in range(len(job["id_bounds"]) + 1):
+            new = spill.read_parts(scratch, ID_HASH_DTYPE, spill.slices(job["probe"], p))
+            found = [history.probe(f, history.ID_INDEX_DTYPE, np.unique(new["k"])) for f in files] if len(new) else []
+            src = np.concatenate(found) if found else np.zeros(0, history.ID_INDEX_DTYPE)
+            rec = np.empty(len(src), ID_HASH_DTYPE)
+            rec["k"], rec["k2"], rec["row"] = src["k"], src["k2"], src["r"]
+            rec = rec[np.lexsort((rec["k2"], rec["k"]))]
+            out.write(rec.tobytes())
+            counts.append(len(rec))
+    return np.cumsum(counts).astype(np.int64)
 
 
 def rank_range(job: dict) -> dict:
@@ -210,7 +227,8 @@ class Ranking:
 def rank_records(run_map, store, inputs: list[str], policy, *, first: int, chunk: int,
                  index_ids: dict | None = None) -> Ranking:
     """The ranks of the records of ``inputs``, starting at ``first`` (the dedup index's entries rank before them).
-    ``index_ids``: in a refresh, the index's records table ({"n", "store", "entry"}): their ids must not recur."""
+    ``index_ids``: in a refresh, the index's id-hash files and records tables ({"n", "store", "ids", "records"}):
+    their ids must not recur."""
     sorted_out = run_map(sort_shard, [{"path": p, "shard": s, "store": store, "policy": policy}
                                       for s, p in enumerate(inputs)])
     n = sum(o["n"] for o in sorted_out)
@@ -229,7 +247,8 @@ def rank_records(run_map, store, inputs: list[str], policy, *, first: int, chunk
                                 "id_bounds": id_bounds} for s, o in enumerate(sorted_out)])
     id_files = [(s, id_rel(s), c["id_parts"]) for s, c in enumerate(cuts)]
     if index_ids is not None:
-        staged = run_map(stage_index_ids, [{**index_ids, "scratch": store, "id_bounds": id_bounds}])[0]
+        staged = run_map(stage_index_ids, [{**index_ids, "scratch": store, "id_bounds": id_bounds,
+                                            "probe": [(rel, off) for _, rel, off in id_files]}])[0]
         id_files.append((len(inputs), INDEX_IDS, staged))
     clashes = [c for found in run_map(check_ids, [
         {"store": store, "parts": [(s, rel, int(off[p]), int(off[p + 1])) for s, rel, off in id_files
@@ -256,7 +275,7 @@ def id_at(clash: tuple[int, int], inputs: list[str], index_ids) -> str:
     """The id of a clashing (shard, row), read back (the driver keeps no ids); shard ``len(inputs)``: the index."""
     shard, row = clash
     if shard >= len(inputs):
-        return history.read_records_file(index_ids["store"], index_ids["entry"], ["id"]).column("id")[row].as_py()
+        return history.take_records(index_ids["store"], index_ids["records"], np.array([row]), ["id"])["id"][0]
     for batch_start, batch in _batches_with_start(inputs[shard]):
         if batch_start <= row < batch_start + batch.num_rows:
             return batch.column("id")[row - batch_start].as_py()

@@ -53,7 +53,6 @@ STAGE = "dedup"
 REASONS = [EXACT_DUP, DUPLICATE_URL, NEAR_DUP, SEMANTIC_DUP, CONTAMINATED]
 DUP_COLUMNS = ("dup_of", "dup_cluster", "contamination")
 SCOPES = ("global", "snapshot")
-STAGED_SIGNATURES = "signatures/index.u32"  # the index's signatures, in the run's scratch
 SCRATCH_DONE = ["keys", "shingles", "signatures", "pairs", "cc", "rank", "exact_nonheads.bits.npy"]
 
 
@@ -91,7 +90,8 @@ def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
     refs = [ref for ref in run.input_shards() if refresh is None or ref.name not in refresh.old]
     inputs, names = [ref.uri for ref in refs], [ref.name for ref in refs]
     n_hist, mh, store = (refresh.n if refresh is not None else 0), cfg["minhash"], run.scratch
-    records = {"store": run.store, "entry": refresh.index["files"][history.RECORDS]} if n_hist else None
+    records = {"store": run.store, "records": history.segment_files(refresh.index, history.RECORDS),
+               "ids": history.segment_files(refresh.index, history.IDS)} if n_hist else None
     with clock("decontam_index"):
         index = decontam_index(run)
     with clock("keep_rank"):
@@ -114,9 +114,10 @@ def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
     verify_index = None
     if refresh is not None:
         with clock("index_stage"):
-            layout.append(stage_index(run, refresh, spill.hash_bounds(parts)))
-        if SIGNATURE_KIND in refresh.index["files"]:
-            verify_index = {"signatures": STAGED_SIGNATURES, "minhash": mh}
+            layout.append(stage_index(run, refresh, layout, spill.hash_bounds(parts)))
+        signatures = history.segment_files(refresh.index, SIGNATURE_KIND)
+        if signatures:
+            verify_index = {"store": run.store, "signatures": signatures, "minhash": mh}
     if cfg["scope"] == "snapshot" and cfg["exact"]["enabled"]:
         with clock("cross_source"):
             run.notes["cross_source"] = count_cross_source(run, layout, ranking, parts)
@@ -156,7 +157,7 @@ def global_decisions(run, cfg: dict, clock: PhaseClock) -> dict[str, dict]:
             ctx["semantic"], ctx["semantic_dtype"] = spill.slices([sem["file"]], s), sem["dtype"]
     elif cfg["history"]:
         with clock("index_write"):
-            run.notes["index"] = write_index(run, layout, ranking, n_hist, survivors, [
+            run.notes["index"] = write_index(run, layout[:len(inputs)], ranking, n_hist, survivors, [
                 (j["out"] + ".kept.npy", j["lo"], d["kept"]) for j, d in zip(decide_jobs, decided)])
     for rel in SCRATCH_DONE + key_kinds(cfg):  # pass 3 reads only final/ and contam/
         store.remove(rel)
@@ -176,8 +177,9 @@ def count_cross_source(run, layout: list[dict], ranking: rank.Ranking, parts: in
     if refresh is not None and refresh.n:
         rel = spill.key_rel(shards, cross_source.KIND)
         staged = run.map(cross_source.stage_index, [{
-            "store": run.store, "entry": refresh.index["files"]["exact.bin"], "scratch": store, "rel": rel,
-            "records": refresh.index["files"][history.RECORDS], "bounds": spill.hash_bounds(parts)}])[0]
+            "store": run.store, "entries": history.segment_files(refresh.index, "exact.bin"), "scratch": store,
+            "rel": rel, "records": history.segment_files(refresh.index, history.RECORDS),
+            "bounds": spill.hash_bounds(parts)}])[0]
         files.append((rel, staged["offsets"]))
         names += staged["sources"]
     found = cross_source.count(run.map, store, files, parts, refresh.n if refresh is not None else 0, names)
@@ -197,23 +199,26 @@ def key_kinds(cfg: dict) -> list[str]:
     return kinds + ([band_kind(b) for b in range(cfg["minhash"]["bands"])] if cfg["minhash"]["enabled"] else [])
 
 
-def stage_index(run, refresh: history.Refresh, bounds: np.ndarray) -> dict[str, np.ndarray]:
-    """The index's key files into scratch as the last "shard" of the layout; its signatures beside them."""
-    shard = len(run.input_shards()) - len(refresh.old)  # after the new shards
-    jobs = [{"store": run.store, "scratch": run.scratch, "kind": kind, "entry": refresh.index["files"][f"{kind}.bin"],
-             "rel": spill.key_rel(shard, kind), "bounds": bounds} for kind in key_kinds(run.cfg)]
+def stage_index(run, refresh: history.Refresh, layout: list[dict], bounds: np.ndarray) -> dict[str, np.ndarray]:
+    """The index entries that share a key with a new record (``layout``: the new shards' key files), per key
+    kind, into scratch as the last "shard" of the layout."""
+    shard = len(layout)  # after the new shards
+    jobs = [{"store": run.store, "scratch": run.scratch, "kind": kind,
+             "entries": history.segment_files(refresh.index, f"{kind}.bin"), "rel": spill.key_rel(shard, kind),
+             "probe": [(spill.key_rel(s, kind), off[kind]) for s, off in enumerate(layout)], "bounds": bounds}
+            for kind in key_kinds(run.cfg)]
     layout = {r["kind"]: r["offsets"] for r in run.map(history.stage_history, jobs)}
-    if SIGNATURE_KIND in refresh.index["files"]:
-        history.stage_signatures({"store": run.store, "scratch": run.scratch, "rel": STAGED_SIGNATURES,
-                                  "entry": refresh.index["files"][SIGNATURE_KIND]})
+    log.info("%s: index probe: of %d index entries, staged by key kind %s", STAGE, refresh.n,
+             json.dumps({k: int(off[-1]) for k, off in layout.items()}))
     return layout
 
 
 def write_index(run, layout: list[dict], ranking: rank.Ranking, n_hist: int, survivors: list[str],
                 kept: list[tuple[str, int, int]]) -> dict:
-    """The dedup index of this run's output: the earlier entries plus the new records kept (in keep order), one
-    file per key kind, the signatures and the records table, all written by executor tasks. ``survivors``: per
-    node range of this run, its kept records; ``kept``: (their positions file, the range's first rank, count)."""
+    """The dedup index of this run's output: the earlier segments plus one of the new records kept (in keep
+    order): one file per key kind, the signatures and the records table, written by executor tasks. ``layout``:
+    the new shards' key files; ``survivors``: per node range of this run, its kept records; ``kept``: (their
+    positions file, the range's first rank, count)."""
     hid_base = n_hist + np.r_[0, np.cumsum([c for _, _, c in kept])].astype(np.int64)
     hids = [(rel, lo, int(base)) for (rel, lo, _), base in zip(kept, hid_base)]
     n_total = int(hid_base[-1])
@@ -229,19 +234,21 @@ def write_index(run, layout: list[dict], ranking: rank.Ranking, n_hist: int, sur
         files[f"{r['kind']}.bin"] = r["entry"]
     mh = run.cfg["minhash"]
     refresh = run.notes.get("refresh")
+    earlier = history.segments(refresh.index) if refresh is not None else []
     survived = list(zip(survivors, hid_base[:-1].tolist()))
     if mh["enabled"] and mh["verify_threshold"] is not None:
         job = {"scratch": run.scratch, "store": run.store, "num_perm": mh["bands"] * mh["rows"], "n_total": n_total,
-               "history": STAGED_SIGNATURES if refresh and n_hist else None, "survivors": survived,
+               "survivors": survived,
                "signatures": [spill.signature_rel(s) for s in range(len(ranking.rows))], "rel": f"{where}/{SIGNATURE_KIND}"}
         files[SIGNATURE_KIND] = run.map(history.write_index_signatures, [job])[0]["entry"]
     job = {"scratch": run.scratch, "store": run.store, "survivors": survivors, "sources": ranking.sources,
-           "earlier": refresh.index["files"][history.RECORDS] if refresh and n_hist else None, "added": gen,
-           "rel": f"{where}/{history.RECORDS}"}
-    files[history.RECORDS] = run.map(history.write_index_records, [job])[0]
-    log.info("%s: dedup index: %d records (%d added)", STAGE, n_total, n_total - n_hist)
-    return {"key": history.index_key(run), "generation": gen, "records": n_total, "files": dict(sorted(files.items())),
-            "fingerprint": history.index_fingerprint(files, n_total)}
+           "added": gen, "rel": f"{where}/{history.RECORDS}"}
+    files[history.RECORDS], files[history.IDS] = run.map(history.write_index_records, [job])[0], run.map(
+        history.write_index_ids, [{**job, "survivors": survived, "rel": f"{where}/{history.IDS}"}])[0]
+    segments = earlier + [{"generation": gen, "records": n_total - n_hist, "files": dict(sorted(files.items()))}]
+    log.info("%s: dedup index: %d records in %d segments (%d added)", STAGE, n_total, len(segments), n_total - n_hist)
+    return {"key": history.index_key(run), "generation": gen, "records": n_total, "segments": segments,
+            "fingerprint": history.index_fingerprint(segments)}
 
 
 def decontam_index(run) -> decontam.ContaminationIndex | None:
@@ -397,8 +404,8 @@ class DedupStage(DataStage):
                 raise RuntimeError(f"{STAGE}: shard(s) {damaged[:3]} of the previous output are missing or damaged, and "
                                    f"a refresh keeps their decisions: delete {run.out_dir} to rebuild it in full")
         gen = run.notes["index_generation"] = history.generation(run, tasks)
-        previous = ((load_manifest_if_any(run.out_dir) or {}).get("index") or {}).get("files") or {}
-        history.remove_other_indexes(run, keep={gen[:16], *(history.index_dir(e) for e in previous.values())})
+        previous = (load_manifest_if_any(run.out_dir) or {}).get("index")
+        history.remove_other_indexes(run, keep={gen[:16], *(history.segment_dirs(previous) if previous else ())})
         contexts = global_decisions(run, run.cfg, clock)
         for t in tasks:
             if t.shard in contexts:
@@ -414,8 +421,8 @@ class DedupStage(DataStage):
         out = {"decontam": decontam_report(index, run.cfg["decontam"])} if index is not None else {}
         if "index" in run.notes:
             out["index"] = run.notes["index"]
-            # The previous generation goes now (a crash before the manifest is written costs a full rebuild).
-            history.remove_other_indexes(run, keep={run.notes["index_generation"][:16]})
+            # Segments no longer in the index go now (a crash before the manifest is written costs a full rebuild).
+            history.remove_other_indexes(run, keep=history.segment_dirs(run.notes["index"]))
         if "cross_source" in run.notes:
             out["cross_source"] = run.notes["cross_source"]
         if run.notes.get("refresh") is not None:

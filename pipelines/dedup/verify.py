@@ -84,8 +84,7 @@ def _estimated(store, index: dict, pairs: np.ndarray) -> np.ndarray:
     signatures = hasher.signatures_of_shingles(np.concatenate(sets) if sets else np.zeros(0, SHINGLE), counts)
     signatures = (signatures & np.uint64(0xFFFFFFFF)).astype(history.SIG_DTYPE)
     entries, hid = np.unique(pairs["uo"], return_inverse=True)  # an index entry's "o" is its hid
-    row_dtype = np.dtype((history.SIG_DTYPE, hasher.num_perm))
-    stored = np.stack([spill.read_rows(store, index["signatures"], row_dtype, h, h + 1)[0] for h in entries.tolist()])
+    stored = history.read_signature_rows(index["store"], index["signatures"], entries, hasher.num_perm)
     return np.mean(signatures[np.searchsorted(records, pairs["v"])] == stored[hid], axis=1)
 
 
