@@ -23,7 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from pipelines.config import resolve, section
 from pipelines.pack.format import PackedDataset
-from pipelines.train import attention, distributed
+from pipelines.train import attention, distributed, step_law
 from pipelines.train.checkpoint import (average_checkpoints, load_model, load_state, recover, rng_state, save_checkpoint,
                                          set_rng_state)
 from pipelines.train.data import IGNORE, Batch, BatchStream
@@ -101,6 +101,7 @@ def train_phase(params: dict, name: str, *, stop_after: int | None = None,
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     world = distributed.init(device)
+    params = step_law.resolve(params, world.size)  # train.lr / batch_tokens: auto -> numbers
     # Process-wide torch settings, restored afterwards (tests run many stages in one process).
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
