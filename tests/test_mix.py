@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -79,17 +80,22 @@ def test_weights_and_replay(mixed):
     p2 = read_all(mix / "phase2").to_pandas()
     own = p2[p2.blend_origin == "phase2"]
     own_src = own.source.value_counts()
-    assert own_src["wikipedia"] == 3 * trainable["wikipedia"]  # weight 3.0
+    # Upsampled sources (weight > 1) get weight x their phase-1 rows: books and news 2.0 (phase-1 weight 1.0).
     assert own_src["books"] == 2 * trainable["books"]
-    # Web records enter phase 2 only as the top-quality slice (top 10% of quality_score, weight 2.0).
+    assert own_src["news"] == 2 * trainable["news"]
     blend = json.loads((mix / "blend.json").read_text())
+    anneal = blend["phases"]["phase2"]["targets"]["anneal"]
+    assert anneal["upsampled"] == ["books", "news"] and 0 < anneal["rest_scale"]
+    # The others fill the rest: wikipedia (weight 1.0) keeps about rest_scale x its rows.
+    assert abs(own_src["wikipedia"] - anneal["rest_scale"] * trainable["wikipedia"]) <= 0.35 * trainable["wikipedia"]
+    # Web records enter phase 2 only as the top-quality slice (top 10% of quality_score, weight 2.0 x rest_scale).
     tq = blend["phases"]["phase2"]["targets"]["top_quality"]
     web = records.to_pandas()
     web = web[web.source.str.startswith("cc-") & ~web.id.isin(held_ids)]
     top = set(web[web.quality_score >= tq["threshold"]].id)
     assert 0 < len(top) == tq["records"] <= 0.2 * len(web)
     own_web = own[own.source.str.startswith("cc-")]
-    assert set(own_web.id) == top and (own_web.id.value_counts() == 2).all()
+    assert set(own_web.id) <= top and own_web.id.value_counts().max() <= math.ceil(2 * anneal["rest_scale"])
     replay = p2[p2.blend_origin == "replay"]
     frac = len(replay) / p1.num_rows
     assert abs(frac - 0.2) < 0.06
@@ -99,6 +105,69 @@ def test_weights_and_replay(mixed):
     shares = [e["share"] for e in blend["phases"]["phase1"]["sources"].values()]
     assert abs(sum(shares) - 1) < 1e-9
     assert blend["excluded"]["forum"]["excluded_source"] > 0
+
+
+# Weight sets for the share rule. The second has the shape of the old default (wikipedia repeated most):
+# with weights as plain repeats (the rule before reports/science.md) books and news fall from 12.2% / 11.2%
+# of phase 1's characters to 10.6% / 9.6% of phase 2's on this data, so this case fails on the old rule.
+SHARE_RULE_WEIGHTS = [
+    None,  # params.yaml's defaults
+    {"wikipedia": 1.5, "books": 1.2, "news": 1.2, "code": 1.0, "math": 1.0, "cc-*": 1.0},
+]
+
+
+@pytest.mark.parametrize("weights", SHARE_RULE_WEIGHTS, ids=["defaults", "wikipedia_heavy"])
+def test_a_phase2_weight_above_one_raises_the_source_token_share(workspace, weights):
+    """The phase-2 rule (issue #19): every source with mix.phase2.weights w > 1 gets w x its phase-1 share of
+    phase 2 (before replay), so a larger share of the phase-2 blend and of the packed phase-2 tokens than of
+    phase 1's, whatever the other sources weigh."""
+    from tests.fixtures.pack_inputs import prepare_pack, run_pack
+
+    if weights is not None:
+        workspace.update("mix.phase2.weights", weights)
+    params = prepare_pack(workspace, per_source=40)
+    w2 = params["mix"]["phase2"]["weights"]
+    upsampled = sorted(s for s, w in w2.items() if w > 1)
+    assert upsampled
+    blend = json.loads(workspace.path("data", "mix", "blend.json").read_text())
+    chars1, chars2 = (blend["phases"][p]["sources"] for p in ("phase1", "phase2"))
+    run_pack(params)
+    tokens = json.loads(workspace.path("data", "pack", "pack.json").read_text())["phases"]
+    for s in upsampled:
+        assert chars2[s]["share"] > chars1[s]["share"], (s, chars1[s]["share"], chars2[s]["share"])
+        assert tokens["phase2"]["token_share"][s] > tokens["phase1"]["token_share"][s], s
+    expected = blend["phases"]["phase2"]["targets"]["anneal"]["expected_share_before_replay"]
+    for s in upsampled:
+        assert expected[s]["phase2_share"] == pytest.approx(w2[s] * expected[s]["phase1_share"])
+    # Everything else shares what is left: the expected phase-2 shares add up to 1.
+    assert sum(e["phase2_share"] for e in expected.values()) == pytest.approx(1.0)
+
+
+def test_phase2_weights_that_cannot_fit_stop_the_mix(workspace):
+    """w x phase-1 share over the upsampled sources must stay under 1: more is an error, not a silent rescale."""
+    build_select(workspace.root, per_source=20)
+    params = workspace.update("mix.phase2.weights", {"wikipedia": 6.0, "books": 6.0, "news": 6.0})
+    with pytest.raises(ValueError, match="upsampled sources .* would need"):
+        _run(params)
+
+
+def test_anneal_weights_multiply_the_phase1_share():
+    """The rule on numbers: a (w=2, 10% of phase 1) -> 20%; b (w=1) and c (w=0.5, half of b's weight) fill 80%."""
+    import numpy as np
+
+    from pipelines.mix.plan import anneal_weights
+
+    w1 = np.array([1.0, 1.0, 1.0, 0.0])
+    w2 = np.array([2.0, 1.0, 0.5, 3.0])
+    chars = np.array([100.0, 600.0, 300.0, 50.0])
+    sources = np.array(["a", "b", "c", "d"], dtype=object)
+    out, info = anneal_weights(w1, w2, chars, np.ones(4, bool), w2 > 1, sources)
+    shares = info["expected_share_before_replay"]
+    assert shares["a"] == pytest.approx({"phase1_share": 0.1, "phase2_share": 0.2})
+    assert shares["b"]["phase2_share"] == pytest.approx(0.8 * 600 / 750)
+    assert shares["c"]["phase2_share"] == pytest.approx(0.8 * 150 / 750)
+    assert out[0] == 2.0 and out[3] == 0.0  # d: not in phase 1 (weight 0), so not in phase 2 either
+    assert info["rest_scale"] == pytest.approx(800 / 750)
 
 
 def test_weight_two_doubles_rows_and_fraction_is_about_right(workspace):
@@ -113,8 +182,10 @@ def test_weight_two_doubles_rows_and_fraction_is_about_right(workspace):
     news_trainable = 60 - sum(1 for i in held if i in {make_record_id("news", str(k)) for k in range(60)})
     assert 0.1 * news_trainable <= (p1.source == "news").sum() <= 0.5 * news_trainable
     stats = read_shard(workspace.path("data", "mix", "_stats.parquet")).to_pandas()
-    # news records that drew no phase-1 copy still train in phase 2 (weight 2.0): nothing subsampled.
-    assert stats.drop__subsampled.sum() == 0
+    # Phase 2 multiplies the phase-1 weight (news: 0.3 x 2.0): only news records can draw no copy in either phase.
+    removed = read_all(workspace.path("data", "mix", "removed")).to_pandas()
+    assert set(removed[removed.drop_reason == "subsampled"].source) <= {"news"}
+    assert stats.drop__subsampled.sum() == (removed.drop_reason == "subsampled").sum()
     # "forum" now matches "*": nothing excluded.
     assert stats.drop__excluded_source.sum() == 0
 
@@ -221,9 +292,12 @@ def test_searched_phase1_realises_domain_shares_and_gate_checks_them(workspace):
     rec = records.to_pandas().assign(domain=domain)
     for cl, bonus in (("cluster_0", 1), ("cluster_1", 0)):
         members = rec[(rec.domain == cl) & ~rec.id.isin(held)]
+        # Phase-2 weight: bonus + 2 (top quality), x the record's phase-1 weight, x the rest's scale.
         want = {i: bonus + 2 * (q >= tq["threshold"]) for i, q in zip(members.id, members.quality_score)}
         got = own[own.mix_domain == cl].id.value_counts().to_dict()
-        assert got == {i: n for i, n in want.items() if n}, cl
+        assert set(got) <= {i for i, n in want.items() if n}, cl
+    assert set(own[own.mix_domain == "cluster_0"].id) - {i for i, q in zip(rec.id, rec.quality_score)
+                                                         if q >= tq["threshold"]}, "cluster bonus unused"
     # Realised vs target per domain in phase 2 too (upsampled slices + replay), within tolerance.
     d2 = blend["phases"]["phase2"]["domains"]
     assert {"cluster_0", "cluster_1", "wikipedia"} <= set(d2)

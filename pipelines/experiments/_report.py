@@ -143,8 +143,46 @@ def wall_time(runs: list[dict]) -> dict:
             "total_s": round(sum(s for _, s in phase1) + sum(r["train_s"] + r["eval_s"] for r in runs), 1)}
 
 
+def paired_by_source(runs: list[dict], pairs: list[tuple[str, str]]) -> dict[str, dict]:
+    """"arm - baseline" -> {source: paired delta interval}, largest mean first (every source and the mean)."""
+    out = {}
+    for arm, baseline in pairs:
+        srcs = sorted({s for r in runs if r["arm"] == arm for s in r["bpb"]}) + [MEAN]
+        deltas = {s: paired_delta(runs, arm, baseline, s) for s in srcs}
+        deltas = {s: d.as_dict() for s, d in deltas.items() if d is not None}
+        if deltas:
+            out[f"{arm} - {baseline}"] = dict(sorted(deltas.items(), key=lambda kv: -kv[1]["mean"]))
+    return out
+
+
+def sessions(runs: list[dict]) -> list[dict]:
+    """Which arms each session measured (``measured_at``; runs from before sessions were recorded: None),
+    with that session's wall time."""
+    by: dict = defaultdict(list)
+    for r in runs:
+        by[r.get("measured_at")].append(r)
+    return [{"measured_at": at, "arms": {a: sum(1 for r in rs if r["arm"] == a) for a in sorted({r["arm"] for r in rs})},
+             "wall_time": wall_time(rs)} for at, rs in sorted(by.items(), key=lambda kv: kv[0] or "")]
+
+
+def reproduced(runs: list[dict]) -> dict[str, dict]:
+    """Arms measured again over a cached run (``--rerun``): the largest |new - cached| bpb over sources and
+    the mean, per arm."""
+    out: dict[str, dict] = {}
+    for r in runs:
+        prev = r.get("previous")
+        if not prev:
+            continue
+        diffs = [abs(r["bpb_mean"] - prev["bpb_mean"])] + [abs(v - prev["bpb"][s]) for s, v in r["bpb"].items()
+                                                           if s in prev.get("bpb", {})]
+        e = out.setdefault(r["arm"], {"runs": 0, "max_abs_diff": 0.0, "previous_measured_at": prev.get("measured_at")})
+        e["runs"] += 1
+        e["max_abs_diff"] = max(e["max_abs_diff"], max(diffs))
+    return out
+
+
 def summarize(runs: list[dict], params: dict, main_config: dict, total_steps: int,
-              token_share: dict | None = None) -> dict:
+              token_share: dict | None = None, superseded: list[dict] | None = None) -> dict:
     intervals = arm_intervals(runs)
     cells = sweep_table(runs, intervals, main_config)
     tp = params["train"]
@@ -166,6 +204,12 @@ def summarize(runs: list[dict], params: dict, main_config: dict, total_steps: in
         "sweep_best": best_sweep_cell(runs, cells, intervals),
         "heldout_precision": heldout_precision(runs),
         "wall_time": wall_time(runs),
+        "sessions": sessions(runs),
+        "paired_by_source": paired_by_source(runs, [("anneal", "decay_phase1")]),
+        "reproduced": reproduced(runs),
+        "superseded": {a: {"seeds": sorted(r["seed"] for r in superseded if r["arm"] == a),
+                           "measured_at": sorted({r.get("measured_at") or "" for r in superseded if r["arm"] == a})}
+                       for a in sorted({r["arm"] for r in superseded or []})},
         "runs": sorted(runs, key=lambda r: (r["arm"], r["seed"])),
     }
 
@@ -265,6 +309,14 @@ def paired_note(claim: dict) -> str:
     return ""
 
 
+def side(claim: dict) -> str:
+    """ "; paired interval below 0" when the paired delta excludes 0 (either side)."""
+    d = claim["paired_delta"]
+    if not d or d["half_width"] is None:
+        return ""
+    return "; paired interval below 0" if d["high"] < 0 else "; paired interval above 0" if d["low"] > 0 else ""
+
+
 def reading(summary: dict) -> list[str]:
     """What the numbers say, claim by claim, in sentences built from the verdicts (no hand-written numbers)."""
     out = []
@@ -289,7 +341,12 @@ def reading(summary: dict) -> list[str]:
                       if ("anneal", "decay_phase1", src) in by]
         if per_source:
             out.append("  Per source with phase-2 weight > 1 (paired delta, anneal − decay on phase-1 data): "
-                       + "; ".join(f"{c['source']} {_fmt(c['paired_delta'])} ({c['verdict']})" for c in per_source) + ".")
+                       + "; ".join(f"{c['source']} {_fmt(c['paired_delta'])} ({c['verdict']}{side(c)})"
+                                   for c in per_source) + ".")
+        every = summary.get("paired_by_source", {}).get("anneal - decay_phase1")
+        if every:
+            out.append("  Every source, paired delta (anneal − decay on phase-1 data), largest rise first: "
+                       + "; ".join(f"{src} {_fmt(iv)}" for src, iv in every.items()) + ".")
         if diluted:
             out.append(f"  Measured explanation: `mix.phase2.weights` repeat records, and every source is repeated, so "
                        f"what counts is a source's *share* of the anneal's tokens. {', '.join(diluted)} "
@@ -325,6 +382,35 @@ def reading(summary: dict) -> list[str]:
     return out
 
 
+def provenance(summary: dict) -> list[str]:
+    """Which session measured which arms (and its wall time), which arms were re-measured and reproduced, and
+    which cached arms were superseded by a data change and are not in this report."""
+    out = []
+    for sess in summary.get("sessions") or []:
+        wt = sess["wall_time"]
+        when = sess["measured_at"] or "an earlier session (before runs recorded their session)"
+        reused = " (the phase-1 checkpoints of an earlier session reused)" if wt["phase1_s"] < 1 else ""
+        out.append(f"  - Measured {when}: {', '.join(f'{a} ({n} seeds)' for a, n in sess['arms'].items())}; "
+                   f"{wt['total_s'] / 60:.1f} min (phase 1 {wt['phase1_s'] / 60:.1f}{reused}, branches "
+                   f"{wt['branches_s'] / 60:.1f}, scoring {wt['eval_s'] / 60:.1f}).")
+    for arm, e in (summary.get("reproduced") or {}).items():
+        out.append(f"  - `{arm}` re-measured over {e['runs']} cached runs: largest |difference| in bpb over sources "
+                   f"and the mean {e['max_abs_diff']:.2e}"
+                   + (" (reproduced: same data, same phase-1 checkpoints)." if e["max_abs_diff"] < 1e-6 else "."))
+    sup = summary.get("superseded") or {}
+    current = set(summary["arms"])
+    redone = [a for a in sup if a in current]
+    gone = [a for a in sup if a not in current]
+    if redone:
+        out.append(f"  - Re-run on the current data, replacing runs on earlier data: {', '.join(f'`{a}`' for a in redone)}.")
+    if gone:
+        out.append("  - Not in this report (their training data changed since they were measured, and they were not "
+                   f"re-run): {', '.join(f'`{a}`' for a in gone)}.")
+    if sup:
+        out.append("  The replaced runs stay in models/science/runs.json under `superseded`.")
+    return out
+
+
 def markdown(summary: dict, png_name: str | None) -> str:
     s = summary["setup"]
     seeds = {a: len(v["seeds"]) for a, v in summary["arms"].items()}
@@ -356,12 +442,15 @@ def markdown(summary: dict, png_name: str | None) -> str:
         f"- Seeds per arm: {', '.join(f'{a} {n}' for a, n in sorted(seeds.items()))}. A seed sets the model's init "
         "and the data order; every arm of a seed branches from the same phase-1 checkpoint and ends on the same step.",
         f"- Phase-2 blend (the product's params): weights {s['phase2_weights']}, replay fraction "
-        f"{s['replay_fraction']}; upsampled sources: {', '.join(s['upsampled_sources'])}.",
+        f"{s['replay_fraction']}; upsampled sources: {', '.join(s['upsampled_sources'])}. The rule "
+        "(docs/params.md): a phase-2 weight multiplies the source's phase-1 share; the sources with weight ≤ 1 "
+        "fill the rest.",
         f"- Held-out: every held-out document of every source (`mix.min_heldout_per_source: "
         f"{s['min_heldout_per_source']}`), first {s['max_tokens_per_doc']} tokens of each.",
         f"- Wall time of the heavy runs: {wt['total_s'] / 60:.1f} min on 1 thread of a shared 2-core CPU "
         f"(phase 1 {wt['phase1_s'] / 60:.1f} min, branches {wt['branches_s'] / 60:.1f} min, "
-        f"scoring {wt['eval_s'] / 60:.1f} min).",
+        f"scoring {wt['eval_s'] / 60:.1f} min), over the sessions below.",
+        *provenance(summary),
         "",
         "## Claims",
         "",

@@ -48,7 +48,8 @@ def shuffle_order(ids: list[str], copy: np.ndarray, seed, purpose: str) -> np.nd
 
 
 def phase2_weights(table: pa.Table, held: np.ndarray, cfg: dict) -> tuple[np.ndarray, dict]:
-    """Per-record phase-2 weight (source weight + top-quality bonus + target-cluster bonus) and what was chosen."""
+    """Per-record phase-2 bonus weight (source weight + top-quality bonus + target-cluster bonus) and what
+    was chosen: the raw weights ``anneal_weights`` turns into copies."""
     ids, sources = table.column("id").to_pylist(), table.column("source").to_pylist()
     distinct = set(sources)  # pattern matching once per source, not per record
     src_w2 = {s: weight_for(s, cfg["weights"]["phase2"]) or 0.0 for s in distinct}
@@ -79,6 +80,37 @@ def phase2_weights(table: pa.Table, held: np.ndarray, cfg: dict) -> tuple[np.nda
     return w2, info
 
 
+def anneal_weights(w1: np.ndarray, w2: np.ndarray, chars: np.ndarray, trainable: np.ndarray,
+                   upsampled: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The phase-2 rule: a phase-2 weight multiplies a record's phase-1 share.
+
+    Sizes are characters (the mix stage never tokenises). Phase 2 (before the replay slice) holds as many
+    characters as phase 1 is expected to. A source with phase-2 weight w > 1 (``upsampled``) gets exactly
+    w x its phase-1 characters, so its share of phase 2 is w x its phase-1 share; every other record fills
+    what is left in proportion to phase-1 weight x phase-2 weight (source weight + bonuses). So a weight
+    > 1 always raises the source's share (the replay slice has phase-1 shares, so it only dilutes the rise),
+    and a weight set the upsampled sources cannot fit into phase 2 (sum of w x phase-1 share > 1) is an error.
+    Returns the per-record expected copies in phase 2 and the accounting for blend.json."""
+    base = w1 * chars * trainable  # expected phase-1 characters per record
+    raw = w1 * w2 * chars * trainable
+    total, up = float(base.sum()), float(raw[upsampled].sum())
+    rest = float(raw[~upsampled].sum())
+    if total > 0 and up > total * (1 + 1e-12):
+        shares = {s: round(float(raw[upsampled & (sources == s)].sum()) / total, 4) for s in sorted(set(sources[upsampled]))}
+        raise ValueError(f"params mix.phase2.weights: the upsampled sources (weight > 1) would need {up / total:.1%} of "
+                         f"phase 2 (weight x phase-1 share: {shares}); lower their weights so the sum stays under 100%")
+    scale = (total - up) / rest if rest > 0 else 0.0
+    out = np.where(upsampled, w1 * w2, w1 * w2 * scale)
+    per_source = {}
+    for s in sorted(set(sources[trainable])):
+        sel = sources == s
+        per_source[s] = {"phase1_share": float(base[sel].sum()) / total if total else 0.0,
+                         "phase2_share": float((out * chars * trainable)[sel].sum()) / total if total else 0.0}
+    return out, {"rule": "weight x phase-1 share; the rest rescaled to fill phase 2", "rest_scale": scale,
+                 "phase1_chars": total, "upsampled": sorted(set(sources[upsampled & trainable])),
+                 "expected_share_before_replay": per_source}
+
+
 def plan(table: pa.Table, cfg: dict, held: np.ndarray | None = None) -> dict:
     """Decide every record's fate: held out, rows in each phase, or dropped (with reason).
 
@@ -93,8 +125,19 @@ def plan(table: pa.Table, cfg: dict, held: np.ndarray | None = None) -> dict:
     else:
         held = held.copy()  # updated below (duplicate / empty records are not held out)
     src_w = {s: weight_for(s, w1s) for s in set(sources)}
-    w2_rec, phase2_info = phase2_weights(table, held, cfg)
     searched = cfg.get("searched")  # {"record_weight": {id: phase-1 weight}} when phase1.source = searched
+    chars = table.column("chars").to_numpy(zero_copy_only=False).astype(np.float64)
+    first: dict[str, int] = {}
+    trainable = ~held & (chars > 0) & np.asarray([first.setdefault(r, i) == i for i, r in enumerate(ids)], dtype=bool)
+    if searched is not None:
+        w1_rec = np.asarray([searched["record_weight"].get(r, 0.0) for r in ids], dtype=np.float64)
+    else:
+        w1_rec = np.asarray([src_w[s] or 0.0 for s in sources], dtype=np.float64)
+    src_w2 = {s: weight_for(s, cfg["weights"]["phase2"]) or 0.0 for s in set(sources)}
+    upsampled = np.asarray([src_w2[s] > 1.0 for s in sources], dtype=bool)
+    w2_raw, phase2_info = phase2_weights(table, held, cfg)
+    w2_rec, phase2_info["anneal"] = anneal_weights(w1_rec, w2_raw, chars, trainable, upsampled,
+                                                   np.asarray(sources, dtype=object))
 
     p1_rows, p1_copy = [], []
     p2_rows, p2_copy, p2_replay = [], [], []
@@ -116,9 +159,8 @@ def plan(table: pa.Table, cfg: dict, held: np.ndarray | None = None) -> dict:
         if held[i]:
             reasons[i] = "heldout"
             continue
-        w1, w2 = src_w[src], float(w2_rec[i])
-        if searched is not None:
-            w1 = searched["record_weight"].get(rid, 0.0)
+        w1 = float(w1_rec[i]) if searched is not None or src_w[src] is not None else None
+        w2 = float(w2_rec[i])
         n1 = copies(w1, seed, rid, "phase1") if w1 else 0
         n2 = copies(w2, seed, rid, "phase2") if w2 else 0
         replayed = [c for c in range(n1) if unit_hash(seed, rid, c, "replay") < cfg["replay_fraction"]]

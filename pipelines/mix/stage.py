@@ -3,11 +3,13 @@
 1. Held-out split per source by a hash of the id (never trained on).
 2. Phase 1 (diverse): every other record repeated per ``mix.phase1.weights``.
 3. Phase 2 (anneal): high-quality slices upsampled plus a replay slice of phase-1 rows
-   (each joins with probability ``replay_fraction``). A record's phase-2 weight is the sum
-   of its source's ``mix.phase2.weights`` (curated sources), ``top_quality.weight`` when its
+   (each joins with probability ``replay_fraction``). A phase-2 weight multiplies the phase-1
+   share (``plan.anneal_weights``): phase 2 holds as many characters as phase 1, a source with
+   ``mix.phase2.weights`` w > 1 gets w x its phase-1 characters, and every other record fills the
+   rest in proportion to its phase-1 weight x (its source's weight + ``top_quality.weight`` when its
    quality_score is in the top ``top_quality.fraction`` of its group (web sources by default)
-   and, with the searched phase-1 mixture, ``clusters.weight`` when its web cluster is one of
-   the ``clusters.top`` clusters the search weighted most (the target-domain clusters).
+   + with the searched phase-1 mixture, ``clusters.weight`` when its web cluster is one of
+   the ``clusters.top`` clusters the search weighted most (the target-domain clusters)).
    With the searched mixture, every blend row carries its domain (``mix_domain``) and
    ``blend.json`` holds realised vs target shares per source and per domain for both phases.
 
