@@ -12,6 +12,9 @@ from pipelines.core.atomic import write_bytes_atomic, write_json_atomic
 from pipelines.experiments._ci import SHOWN, Interval, lower_is_shown, t_interval
 
 MAIN_ARMS = ("constant", "decay_phase1", "anneal", "anneal_no_replay")
+# Sections of reports/science.md that other experiments write (python -m pipelines.experiments <name>): kept
+# as they are when this report is regenerated.
+OTHER_SECTIONS = ("## Data Mixture Inference audit",)
 ARM_TEXT = {
     "constant": "constant LR on the phase-1 pack (no decay)",
     "decay_phase1": "LR decay on the phase-1 pack (the schedule alone)",
@@ -516,4 +519,11 @@ def write(summary: dict, out: Path) -> None:
     png = figure(summary)
     if png:
         write_bytes_atomic(out.with_suffix(".png"), png)
-    write_bytes_atomic(out.with_suffix(".md"), markdown(summary, out.with_suffix(".png").name if png else None).encode())
+    text = markdown(summary, out.with_suffix(".png").name if png else None)
+    old = out.with_suffix(".md").read_text() if out.with_suffix(".md").exists() else ""
+    for title in OTHER_SECTIONS:
+        start = old.find(title)
+        if start >= 0:
+            end = old.find("\n## ", start + len(title))
+            text = text.rstrip("\n") + "\n\n" + (old[start:end + 1] if end >= 0 else old[start:])
+    write_bytes_atomic(out.with_suffix(".md"), text.encode())

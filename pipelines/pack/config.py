@@ -19,6 +19,7 @@ def pack_config(params: dict) -> dict:
         "tokenizer_dir": cfg.get("tokenizer_dir") or None,
         "meco": bool(cfg.get("meco", False)),
         "seed": params.get("seed"),
+        "mixture_audit": mixture_audit_config(cfg.get("mixture_audit")),
     }
     if out["packing"] not in PACKINGS:
         raise ValueError(f"params pack.packing must be one of {PACKINGS}, got {out['packing']!r}")
@@ -26,4 +27,23 @@ def pack_config(params: dict) -> dict:
                            ("max_seq", "max_seq_per_shard", 1), ("batch_docs", "encode_batch_docs", 1)):
         if out[key] < low:
             raise ValueError(f"params pack.{name} must be >= {low}, got {out[key]}")
+    return out
+
+
+def mixture_audit_config(cfg: dict | None) -> dict:
+    """``pack.mixture_audit``: infer the tokenizer's training mixture from its merges (pipelines/pack/mixture_audit.py)."""
+    cfg = cfg or {}
+    out = {
+        "enabled": bool(cfg.get("enabled", True)),
+        "merges": int(cfg.get("merges", 100)),
+        "top_pairs": int(cfg.get("top_pairs", 50)),
+        "sample_chars_per_source": int(cfg.get("sample_chars_per_source", 100_000)),
+        "warn_at": float(cfg.get("warn_at", 0.15)),
+    }
+    for key, low in (("merges", 1), ("top_pairs", 1), ("sample_chars_per_source", 1)):
+        if out[key] < low:
+            raise ValueError(f"params pack.mixture_audit.{key} must be >= {low}, got {out[key]}")
+    if not 0 <= out["warn_at"] <= 1:
+        raise ValueError(f"params pack.mixture_audit.warn_at must be in [0, 1] (a total-variation distance), "
+                         f"got {out['warn_at']}")
     return out

@@ -95,14 +95,11 @@ def check_one_text_per_id(parts: list[dict]) -> None:
                 raise ValueError(f"pack: record {rid} appears with two different texts (ids must be unique)")
 
 
-def tokenizer_sample(run, refs, max_chars: int) -> list[str]:
-    """Unique phase-1 documents in id order until ``max_chars`` (the last one cut to fit): the same sample as
-    ``tokenizer.sample_texts`` over the whole blend, but only the sampled texts ever reach the driver."""
-    parts = run.map(_id_lengths, [ref.uri for ref in refs])
-    length_of: dict[str, int] = {}
-    for ids, lengths in parts:
-        for i, n in zip(ids, lengths):
-            length_of.setdefault(i, n)
+def tokenizer_sample(run, refs, max_chars: int) -> tuple[list[str], list[str]]:
+    """(texts, their sources): unique phase-1 documents in id order until ``max_chars`` (the last one cut to
+    fit): the same sample as ``tokenizer.sample_texts`` over the whole blend, but only the sampled texts ever
+    reach the driver."""
+    length_of, _ = _lengths_and_sources(run, refs)
     chosen: dict[str, int] = {}  # id -> characters taken
     budget = max_chars
     for i in sorted(length_of):
@@ -111,23 +108,79 @@ def tokenizer_sample(run, refs, max_chars: int) -> list[str]:
         take = min(length_of[i], budget)
         chosen[i] = take
         budget -= take
-    found: dict[str, str] = {}
+    found = _fetch(run, refs, chosen)
+    picked = sorted(chosen.items())
+    return [found[i][0][:n] for i, n in picked], [found[i][1] for i, _ in picked]
+
+
+AUDIT_PIECE_CHARS = 1000
+
+
+def audit_sample(run, refs, chars_per_source: int) -> dict[str, list[str]]:
+    """Per source, about ``chars_per_source`` of its unique phase-1 text for the mixture audit to count pairs
+    on: every k-th ``AUDIT_PIECE_CHARS`` piece of every document (k per source, the offset a hash of the id),
+    so a source of a few long documents is sampled across all of them, not by its first one. Workers cut the
+    pieces; only the sample reaches the driver."""
+    length_of, source_of = _lengths_and_sources(run, refs)
+    total: dict[str, int] = {}
+    for i, n in length_of.items():
+        total[source_of[i]] = total.get(source_of[i], 0) + n
+    stride = {s: max(1, -(-c // chars_per_source)) for s, c in total.items()}
+    found: dict[str, tuple[str, list[str]]] = {}
+    for part in run.map(_audit_pieces, [(ref.uri, stride) for ref in refs]):
+        for i, v in part.items():
+            found.setdefault(i, v)
+    by_source: dict[str, list[str]] = {}
+    for i in sorted(found):
+        source, pieces = found[i]
+        by_source.setdefault(source, []).extend(pieces)
+    return {s: by_source[s] for s in sorted(by_source) if by_source[s]}
+
+
+def _audit_pieces(job: tuple[str, dict[str, int]]) -> dict[str, tuple[str, list[str]]]:
+    uri, stride = job
+    t = read_shard(uri, ["id", "source", "text"])
+    out: dict[str, tuple[str, list[str]]] = {}
+    for i, s, text in zip(t.column("id").to_pylist(), t.column("source").to_pylist(), t.column("text").to_pylist()):
+        if i in out or not text:
+            continue
+        k = stride[s]
+        offset = int.from_bytes(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "big") % k
+        out[i] = (s, [text[j:j + AUDIT_PIECE_CHARS] for j in range(0, len(text), AUDIT_PIECE_CHARS)
+                      if (j // AUDIT_PIECE_CHARS + offset) % k == 0])
+    return out
+
+
+def _lengths_and_sources(run, refs) -> tuple[dict[str, int], dict[str, str]]:
+    length_of: dict[str, int] = {}
+    source_of: dict[str, str] = {}
+    for ids, sources, lengths in run.map(_id_lengths, [ref.uri for ref in refs]):
+        for i, s, n in zip(ids, sources, lengths):
+            length_of.setdefault(i, n)
+            source_of.setdefault(i, s)
+    return length_of, source_of
+
+
+def _fetch(run, refs, chosen: dict[str, int]) -> dict[str, tuple[str, str]]:
+    found: dict[str, tuple[str, str]] = {}
     for part in run.map(_texts_of, [(ref.uri, chosen) for ref in refs]):
         for i, t in part.items():
             found.setdefault(i, t)
-    return [found[i][:n] for i, n in sorted(chosen.items())]
+    return found
 
 
-def _id_lengths(uri: str) -> tuple[list[str], list[int]]:
-    t = read_shard(uri, ["id", "text"])
+def _id_lengths(uri: str) -> tuple[list[str], list[str], list[int]]:
+    t = read_shard(uri, ["id", "source", "text"])
     import pyarrow.compute as pc
 
-    return t.column("id").to_pylist(), pc.fill_null(pc.utf8_length(t.column("text")), 0).to_pylist()
+    return (t.column("id").to_pylist(), t.column("source").to_pylist(),
+            pc.fill_null(pc.utf8_length(t.column("text")), 0).to_pylist())
 
 
-def _texts_of(job: tuple[str, dict[str, int]]) -> dict[str, str]:
+def _texts_of(job: tuple[str, dict[str, int]]) -> dict[str, tuple[str, str]]:
     uri, chosen = job
-    t = read_shard(uri, ["id", "text"])
+    t = read_shard(uri, ["id", "source", "text"])
     mask = pa.array([i in chosen for i in t.column("id").to_pylist()])
     t = t.filter(mask)
-    return dict(zip(t.column("id").to_pylist(), t.column("text").to_pylist()))
+    return {i: (text, s) for i, text, s in zip(t.column("id").to_pylist(), t.column("text").to_pylist(),
+                                                 t.column("source").to_pylist())}

@@ -1,6 +1,8 @@
 """check_pack: every file matches the manifest; per phase, the token arrays, index.json, lineage.parquet
 and pack.json agree to the token (padding only as a tail, every document whole, no needless splits), the
-fill ratio is above its floor, and each source's token share is near its share of the blend."""
+fill ratio is above its floor, and each source's token share is near its share of the blend. A warning
+(not a failure) when the mixture audit's inferred source shares are more than ``pack.mixture_audit.warn_at``
+from the tokenizer sample's."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +13,9 @@ from pipelines import stages
 from pipelines.checks import inputs
 from pipelines.checks.gx_runner import import_gx
 from pipelines.checks.suites import Batch, GatePlan, stage_checks
+from pipelines.pack.config import mixture_audit_config
 from pipelines.pack.measure import measure_phase, phase_summaries, token_share_rows
+from pipelines.pack.mixture_audit import mixture_warning
 
 PACK_PHASES = ("phase1", "phase2")
 
@@ -29,7 +33,8 @@ def plan(params: dict, root: Path) -> GatePlan:
     # The manifest lists every token shard, index, lineage and tokenizer file with its sha256.
     gate = GatePlan(file_checks=[inputs.file_exists(pack_dir / "pack.json", root),
                                  inputs.verify_manifest(pack_dir, root, params)])
-    summaries = phase_summaries(inputs.load_json(pack_dir / "pack.json"))
+    pack_summary = inputs.load_json(pack_dir / "pack.json")
+    summaries = phase_summaries(pack_summary)
     phase_rows, shard_rows = [], []
     for phase in PACK_PHASES:
         row, shards = measure_phase(pack_dir / phase, phase, summaries.get(phase))
@@ -60,6 +65,10 @@ def plan(params: dict, root: Path) -> GatePlan:
         gate.batches.append(Batch("token_shares", pd.DataFrame(shares), [
             E.ExpectColumnValuesToBeBetween(column="share_error", min_value=0, max_value=tolerance),
         ], ["phase", "source"]))
+    mixture = pack_summary.get("mixture_audit") if isinstance(pack_summary, dict) else None
+    warning = mixture_warning(mixture, mixture_audit_config((params.get("pack") or {}).get("mixture_audit"))["warn_at"])
+    if warning:
+        gate.warnings.append(warning)
     gate.batches.append(Batch("token_shards", shards, [
         E.ExpectTableRowCountToBeBetween(min_value=1),
         E.ExpectColumnValuesToBeNull(column="problem"),

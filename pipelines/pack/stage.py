@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,10 @@ from pipelines.core.hashing import sha256_file
 from pipelines.core.stats import ShardStats
 from pipelines.core.store import fetch_uri
 from pipelines.pack.config import pack_config
-from pipelines.pack.documents import check_one_text_per_id, encode_shard, tokenizer_sample, tokens_rel
+from pipelines.mix.report import blend_rows
+from pipelines.pack.documents import audit_sample, check_one_text_per_id, encode_shard, tokenizer_sample, tokens_rel
 from pipelines.pack.format import INDEX, token_dtype
+from pipelines.pack.mixture_audit import audit, auditable, byte_shares, infer_shares
 from pipelines.pack.sequences import (
     Rows, lineage_table, phase_summary, place, shard_contexts, shuffled_sequences, write_token_shard,
 )
@@ -76,12 +79,13 @@ class PackStage(DataStage):
         everything = {**self.input_fingerprints(run), **self.external_inputs(run)}
         tok_dir = run.out_dir / TOKENIZER_DIR
         sample: list[str] = []
+        sample_sources: list[str] = []
         if cfg["tokenizer_dir"]:
             import_tokenizer(resolve(cfg["tokenizer_dir"], allow_outside=True), tok_dir)
         else:
             if not run.input_shards("phase1"):
                 raise ValueError("pack: data/mix/phase1 is empty: nothing to train the tokenizer on")
-            sample = tokenizer_sample(run, run.input_shards("phase1"), cfg["sample_chars"])
+            sample, sample_sources = tokenizer_sample(run, run.input_shards("phase1"), cfg["sample_chars"])
             if not sample:
                 raise ValueError("pack: data/mix/phase1 is empty: nothing to train the tokenizer on")
             save_tokenizer(train_tokenizer(iter(sample), cfg["vocab_size"]), tok_dir)
@@ -93,7 +97,10 @@ class PackStage(DataStage):
         tokenizer = {"uri": run.artifact_uri(f"{TOKENIZER_DIR}/tokenizer.json"),
                      "sha256": run.artifacts[f"{TOKENIZER_DIR}/tokenizer.json"]["sha256"]}
         dtype = token_dtype(vocab_size)
-        run.notes.update(eos_id=eos_id, pad_id=pad_id, vocab_size=vocab_size, sample=sample, phases={}, stats=[])
+        mixture = mixture_audit(run, tok_dir / "tokenizer.json", sample, sample_sources) \
+            if cfg["mixture_audit"]["enabled"] else None
+        run.notes.update(eos_id=eos_id, pad_id=pad_id, vocab_size=vocab_size, sample=sample, phases={}, stats=[],
+                         mixture_audit=mixture)
 
         tasks = []
         for number, phase in enumerate(PHASES, start=1):
@@ -161,6 +168,8 @@ class PackStage(DataStage):
             "tokenizer_sample": {"docs": len(sample), "chars": sum(len(t) for t in sample)},
             "phases": {p: notes["phases"][p]["summary"] for p in PHASES},
         }
+        if notes["mixture_audit"] is not None:
+            summary["mixture_audit"] = notes["mixture_audit"]
         run.write_artifact(SUMMARY, lambda tmp: write_json_atomic(tmp, summary))
         return {}
 
@@ -174,3 +183,25 @@ class PackStage(DataStage):
         phases = summary["phases"]
         return {"stage": "pack", **{p: phases[p]["n_seq"] for p in PHASES},
                 "fill_ratio": {p: round(phases[p]["fill_ratio"], 4) for p in PHASES}}
+
+
+def mixture_audit(run, tokenizer_json: Path, sample: list[str], sample_sources: list[str]) -> dict:
+    """Data Mixture Inference on the tokenizer's merges vs the source shares (in bytes) of what it was trained
+    on: the tokenizer sample, or for an imported tokenizer the phase-1 blend's (character) shares."""
+    acfg, started = run.cfg["mixture_audit"], time.monotonic()
+    if not auditable(tokenizer_json):
+        return {"skipped": "not a byte-level BPE without a normalizer: its merges cannot be replayed"}
+    blend_path = run.input_dir / "blend.json" if run.input_dir is not None else None
+    blend = {r["source"]: r["share"] for r in blend_rows(json.loads(blend_path.read_text()))
+             if r["phase"] == "phase1" and r["share"] is not None} if blend_path and blend_path.exists() else None
+    texts = audit_sample(run, run.input_shards("phase1"), acfg["sample_chars_per_source"])
+    if not texts:
+        return {"skipped": "data/mix/phase1 is empty"}
+    inferred = infer_shares(tokenizer_json, texts, acfg["merges"], acfg["top_pairs"])
+    inferred.pop("seconds")  # pack.json stays a function of its inputs
+    actual, actual_from = (byte_shares(sample, sample_sources), "tokenizer_sample") if sample else (blend, "blend")
+    result = {**audit(inferred, actual or {}, acfg["warn_at"], blend), "actual_from": actual_from}
+    log.log(logging.WARNING if result["warn"] else logging.INFO,
+            "pack: mixture audit: inferred vs %s shares differ by %.4f (total variation; warn at %.2f), %.1fs",
+            actual_from, result["total_variation"], acfg["warn_at"], time.monotonic() - started)
+    return result
