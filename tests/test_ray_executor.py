@@ -135,6 +135,15 @@ def test_task_exceptions_are_not_retried(ray_executor, tmp_path):
     assert len(list(tmp_path.glob("attempt-*"))) == 1  # retry_exceptions=False: ran once
 
 
+def test_a_failed_map_returns_only_when_none_of_its_tasks_is_running(ray_executor, tmp_path):
+    """The failing task's error, raised after the other tasks finished (no ray.cancel: its race with a task's
+    reply crashed this very driver with a Ray check failure)."""
+    tasks = [{"index": 0, "fail": True}, *({"index": i, "sleep": 2.0, "dir": str(tmp_path)} for i in (1, 2))]
+    with pytest.raises(ValueError, match="bad shard 0"):
+        ray_executor.map(ray_tasks.fail_or_finish_later, tasks)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["finished-1", "finished-2"]
+
+
 def test_map_done_fault_point_fires_in_the_driver_after_the_map(ray_cluster, tmp_path):
     """PIPELINES_FAULT_KILL=map_done.<fn>:1 kills the driver after the Ray map returned, as with LocalExecutor."""
     script = textwrap.dedent(f"""

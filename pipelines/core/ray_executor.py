@@ -176,11 +176,11 @@ class RayExecutor:
             try:
                 results = ray.get(refs)  # in task order
             except BaseException:
-                for ref in refs:  # a failed map leaves nothing running on the cluster
-                    try:
-                        ray.cancel(ref)
-                    except Exception:  # already finished or gone
-                        pass
+                # A failed map leaves nothing running on the cluster: wait for the tasks still in flight. Not
+                # ray.cancel: a cancel that races a task's reply crashes this driver with a Ray check failure
+                # ("Tried to complete task that was not pending", ray-project/ray#54846, fixed upstream by
+                # #54798), hiding the task's own error (seen in this repo's tests under load).
+                ray.wait(refs, num_returns=len(refs))
                 raise
         fault_point(f"map_done.{getattr(fn, '__name__', '')}")
         return results
