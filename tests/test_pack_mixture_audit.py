@@ -125,3 +125,17 @@ def test_regenerating_the_science_report_keeps_the_audit_section(tmp_path, monke
     _report.write({}, out)
     text = out.with_suffix(".md").read_text()
     assert "new" in text and "old" not in text and text.count(SECTION) == 1 and "audit v2" in text
+
+
+def test_the_distance_is_the_same_bits_in_every_process():
+    """pack.json must not depend on the process's string hash seed (a set's order did: Ray vs local differed)."""
+    import subprocess
+    import sys
+
+    code = ("from pipelines.pack.mixture_audit import total_variation as t;"
+            "p={'books':0.1091,'cc-a':0.0478,'cc-b':0.0074,'code':0.0008,'math':0.2104,'news':0.0757,'web':0.0162,"
+            "'wikipedia':0.5327};q={'books':0.1095,'cc-a':0.0624,'cc-b':0.0278,'code':0.0004,'math':0.2092,"
+            "'news':0.0943,'wikipedia':0.4963,'other':0.00011};print(repr(t(p,q)))")
+    outs = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                           capture_output=True, text=True, check=True).stdout for seed in range(12)}
+    assert len(outs) == 1, outs

@@ -199,7 +199,8 @@ def byte_shares(texts: list[str], sources: list[str]) -> dict[str, float]:
 
 def total_variation(p: dict[str, float], q: dict[str, float]) -> float:
     """Half the L1 distance between two share vectors (a source missing from one has share 0 there)."""
-    return 0.5 * sum(abs(p.get(s, 0.0) - q.get(s, 0.0)) for s in set(p) | set(q))
+    # sorted: a set's order changes with the process's hash seed, and so would the float sum's last bit
+    return 0.5 * sum(abs(p.get(s, 0.0) - q.get(s, 0.0)) for s in sorted(set(p) | set(q)))
 
 
 def audit(inferred: dict, actual: dict[str, float], warn_at: float, blend: dict[str, float] | None = None) -> dict:
