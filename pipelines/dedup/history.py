@@ -220,29 +220,38 @@ def source_salts(sources: list) -> np.ndarray:
 
 def stage_history(job: dict) -> dict:
     """One key kind of the index into the run's scratch as the key file of one more "shard" (the index), with
-    the partition offsets of this run's hash ranges: only the entries whose key a new record has, found by
-    binary search in each segment's sorted file, one hash range at a time (``probe``: the new shards' key
-    files of this kind as (rel, partition offsets)), so memory holds one range's new keys."""
-    store, kind = job["scratch"], job["kind"]
-    band = kind.startswith("band_")
-    file_dtype = BAND_INDEX_DTYPE if band else spill.EXACT_DTYPE
-    files = [local_file(job["store"], entry) for entry in job["entries"]]
+    the partition offsets of this run's hash ranges: only the entries whose key a new record has."""
+    band = job["kind"].startswith("band_")
+
+    def as_keys(src: np.ndarray) -> np.ndarray:
+        src = src[np.argsort(src["k"], kind="stable")]  # equal keys in hid order: segments are in hid order
+        if not band:
+            return src
+        rec = np.zeros(len(src), spill.BAND_DTYPE)
+        rec["k"], rec["r"], rec["s"], rec["o"] = src["k"], src["r"], HIST_SHARD, src["r"].astype(np.uint64)
+        return rec
+
+    offsets = stage_matches(job["scratch"], job["rel"], job["probe"], len(job["bounds"]) + 1,
+                            spill.BAND_DTYPE if band else spill.EXACT_DTYPE,
+                            [local_file(job["store"], e) for e in job["entries"]],
+                            BAND_INDEX_DTYPE if band else spill.EXACT_DTYPE, as_keys)
+    return {"kind": job["kind"], "offsets": offsets}
+
+
+def stage_matches(scratch, rel: str, new_files: list, parts: int, new_dtype: np.dtype, index_files: list[Path],
+                  index_dtype: np.dtype, convert) -> np.ndarray:
+    """Write to ``rel`` the index rows whose key ``k`` one of the new records has, one hash range at a time
+    (``new_files``: the new shards' files as (rel, partition offsets), so memory holds one range's new keys),
+    each range's rows as ``convert`` makes them; returns the partition offsets."""
     counts = [0]
-    with spill.writing(store, job["rel"]) as path, open(path, "wb") as out:
-        for p in range(len(job["bounds"]) + 1):
-            new = spill.read_parts(store, spill.BAND_DTYPE if band else spill.EXACT_DTYPE, spill.slices(job["probe"], p))
-            found = [probe(f, file_dtype, np.unique(new["k"])) for f in files] if len(new) else []
-            src = np.concatenate(found) if found else np.zeros(0, file_dtype)
-            # by key; equal keys in hid order (segments are in hid order, each file sorted by key then hid)
-            src = src[np.argsort(src["k"], kind="stable")]
-            if band:
-                rec = np.zeros(len(src), spill.BAND_DTYPE)
-                rec["k"], rec["r"], rec["s"], rec["o"] = src["k"], src["r"], HIST_SHARD, src["r"].astype(np.uint64)
-            else:
-                rec = src
+    with spill.writing(scratch, rel) as path, open(path, "wb") as out:
+        for p in range(parts):
+            new = spill.read_parts(scratch, new_dtype, spill.slices(new_files, p))
+            found = [probe(f, index_dtype, np.unique(new["k"])) for f in index_files] if len(new) else []
+            rec = convert(np.concatenate(found) if found else np.zeros(0, index_dtype))
             out.write(rec.tobytes())
             counts.append(len(rec))
-    return {"kind": kind, "offsets": np.cumsum(counts).astype(np.int64)}
+    return np.cumsum(counts).astype(np.int64)
 
 
 def probe(path: Path, dtype: np.dtype, keys: np.ndarray) -> np.ndarray:

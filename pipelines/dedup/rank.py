@@ -162,21 +162,15 @@ INDEX_IDS = "rank/ids/index.bin"
 
 def stage_index_ids(job: dict) -> np.ndarray:
     """The dedup index's id hashes that a new record's id hash may equal, as one more sorted id-hash file (a
-    probe of each segment's sorted ``ids.bin``, one id-hash partition at a time); returns its partition
-    offsets."""
-    scratch, counts = job["scratch"], [0]
-    files = [history.local_file(job["store"], entry) for entry in job["ids"]]
-    with spill.writing(scratch, INDEX_IDS) as path, open(path, "wb") as out:
-        for p in range(len(job["id_bounds"]) + 1):
-            new = spill.read_parts(scratch, ID_HASH_DTYPE, spill.slices(job["probe"], p))
-            found = [history.probe(f, history.ID_INDEX_DTYPE, np.unique(new["k"])) for f in files] if len(new) else []
-            src = np.concatenate(found) if found else np.zeros(0, history.ID_INDEX_DTYPE)
-            rec = np.empty(len(src), ID_HASH_DTYPE)
-            rec["k"], rec["k2"], rec["row"] = src["k"], src["k2"], src["r"]
-            rec = rec[np.lexsort((rec["k2"], rec["k"]))]
-            out.write(rec.tobytes())
-            counts.append(len(rec))
-    return np.cumsum(counts).astype(np.int64)
+    probe of each segment's sorted ``ids.bin``); returns its partition offsets."""
+    def as_id_hashes(src: np.ndarray) -> np.ndarray:
+        rec = np.empty(len(src), ID_HASH_DTYPE)
+        rec["k"], rec["k2"], rec["row"] = src["k"], src["k2"], src["r"]
+        return rec[np.lexsort((rec["k2"], rec["k"]))]
+
+    return history.stage_matches(job["scratch"], INDEX_IDS, job["probe"], len(job["id_bounds"]) + 1, ID_HASH_DTYPE,
+                                 [history.local_file(job["store"], e) for e in job["ids"]], history.ID_INDEX_DTYPE,
+                                 as_id_hashes)
 
 
 def rank_range(job: dict) -> dict:
