@@ -49,11 +49,20 @@ STAGES = ["ingest", "filter", "dedup", "select", "mix", "pack"]
 CHILD = """
 import json, resource, sys, time
 from pipelines.cli import main
+from pipelines.core import runner
+runs = []
+init = runner.StageRun.__init__
+def keep(self, *a, **k):  # observe the run's executor-map seconds
+    init(self, *a, **k)
+    runs.append(self)
+runner.StageRun.__init__ = keep
 t = time.perf_counter()
 rc = main([sys.argv[1]])
+seconds = time.perf_counter() - t
 me = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t, "driver_peak_rss_mb": me.ru_maxrss / 1024}),
-      file=sys.stderr)
+maps = {k: round(v, 2) for r in runs for k, v in r.map_seconds.items()}
+print(json.dumps({"rc": rc, "seconds": seconds, "driver_peak_rss_mb": me.ru_maxrss / 1024, "map_seconds": maps,
+                  "driver_only_seconds": seconds - sum(maps.values())}), file=sys.stderr)
 """
 
 

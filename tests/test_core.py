@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pyarrow as pa
 import pytest
@@ -137,3 +138,19 @@ def test_headline_metrics_keep_the_shared_columns(workspace):
     assert json.loads(workspace.path("metrics/x.json").read_text()) == {"loss": 1.2346, "tokens": 5}
     with pytest.raises(ValueError, match="kl_reduction"):
         write_headline("select", {"records_in": 1, "kl_reduction": 0.1})
+
+
+class SlowDropOdd(DropOdd):
+    def process(self, task):
+        time.sleep(0.3)  # a task long enough to be measured in a log line of tenths of seconds
+        return super().process(task)
+
+
+def test_a_run_logs_its_driver_time_apart_from_its_executor_maps(tmp_path, caplog):
+    """What adding nodes cannot speed up is the driver's own work between maps: every run says how much."""
+    write_shard(tmp_path / "in" / "part-00000.parquet", _records(5))
+    with caplog.at_level("INFO", logger="pipelines.core.runner"):
+        run_stage(SlowDropOdd(), {"t": {}, "executor": {"workers": 1}}, tmp_path / "out", tmp_path / "in")
+    line = next(r.getMessage() for r in caplog.records if "in executor maps" in r.getMessage())
+    wall, mapped, alone = (float(w.rstrip("s,")) for w in line.split() if w.rstrip("s,").replace(".", "").isdigit())
+    assert mapped >= 0.3 and wall >= mapped and abs(wall - mapped - alone) <= 0.11

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -58,6 +59,9 @@ class StageRun:
         self.key = ""  # the stage key (config + code + inputs), once planned
         self.complete: dict[str, bool] = {}  # task rel -> its output is complete, when prepare runs
         self._scratch: Store | None = None
+        # wall seconds inside executor maps, by map function: the rest of a run is driver work, which is what
+        # adding nodes cannot speed up (logged at the end of the run, read by bench/bench_scale.py)
+        self.map_seconds: dict[str, float] = {}
 
     @property
     def name(self) -> str:
@@ -75,7 +79,12 @@ class StageRun:
 
     def map(self, fn: Callable, jobs: Sequence) -> list:
         """Run ``fn`` over ``jobs`` on the stage's executor (results in job order)."""
-        return get_executor(self.executor_params).map(fn, list(jobs))
+        started = time.perf_counter()
+        try:
+            return get_executor(self.executor_params).map(fn, list(jobs))
+        finally:
+            name = getattr(fn, "__name__", "map")
+            self.map_seconds[name] = self.map_seconds.get(name, 0.0) + time.perf_counter() - started
 
     @property
     def scratch(self) -> Store:
@@ -265,10 +274,14 @@ def _remove_stale_removed(run: StageRun, dataset: str, fragments: list[dict]) ->
 
 def run_stage(stage: DataStage, params: dict, out_dir: Path, input_dir: Path | None = None) -> dict:
     run = StageRun(stage, params, out_dir, input_dir)
+    started = time.perf_counter()
     try:
         return _run(run)
     finally:
         run.drop_scratch()
+        wall, mapped = time.perf_counter() - started, sum(run.map_seconds.values())
+        log.info("%s: %.1fs, of which %.1fs in executor maps and %.1fs on the driver alone", run.name, wall, mapped,
+                 wall - mapped)
 
 
 def _run(run: StageRun) -> dict:
