@@ -166,6 +166,14 @@ def locally(name: str, files: int, texts, workers: int = 2, merge_chunk: int | N
     return {**run_pipeline(root, env), "records": records}
 
 
+def speedup(slow: dict, fast: dict, stage: str) -> dict:
+    """A stage's wall-time speed-up, and the same for its executor maps alone (the part more CPUs can speed up)."""
+    a, b = slow["stages"][stage], fast["stages"][stage]
+    maps = lambda r: sum(r["map_seconds"].values())  # noqa: E731
+    return {"wall": round(a["seconds"] / b["seconds"], 2), "maps": round(maps(a) / maps(b), 2),
+            "driver_only_seconds": [round(a["driver_only_seconds"], 1), round(b["driver_only_seconds"], 1)]}
+
+
 def docs_per_s(run: dict) -> float:
     return round(run["records"] / run["seconds"], 1)
 
@@ -204,7 +212,13 @@ def main() -> dict:
                     "speedup": round(docs_per_s(ray_2x1) / docs_per_s(ray_1x1), 3), "target": 1.8,
                     # the same step on the local pool (1 -> 2 workers): what two shared cores allow at all,
                     # with the driver, Ray's own daemons and the OS on the same two cores
-                    "local_pool_1_to_2_workers": round(docs_per_s(local) / docs_per_s(local_1), 3)},
+                    "local_pool_1_to_2_workers": round(docs_per_s(local) / docs_per_s(local_1), 3),
+                    # Ray's speed-up as a share of the pool's on the same cores: 1.0 = Ray scales as well as
+                    # the machine lets the same tasks scale without Ray
+                    "efficiency_vs_local_pool": round((docs_per_s(ray_2x1) / docs_per_s(ray_1x1))
+                                                      / (docs_per_s(local) / docs_per_s(local_1)), 3),
+                    "per_stage": {s: {"local_1_to_2": speedup(local_1, local, s), "ray_1x1_to_2x1": speedup(ray_1x1, ray_2x1, s)}
+                                  for s in STAGES}},
         "byte_identical_across_executors": same,
         "driver_peak_rss_mb": rss,
         "input": f"{local['records']} WET records (throughput runs); {small['records']} (1x) and {big['records']} "

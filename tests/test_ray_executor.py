@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from pipelines.core.executor import LocalExecutor, get_executor
+from pipelines.core.ray_executor import THREAD_POOL_VARS
 from tests.fixtures import ray_tasks
 from tests.fixtures.ray_cluster import REPO
 
@@ -83,6 +84,14 @@ def test_map_matches_local_executor_in_order_and_uses_both_nodes(ray_cluster, ra
     assert {r["pid"] for r in on_ray} <= cluster_pids, "tasks ran in the cluster's worker processes"
     assert os.getpid() not in {r["pid"] for r in on_ray}
     assert ray_executor.map(ray_tasks.where_and_what, []) == []
+
+
+def test_a_task_s_thread_pools_are_sized_to_the_cpus_it_reserved(ray_cluster, ray_executor):
+    """task_cpus 1: one thread per pool in the task, though the machine has more cores than that."""
+    assert not set(THREAD_POOL_VARS) & set(ray_cluster.node_env()) - {"OMP_NUM_THREADS"}, \
+        "the nodes' own environment must not set the pools, or this test could pass without the executor"
+    (budget,) = ray_executor.map(ray_tasks.thread_budget, [{}])
+    assert budget == {"env": {name: "1" for name in THREAD_POOL_VARS}, "arrow": 1}
 
 
 def _kill_first_attempt(ray_cluster, executor, tmp_path) -> tuple[list, list[int], int]:

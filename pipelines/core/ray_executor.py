@@ -43,6 +43,9 @@ Resources
   ``task_cpus`` (``num_cpus``), ``task_memory_mb`` (``memory``, a scheduling reservation, not a
   limit) and ``max_retries`` (re-runs a task whose worker process or node died; an exception raised
   by the task is not retried: ``retry_exceptions=False``, the stage's own error handling applies).
+  A task's library thread pools (OpenMP/BLAS, Arrow, the tokenizers' Rayon pool) are sized to its
+  ``task_cpus`` (at least 1): the cluster runs as many tasks per node as it has CPUs, so a task that
+  used every core would oversubscribe the node.
 """
 from __future__ import annotations
 
@@ -63,6 +66,11 @@ AUTH_MODE = "RAY_AUTH_MODE"
 AUTH_TOKEN = "RAY_AUTH_TOKEN"
 AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
 FORWARDED_ENV_PREFIX = "PIPELINES_"
+# The thread pools of the libraries a task uses (OpenMP / BLAS, Arrow, which reads OMP_NUM_THREADS, and the
+# tokenizers' Rayon pool) are sized from these when a worker starts. Ray sets only OMP_NUM_THREADS, and only
+# after the worker's first imports: without the rest a task that reserved 1 CPU encodes on every core of its
+# node, so N tasks oversubscribe an N-core node N times over.
+THREAD_POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -125,6 +133,11 @@ def _forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
 
 
+def thread_caps(task_cpus: float) -> dict[str, str]:
+    """A task's thread pools hold as many threads as the CPUs it reserved (at least one)."""
+    return {name: str(max(1, int(task_cpus))) for name in THREAD_POOL_VARS}
+
+
 class RayExecutor:
     def __init__(self, address: str | None = None, task_cpus: float = 1, task_memory_mb: int | None = None,
                  max_retries: int = 3):
@@ -157,7 +170,7 @@ class RayExecutor:
 
         try:
             ray.init(address=address, namespace="pipelines", logging_level=logging.WARNING, log_to_driver=False,
-                     runtime_env={"env_vars": _forwarded_env()})
+                     runtime_env={"env_vars": {**thread_caps(self.task_cpus), **_forwarded_env()}})
         except ConnectionError as exc:
             if "InvalidAuthToken" in str(exc.__cause__) or "AuthenticationError" in str(exc.__cause__):
                 raise PermissionError(f"the Ray cluster at {address} refused this process's auth token: check "
