@@ -90,6 +90,23 @@ def test_positions_reset_at_doc_starts_and_padding_and_boundaries_are_not_target
     assert not mask[10, 12]  # real tokens never see padding
 
 
+def test_across_documents_one_segment_attends_back_and_predicts_every_next_token():
+    """document_attention: across (what In-Context Pretraining needs): the documents of a sequence are context
+    for the ones after them; padding stays out, and the loss equals the same tokens as one plain document."""
+    from pipelines.train.data import IGNORE, make_batch
+
+    toks = [10, 11, 12, 13, 0, 20, 21, 0, 30, 31, 32, 1, 1, 1, 1, 1]
+    b = make_batch([_packed(toks, [0, 5, 8], n_real=11)], across=True)
+    assert b.position_ids[0].tolist()[:11] == list(range(11))
+    assert b.labels[0].tolist()[:11] == toks[1:11] + [IGNORE] and set(b.labels[0].tolist()[11:]) == {IGNORE}
+    mask = b.attention_mask[0, 0]
+    assert mask[6, 4] and mask[9, 2] and not mask[6, 7] and not mask[10, 12]
+    model = tiny_model()
+    one_doc = make_batch([_packed(toks, [0], n_real=11)])
+    assert torch.equal(token_nll(model, b), token_nll(model, one_doc))
+    assert not torch.equal(token_nll(model, b), token_nll(model, make_batch([_packed(toks, [0, 5, 8], n_real=11)])))
+
+
 def test_padding_does_not_change_the_loss():
     from pipelines.train.data import make_batch
 

@@ -1,10 +1,13 @@
 """Batches from packed sequences: seeded order, next-token targets, per-document positions and mask.
 
-A packed sequence holds several document pieces. Each piece is trained on as if
-it were alone: its positions restart at 0, its tokens attend only to earlier
-tokens of the same piece (block-diagonal causal mask), and the first token of a
-piece is not a target (predicting it would need another document's context).
-Padding is never a target, nor is a token the pack's loss mask marks no-loss.
+A packed sequence holds several document pieces. By default (``train.document_attention: within``)
+each piece is trained on as if it were alone: its positions restart at 0, its tokens attend only to
+earlier tokens of the same piece (block-diagonal causal mask), and the first token of a piece is not
+a target (predicting it would need another document's context). With ``across`` the sequence's real
+tokens are one segment: plain causal attention over every document before, positions running on,
+each document's first token predicted after the previous one's EOS. That is what In-Context
+Pretraining (``pack.order: related``) needs: its related neighbours are only context if they can
+be attended to. Padding is never a target, nor is a token the pack's loss mask marks no-loss.
 """
 from __future__ import annotations
 
@@ -49,22 +52,27 @@ class Batch:
                      move(self.attention_mask), self.n_tokens, self.n_targets, move(self.segment_ids))
 
 
-def segments(seq: PackedSequence) -> np.ndarray:
-    """Segment id per position: one per document piece; the padding tail is its own segment."""
+DOCUMENT_ATTENTION = ("within", "across")
+
+
+def segments(seq: PackedSequence, across: bool = False) -> np.ndarray:
+    """Segment id per position: one per document piece (``across``: one for all real tokens); the padding tail
+    is its own segment."""
     length = len(seq.tokens)
     starts = np.zeros(length, dtype=np.int64)
-    starts[np.asarray(seq.doc_starts, dtype=np.int64)] = 1
+    if not across:
+        starts[np.asarray(seq.doc_starts, dtype=np.int64)] = 1
     starts[0] = 1
     if seq.n_real < length:
         starts[seq.n_real] = 1
     return np.cumsum(starts) - 1
 
 
-def encode_sequence(seq: PackedSequence) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def encode_sequence(seq: PackedSequence, across: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(input_ids, labels, position_ids, segment ids) of one packed sequence."""
     tokens = np.asarray(seq.tokens, dtype=np.int64)
     length = len(tokens)
-    seg = segments(seq)
+    seg = segments(seq, across)
     first = np.r_[0, np.flatnonzero(np.diff(seg)) + 1]  # first position of each segment
     positions = np.arange(length) - first[seg]
     labels = np.full(length, IGNORE, dtype=np.int64)
@@ -77,9 +85,10 @@ def encode_sequence(seq: PackedSequence) -> tuple[np.ndarray, np.ndarray, np.nda
     return tokens, labels, positions, seg
 
 
-def make_batch(sequences: list[PackedSequence], dense_mask: bool = True) -> Batch:
-    """``dense_mask=False`` skips the [B, 1, L, L] mask (the GPU path builds a flex BlockMask from segment_ids)."""
-    ids, labels, pos, segs = zip(*(encode_sequence(s) for s in sequences))
+def make_batch(sequences: list[PackedSequence], dense_mask: bool = True, across: bool = False) -> Batch:
+    """``dense_mask=False`` skips the [B, 1, L, L] mask (the GPU path builds a flex BlockMask from segment_ids);
+    ``across``: documents of a sequence attend to the ones before them (see the module doc)."""
+    ids, labels, pos, segs = zip(*(encode_sequence(s, across) for s in sequences))
     seg = torch.from_numpy(np.stack(segs))
     length = seg.shape[1]
     mask = None
@@ -108,17 +117,17 @@ class BatchStream:
     """
 
     def __init__(self, dataset: PackedDataset, micro_batch: int, seed: int, position: int = 0,
-                 dense_mask: bool = True, rank: int = 0, world: int = 1):
+                 dense_mask: bool = True, rank: int = 0, world: int = 1, across: bool = False):
         if len(dataset) == 0:
             raise ValueError(f"packed data {dataset.dir} holds no sequences")
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in a world of {world}")
         self.dataset, self.micro_batch, self.seed, self.position = dataset, micro_batch, seed, position
-        self.dense_mask, self.rank, self.world = dense_mask, rank, world
+        self.dense_mask, self.rank, self.world, self.across = dense_mask, rank, world, across
 
     def next(self) -> Batch:
         n = len(self.dataset)
         first = self.position + self.rank * self.micro_batch
         seqs = [self.dataset[sequence_order(n, self.seed, first + i)] for i in range(self.micro_batch)]
         self.position += self.world * self.micro_batch
-        return make_batch(seqs, dense_mask=self.dense_mask)
+        return make_batch(seqs, dense_mask=self.dense_mask, across=self.across)

@@ -26,7 +26,7 @@ from pipelines.pack.format import PackedDataset
 from pipelines.train import attention, distributed, step_law
 from pipelines.train.checkpoint import (average_checkpoints, load_model, load_state, recover, rng_state, save_checkpoint,
                                          set_rng_state)
-from pipelines.train.data import IGNORE, Batch, BatchStream
+from pipelines.train.data import DOCUMENT_ATTENTION, IGNORE, Batch, BatchStream
 from pipelines.train.metrics import log_step, open_tensorboard, write_metrics
 from pipelines.train.model import build_config, build_model, count_parameters, make_optimizer
 from pipelines.train.plan import STATE_FORMAT, TOKENIZER_DIR, Phase, plan_phase, resumable
@@ -182,9 +182,13 @@ def init_or_resume(params: dict, phase: Phase, device: torch.device, world: dist
         set_rng_state(source["rng"], device)
     attn = attention.choose(tp.get("attention", "auto"), device)
     attention.set_implementation(model, attn)
+    doc_attention = tp.get("document_attention", "within")
+    if doc_attention not in DOCUMENT_ATTENTION:
+        raise ValueError(f"train.document_attention must be one of {DOCUMENT_ATTENTION}, got {doc_attention!r}")
     stream = BatchStream(dataset, int(tp["micro_batch"]), seed=seed + (0 if phase.name == "phase1" else 1),
                          position=state["position"] if state is not None else 0,
-                         dense_mask=attn != "flex_attention", rank=world.rank, world=world.size)
+                         dense_mask=attn != "flex_attention", rank=world.rank, world=world.size,
+                         across=doc_attention == "across")
     # torch.compile wraps the forward only; `model` stays the module that is saved and averaged.
     forward = torch.compile(synced) if tp.get("compile") else synced
     return Run(phase, model, synced, forward, mode, optimizer, stream, attn, device, world, progress,
