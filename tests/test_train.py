@@ -282,3 +282,56 @@ def test_tensorboard_events_and_anneal_checkpoint_averaging(ws):
     assert not torch.equal(w14["model.norm.weight"], w16["model.norm.weight"])
     for k in w16:
         torch.testing.assert_close(avg[k], (w14[k] + w16[k]) / 2, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- online domain reweighting (ODM)
+
+def test_exp3_draws_the_hard_domain_more_and_keeps_exploring():
+    from pipelines.train.online_mixing import Exp3
+
+    bandit, draws = Exp3(3, smoothing=0.9, seed=1), []
+    for _ in range(400):
+        arm = bandit.draw()
+        draws.append(arm)
+        assert abs(bandit.last_policy.sum() - 1) < 1e-9 and bandit.last_policy.min() >= bandit.epsilon(bandit.t) - 1e-12
+        bandit.update(arm, [1.0, 1.0, 3.0][arm])  # domain 2 stays three times as hard
+    # the hard domain's weight ends highest (mildly: the reward is a moving average and eps_t shrinks)
+    assert bandit.last_policy[2] > max(bandit.last_policy[:2]) + 0.02
+    replay = Exp3(3, smoothing=0.9, seed=1)
+    replayed = []
+    for _ in range(50):
+        arm = replay.draw()
+        replayed.append(arm)
+        replay.update(arm, [1.0, 1.0, 3.0][arm])
+    assert replayed == draws[:50]  # seeded
+
+
+def test_online_mixing_trains_one_domain_per_step_and_resumes_exactly(ws):
+    from safetensors.torch import load_file
+
+    from pipelines.train.loop import train_phase
+    from pipelines.train.online_mixing import sequence_domains
+    from pipelines.train.stage import run_phase1
+
+    names, of_seq = sequence_domains(ws.path("data/pack/phase1"), int(json.loads(
+        ws.path("data/pack/phase1/index.json").read_text())["n_seq"]))
+    assert names == ["math", "news", "wikipedia"] and set(of_seq.tolist()) == {0, 1, 2}
+    params = tiny_params(ws, phase1_steps=16, checkpoint_every=6, online_mixing={"method": "odm"})
+    result = run_phase1(params)
+    mixing = json.loads(ws.path("metrics/details/train_phase1.json").read_text())["online_mixing"]
+    assert sum(mixing["steps_per_domain"].values()) == 16 and abs(sum(mixing["policy_final"].values()) - 1) < 1e-5
+    straight = ws.path("metrics/train_phase1.csv").read_text()
+    straight_w = load_file(ws.path("models/phase1/model.safetensors"))
+    import shutil
+
+    shutil.rmtree(ws.path("models"))
+    shutil.rmtree(ws.path("metrics"))
+    assert train_phase(params, "phase1", stop_after=9)["step"] == 9
+    run_phase1(params)
+    assert ws.path("metrics/train_phase1.csv").read_text() == straight  # the bandit resumed where it stopped
+    assert all(torch.equal(straight_w[k], load_file(ws.path("models/phase1/model.safetensors"))[k]) for k in straight_w)
+    plain = tiny_params(ws, phase1_steps=16, checkpoint_every=6, online_mixing=None)
+    shutil.rmtree(ws.path("models"))
+    assert run_phase1(plain)["loss_final"] != result["loss_final"]  # the option changes what is trained on
+    with pytest.raises(ValueError, match="online_mixing.method"):
+        train_phase(tiny_params(ws, phase1_steps=16, online_mixing={"method": "doremi"}), "phase1")

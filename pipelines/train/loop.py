@@ -23,10 +23,11 @@ from transformers.utils import logging as hf_logging
 
 from pipelines.config import resolve, section
 from pipelines.pack.format import PackedDataset
-from pipelines.train import attention, distributed, step_law
+from pipelines.train import attention, distributed, online_mixing, step_law
 from pipelines.train.checkpoint import (average_checkpoints, load_model, load_state, recover, rng_state, save_checkpoint,
                                          set_rng_state)
 from pipelines.train.data import DOCUMENT_ATTENTION, IGNORE, Batch, BatchStream
+from pipelines.train.online_mixing import DomainBatchStream
 from pipelines.train.metrics import log_step, open_tensorboard, write_metrics
 from pipelines.train.model import build_config, build_model, count_parameters, make_optimizer
 from pipelines.train.plan import STATE_FORMAT, TOKENIZER_DIR, Phase, plan_phase, resumable
@@ -76,7 +77,7 @@ class Run:
     forward: Callable  # what a micro-batch calls: `synced`, torch.compile'd when train.compile
     mode: str  # parallelism: none | ddp | fsdp
     optimizer: torch.optim.Optimizer
-    stream: BatchStream
+    stream: BatchStream | DomainBatchStream
     attn: str  # attention implementation; flex_attention takes a BlockMask instead of a dense mask
     device: torch.device
     world: distributed.World
@@ -139,6 +140,9 @@ def _train(params: dict, phase: Phase, device: torch.device, world: distributed.
                            read_grad_norm=tp.get("tensorboard", True))
         taken += 1
         progress.advance(stats)
+        if isinstance(run.stream, DomainBatchStream):
+            run.stream.observe(stats.loss)
+            progress.history[-1]["domain"] = run.stream.domains[run.stream.arm]
         log_step(writer, phase.name, stats, phase.end_step, main=world.is_main)
         if on_step is not None:
             on_step(stats)
@@ -185,10 +189,20 @@ def init_or_resume(params: dict, phase: Phase, device: torch.device, world: dist
     doc_attention = tp.get("document_attention", "within")
     if doc_attention not in DOCUMENT_ATTENTION:
         raise ValueError(f"train.document_attention must be one of {DOCUMENT_ATTENTION}, got {doc_attention!r}")
-    stream = BatchStream(dataset, int(tp["micro_batch"]), seed=seed + (0 if phase.name == "phase1" else 1),
-                         position=state["position"] if state is not None else 0,
-                         dense_mask=attn != "flex_attention", rank=world.rank, world=world.size,
-                         across=doc_attention == "across")
+    stream_seed = seed + (0 if phase.name == "phase1" else 1)
+    mixing = online_mixing.check(tp.get("online_mixing")) if phase.name == "phase1" else None
+    if mixing is not None:  # phase 1 only: the anneal trains on its own fixed blend
+        stream = DomainBatchStream(dataset, int(tp["micro_batch"]), int(tp["grad_accum"]), stream_seed, mixing,
+                                   dense_mask=attn != "flex_attention", rank=world.rank, world=world.size,
+                                   across=doc_attention == "across")
+        if state is not None:
+            stream.load(state["online_mixing"])
+            stream.position = state["position"]
+    else:
+        stream = BatchStream(dataset, int(tp["micro_batch"]), seed=stream_seed,
+                             position=state["position"] if state is not None else 0,
+                             dense_mask=attn != "flex_attention", rank=world.rank, world=world.size,
+                             across=doc_attention == "across")
     # torch.compile wraps the forward only; `model` stays the module that is saved and averaged.
     forward = torch.compile(synced) if tp.get("compile") else synced
     return Run(phase, model, synced, forward, mode, optimizer, stream, attn, device, world, progress,
@@ -290,6 +304,8 @@ def save(run: Run) -> None:
                  "tokens_before": p.tokens_before, "elapsed_s": p.elapsed_s, "history": p.history,
                  "optimizer": optim, "rng": rng_state(run.device), "seq_len": run.stream.dataset.seq_len,
                  "world_size": run.world.size}
+        if isinstance(run.stream, DomainBatchStream):
+            state["online_mixing"] = run.stream.state()
         model = run.model if weights is None else distributed.plain_copy(run.model, weights)
         save_checkpoint(run.phase.out_dir, model, resolve(TOKENIZER_DIR), state)
     distributed.barrier(run.world)
@@ -306,4 +322,9 @@ def finish(run: Run) -> dict:
         return {"phase": phase.name, "step": p.step, "finished": False}
     if not run.world.is_main:
         return {"phase": phase.name, "step": p.step, "finished": True, "rank": run.world.rank}
-    return write_metrics(phase.name, phase, p.tokens, p.elapsed_s, p.history, run.model, run.world.size)
+    extra = None
+    if isinstance(run.stream, DomainBatchStream):  # what the bandit did: its last policy and the steps per domain
+        drawn = [h["domain"] for h in p.history if "domain" in h]
+        extra = {"online_mixing": {"policy_final": run.stream.weights(),
+                                   "steps_per_domain": {d: drawn.count(d) for d in run.stream.domains}}}
+    return write_metrics(phase.name, phase, p.tokens, p.elapsed_s, p.history, run.model, run.world.size, extra)

@@ -44,7 +44,7 @@ def log_step(writer, name: str, step, end_step: int, main: bool = True) -> None:
 
 
 def write_metrics(name: str, phase: Phase, tokens: int, elapsed: float, history: list[dict], model,
-                  world_size: int = 1) -> dict:
+                  world_size: int = 1, extra: dict | None = None) -> dict:
     """metrics/details/train_<name>.json (summary of the finished phase), metrics/train_<name>.json (its headline:
     loss and tokens) and metrics/train_<name>.csv (one row per step, the loss plot)."""
     last = history[-1] if history else {"loss": float("nan"), "lr": 0.0}
@@ -61,6 +61,7 @@ def write_metrics(name: str, phase: Phase, tokens: int, elapsed: float, history:
         "parameters": count_parameters(model),
         "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
         "world_size": world_size,
+        **(extra or {}),
     }
     write_json_atomic(details_path(f"train_{name}"), metrics)
     write_headline(f"train_{name}", {"loss": metrics["loss_final_avg10"], "tokens": tokens})

@@ -25,6 +25,8 @@ PHASES = ("phase1", "phase2")
 PHASE1_KEYS = ("preset", "model", "seq_len", "micro_batch", "grad_accum", "lr", "warmup_steps",
                "weight_decay", "grad_clip", "betas")
 PHASE2_KEYS = ("min_lr", "anneal_fraction", "decay_shape", "phase1_steps")
+# Later additions that shape the whole run, with the value every earlier run had.
+OPTIONAL_KEYS = {"document_attention": "within", "online_mixing": None}
 
 
 @dataclass
@@ -52,6 +54,9 @@ def plan_phase(params: dict, name: str, world_size: int = 1) -> Phase:
             **{k: tp.get(k) for k in PHASE1_KEYS}}
     if world_size > 1:  # the global batch is world x micro_batch x grad_accum (left out at 1: old checkpoints stay valid)
         base["world_size"] = world_size
+    for key, default in OPTIONAL_KEYS.items():  # in the fingerprint only when set: old checkpoints stay valid
+        if tp.get(key, default) != default:
+            base[key] = tp[key]
     if name == "phase1":
         return Phase(name, data_dir, resolve("models/phase1"), 0, p1_steps, _digest(base))
     n_anneal = anneal_steps(p1_steps, float(tp["anneal_fraction"]))
