@@ -114,12 +114,13 @@ def test_pack_records_the_audit_and_check_pack_warns_without_failing(workspace):
 
 def test_regenerating_the_science_report_keeps_the_audit_section(tmp_path, monkeypatch):
     from pipelines.experiments import _report
-    from pipelines.experiments.mixture_audit import SECTION, upsert_section
+    from pipelines.experiments._report import upsert_section
+    from pipelines.experiments.mixture_audit import SECTION
 
     out = tmp_path / "science"
     out.with_suffix(".md").write_text("# anneal\n\n## Claims\nold\n")
-    upsert_section(out.with_suffix(".md"), f"{SECTION}\n\naudit v1\n")
-    upsert_section(out.with_suffix(".md"), f"{SECTION}\n\naudit v2\n")  # replaced, not appended twice
+    upsert_section(out.with_suffix(".md"), SECTION, f"{SECTION}\n\naudit v1\n")
+    upsert_section(out.with_suffix(".md"), SECTION, f"{SECTION}\n\naudit v2\n")  # replaced, not appended twice
     monkeypatch.setattr(_report, "markdown", lambda summary, png: "# anneal\n\n## Claims\nnew\n")
     monkeypatch.setattr(_report, "figure", lambda summary: None)
     _report.write({}, out)

@@ -115,3 +115,18 @@ def test_a_branch_is_deterministic_given_the_seed_and_the_arms_differ(workspace,
     assert scores(tmp_path / "b", seed=1) == first  # bit-identical: same seed, same numbers
     assert first["constant"] != first["decay"]  # the arms really train differently after the branch
     assert scores(tmp_path / "c", seed=2) != first  # and the seed matters
+
+
+def test_two_arm_summary_pairs_seeds_and_computes_the_deltas_per_source():
+    from pipelines.experiments._two_arms import summarize
+
+    rows = [{"arm": arm, "seed": seed, "bpb_mean": base + seed * 0.1, "bpb": {"x": base + seed * 0.1, "y": base},
+             "train_s": 1.0, "eval_s": 0.5}
+            for seed in (1, 2, 3) for arm, base in (("a", 3.0), ("b", 2.5))]
+    s = summarize(rows, "a", "b")
+    assert s["paired_delta"]["mean"] == pytest.approx(-0.5) and s["paired_delta"]["half_width"] == pytest.approx(0)
+    assert s["arms"]["b"]["bpb"]["x"]["mean"] == pytest.approx(2.7)
+    assert s["paired_delta_by_source"]["y"]["mean"] == pytest.approx(-0.5)
+    assert s["verdict"] == "shown" and s["wall_s"] == 9.0  # b's interval lies wholly below a's
+    with pytest.raises(ValueError, match="same seeds"):
+        summarize(rows[:-1], "a", "b")

@@ -56,14 +56,14 @@ def test_auto_below_the_floor_is_refused():
 def test_the_experiment_pairs_seeds_and_shows_only_separated_intervals():
     from pipelines.experiments import step_law as experiment
 
-    rows = [{"seed": s, "arm": arm, "lr": lr, "bpb_mean": bpb, "train_s": 1.0, "eval_s": 1.0}
+    rows = [{"seed": s, "arm": arm, "lr": lr, "bpb_mean": bpb, "bpb": {"web": bpb}, "train_s": 1.0, "eval_s": 1.0}
             for s, (fixed, auto) in enumerate([(3.0, 2.5), (3.1, 2.6), (2.9, 2.4)], start=1)
             for arm, lr, bpb in (("lr_fixed", 0.003, fixed), ("lr_auto", 0.007, auto))]
-    out = experiment.summarize(rows)
+    out = experiment.step_law_summary(rows)
     assert out["paired_delta_auto_minus_fixed"]["mean"] == pytest.approx(-0.5)
     assert out["paired_delta_auto_minus_fixed"]["half_width"] == pytest.approx(0.0, abs=1e-9)
     assert out["verdict"] == "shown"
     for r in rows:  # overlapping intervals: not shown, whatever the mean says
         if r["arm"] == "lr_auto":
             r["bpb_mean"] += 0.45
-    assert experiment.summarize(rows)["verdict"] == "not shown at this scale"
+    assert experiment.step_law_summary(rows)["verdict"] == "not shown at this scale"

@@ -14,7 +14,7 @@ from pipelines.experiments._ci import SHOWN, Interval, lower_is_shown, t_interva
 MAIN_ARMS = ("constant", "decay_phase1", "anneal", "anneal_no_replay")
 # Sections of reports/science.md that other experiments write (python -m pipelines.experiments <name>): kept
 # as they are when this report is regenerated.
-OTHER_SECTIONS = ("## Data Mixture Inference audit", "## Step Law")
+OTHER_SECTIONS = ("## Data Mixture Inference audit", "## Step Law", "## Online domain reweighting")
 ARM_TEXT = {
     "constant": "constant LR on the phase-1 pack (no decay)",
     "decay_phase1": "LR decay on the phase-1 pack (the schedule alone)",
@@ -527,3 +527,15 @@ def write(summary: dict, out: Path) -> None:
             end = old.find("\n## ", start + len(title))
             text = text.rstrip("\n") + "\n\n" + (old[start:end + 1] if end >= 0 else old[start:])
     write_bytes_atomic(out.with_suffix(".md"), text.encode())
+
+
+def upsert_section(path: Path, title: str, text: str) -> None:
+    """Replace the section ``title`` of ``path`` with ``text`` (or append it), leaving every other section as it is."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find(title)
+    if start < 0:
+        new = old.rstrip("\n") + ("\n\n" if old else "") + text
+    else:
+        nxt = old.find("\n## ", start + len(title))
+        new = old[:start] + text + (old[nxt + 1:] if nxt >= 0 else "")
+    write_bytes_atomic(path, new.encode())

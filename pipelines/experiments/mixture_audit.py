@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines.config import workspace
-from pipelines.core.atomic import write_bytes_atomic, write_json_atomic
+from pipelines.core.atomic import write_json_atomic
+from pipelines.experiments._report import upsert_section
 from pipelines.pack.config import mixture_audit_config
 from pipelines.pack.documents import audit_sample, tokenizer_sample
 from pipelines.pack.mixture_audit import (
@@ -223,18 +224,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def upsert_section(path: Path, text: str) -> None:
-    """Replace this experiment's section of ``path`` (or append it), leaving every other section as it is."""
-    old = path.read_text() if path.exists() else ""
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt + 1:] if nxt >= 0 else "")
-    write_bytes_atomic(path, new.encode())
-
-
 def main(argv: list[str]) -> int:
     """``--report``: rewrite the section from reports/mixture_audit.json without measuring again."""
     import yaml
@@ -243,7 +232,7 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     root = workspace()
     if argv[:1] == ["--report"]:
-        upsert_section(root / "reports/science.md", markdown(json.loads((root / "reports/mixture_audit.json").read_text())))
+        upsert_section(root / "reports/science.md", SECTION, markdown(json.loads((root / "reports/mixture_audit.json").read_text())))
         return 0
     params = yaml.safe_load((root / "params.yaml").read_text())
     vocab_size = json.loads((root / "data/pack/pack.json").read_text())["vocab_size"]
@@ -252,6 +241,6 @@ def main(argv: list[str]) -> int:
                   params["pack"].get("mixture_audit"))["warn_at"])}
     result["seconds"] = time.monotonic() - started
     write_json_atomic(root / "reports/mixture_audit.json", result)
-    upsert_section(root / "reports/science.md", markdown(result))
+    upsert_section(root / "reports/science.md", SECTION, markdown(result))
     print(markdown(result))
     return 0

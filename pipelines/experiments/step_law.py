@@ -16,23 +16,13 @@ delta (same seed: same init and data order) is reported beside it.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
-import shutil
-import time
 
-import torch
-
-from pipelines import stages
-from pipelines.config import load_params, resolve, section
+from pipelines.config import resolve
 from pipelines.core.atomic import write_json_atomic
-from pipelines.evaluate.stage import evaluate_checkpoint, heldout_documents
-from pipelines.experiments._branches import in_workspace, make_workspace, phase1_steps
-from pipelines.experiments._ci import lower_is_shown, t_interval
-from pipelines.experiments.science import experiment_params
+from pipelines.experiments._two_arms import fmt, seeded, setup, summarize, train_and_score
 from pipelines.train import step_law
-from pipelines.train.loop import train_phase
 
 log = logging.getLogger(__name__)
 SCRATCH = "models/step_law"
@@ -40,44 +30,28 @@ ARMS = {"lr_fixed": None, "lr_auto": step_law.AUTO}
 
 
 def arm_params(params: dict, arm: str, seed: int, total_steps: int) -> dict:
-    p = copy.deepcopy(params)
-    p["seed"] = seed
-    tp = p["train"]
-    tp["phase1_steps"] = phase1_steps(total_steps, float(tp["anneal_fraction"]))
+    p = seeded(params, seed, total_steps)
     if ARMS[arm] is not None:
-        tp["lr"] = ARMS[arm]
+        p["train"]["lr"] = ARMS[arm]
     return p
 
 
 def run(arm: str, seed: int, params: dict, total_steps: int, docs: dict, ep: dict) -> dict:
     p = arm_params(params, arm, seed, total_steps)
-    pack = stages.output_dir("pack")
-    root = resolve(SCRATCH) / f"seed{seed}" / arm
-    t0 = time.time()
-    with in_workspace(make_workspace(root, p, pack, pack / "phase2")):
-        train_phase(p, "phase1")
-        train_phase(p, "phase2")
-    train_s = time.time() - t0
-    result = evaluate_checkpoint(root / "models" / "phase2", docs, ep, torch.device("cpu"))
-    shutil.rmtree(root)
-    return {"seed": seed, "arm": arm, "lr": step_law.resolve(p)["train"]["lr"], "bpb_mean": result["bpb_mean"],
-            "bpb": result["bpb"], "step": result["step"], "train_s": round(train_s, 1),
-            "eval_s": round(time.time() - t0 - train_s, 1)}
+    row = train_and_score(p, resolve(SCRATCH) / f"seed{seed}" / arm, docs, ep)
+    return {"arm": arm, "lr": step_law.resolve(p)["train"]["lr"], **row}
 
 
-def summarize(rows: list[dict]) -> dict:
-    by_arm = {a: sorted((r for r in rows if r["arm"] == a), key=lambda r: r["seed"]) for a in ARMS}
-    iv = {a: t_interval([r["bpb_mean"] for r in rs]) for a, rs in by_arm.items()}
-    paired = t_interval([b["bpb_mean"] - a["bpb_mean"] for a, b in zip(by_arm["lr_fixed"], by_arm["lr_auto"])])
-    verdict = lower_is_shown(iv["lr_auto"], iv["lr_fixed"])
-    return {"arms": {a: {"lr": rs[0]["lr"], "bpb_mean": iv[a].as_dict(), "runs": rs} for a, rs in by_arm.items()},
-            "paired_delta_auto_minus_fixed": paired.as_dict(), "verdict": verdict,
-            "wall_s": round(sum(r["train_s"] + r["eval_s"] for r in rows), 1)}
+def step_law_summary(rows: list[dict]) -> dict:
+    """The shared two-arm summary, in this report's older field names (reports/step_law.json keeps them)."""
+    s = summarize(rows, "lr_fixed", "lr_auto")
+    arms = {a: {"lr": v["runs"][0]["lr"], **v} for a, v in s["arms"].items()}
+    return {"arms": arms, "paired_delta_auto_minus_fixed": s["paired_delta"], "verdict": s["verdict"],
+            "wall_s": s["wall_s"]}
 
 
 def write_report(summary: dict, steps: int, out) -> None:
     a, f = summary["arms"]["lr_auto"], summary["arms"]["lr_fixed"]
-    fmt = lambda i: f"{i['mean']:.4f} ± {i['half_width']:.4f}" if i["half_width"] is not None else f"{i['mean']:.4f}"  # noqa: E731
     d = summary["paired_delta_auto_minus_fixed"]
     lines = [
         "# Step Law: `train.lr: auto` against the hand-set LR",
@@ -122,13 +96,9 @@ def main(argv: list[str]) -> int:
         write_report({k: v for k, v in saved.items() if k != "steps"}, saved["steps"], resolve(args.out))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(1)
-    params = experiment_params(load_params())
-    ep = {**section(params, "evaluate"), "max_docs_per_source": 0, "device": "cpu"}
-    params["evaluate"] = ep
-    docs = heldout_documents(0)
+    params, ep, docs = setup()
     rows = [run(arm, seed, params, args.steps, docs, ep) for seed in range(1, args.seeds + 1) for arm in ARMS]
-    summary = summarize(rows)
+    summary = step_law_summary(rows)
     write_report(summary, args.steps, resolve(args.out))
     print(json.dumps({k: v for k, v in summary.items() if k != "arms"}, indent=1))
     return 0
