@@ -130,3 +130,45 @@ def test_two_arm_summary_pairs_seeds_and_computes_the_deltas_per_source():
     assert s["verdict"] == "shown" and s["wall_s"] == 9.0  # b's interval lies wholly below a's
     with pytest.raises(ValueError, match="same seeds"):
         summarize(rows[:-1], "a", "b")
+
+
+def test_merge_ablation_packs_slices_and_merges_weights_by_share(workspace, built_inputs, tmp_path):
+    """The slice packs hold exactly the sequences asked for; a merge at share 0 / 1 scores as its base / part."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from pipelines.evaluate.stage import evaluate_checkpoint, heldout_documents
+    from pipelines.experiments._branches import Arm, run_arm, train_phase1_checkpoints
+    from pipelines.experiments.merge_ablation import agreement, merged_score, slice_packs
+    from pipelines.pack.format import PackedDataset
+
+    root, _ = built_inputs
+    shutil.copytree(root / "data", workspace.path("data"))
+    params = tiny_params(workspace, checkpoint_every=0, tensorboard=False, warmup_steps=2)
+    phase1 = PackedDataset(workspace.path("data", "pack", "phase1"))
+    parts, mixes, sources = slice_packs(tmp_path, share=0.25)
+    assert sources and set(parts) == set(mixes) == set(sources)
+    for s in sources:
+        part, mix = PackedDataset(parts[s]), PackedDataset(mixes[s])
+        assert len(mix) == len(phase1) + round(len(phase1) / 3)  # B plus S at a quarter of the sequences
+        assert all(np.array_equal(mix[i].tokens, phase1[i].tokens) for i in range(len(phase1)))
+        assert {part[i].tokens.tobytes() for i in range(len(part))} >= {mix[i].tokens.tobytes()
+                                                                          for i in range(len(phase1), len(mix))}
+    pack = workspace.path("data", "pack")
+    ckpt = train_phase1_checkpoints(params, tmp_path / "p1", pack, [12])[12]
+    base = run_arm(Arm("decay", "phase1", 0.25), params, 16, tmp_path, pack, pack / "phase1", ckpt)
+    docs, ep = heldout_documents(0), {"max_tokens_per_doc": 256, "batch_size": 8}
+    cpu = torch.device("cpu")
+    assert merged_score(base, ckpt, 0.0, docs, ep)["bpb"] == evaluate_checkpoint(base, docs, ep, cpu)["bpb"]
+    assert merged_score(base, ckpt, 1.0, docs, ep)["bpb"] == evaluate_checkpoint(ckpt, docs, ep, cpu)["bpb"]
+    half = merged_score(base, ckpt, 0.5, docs, ep)["bpb_mean"]
+    assert half not in (evaluate_checkpoint(base, docs, ep, cpu)["bpb_mean"], evaluate_checkpoint(ckpt, docs, ep, cpu)["bpb_mean"])
+
+    fake = {"base": {"bpb_mean": 3.0}, "slices": {
+        s: {"real": {"bpb_mean": 2.0 + k, "bpb": {s: 2.0 + k}}, "merged": {"bpb_mean": 2.5 + k, "bpb": {s: 2.4 + k}}}
+        for k, s in enumerate(["a", "b", "c"])}}
+    a = agreement(fake)
+    assert a["spearman_mean_bpb"] == pytest.approx(1.0) and a["mae_mean_bpb"] == pytest.approx(0.5)
+    assert a["best_real"] == a["best_merged"] == "a" and a["helps_real"] == {"a": True, "b": False, "c": False}  # b ties the base: no help
