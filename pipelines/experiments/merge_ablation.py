@@ -123,8 +123,7 @@ def run_seed(seed: int, params: dict, steps: int, share: float, docs: dict, ep: 
     for s in sources:
         part = anneal(p, root / f"part_{s}", parts[s], checkpoint)
         real = anneal(p, root / f"real_{s}", mixes[s], checkpoint)
-        result["slices"][s] = {"real": score(real), "merged": merged_score(base, part, share, docs, ep),
-                               "part": score(part)}
+        result["slices"][s] = {"real": score(real), "merged": merged_score(base, part, share, docs, ep)}
         shutil.rmtree(root / f"real_{s}")
         shutil.rmtree(root / f"part_{s}")
         log.info("merge ablation seed %d %s: real %.4f merged %.4f", seed, s,
