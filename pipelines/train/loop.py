@@ -186,27 +186,31 @@ def init_or_resume(params: dict, phase: Phase, device: torch.device, world: dist
         set_rng_state(source["rng"], device)
     attn = attention.choose(tp.get("attention", "auto"), device)
     attention.set_implementation(model, attn)
-    doc_attention = tp.get("document_attention", "within")
-    if doc_attention not in DOCUMENT_ATTENTION:
-        raise ValueError(f"train.document_attention must be one of {DOCUMENT_ATTENTION}, got {doc_attention!r}")
-    stream_seed = seed + (0 if phase.name == "phase1" else 1)
-    mixing = online_mixing.check(tp.get("online_mixing")) if phase.name == "phase1" else None
-    if mixing is not None:  # phase 1 only: the anneal trains on its own fixed blend
-        stream = DomainBatchStream(dataset, int(tp["micro_batch"]), int(tp["grad_accum"]), stream_seed, mixing,
-                                   dense_mask=attn != "flex_attention", rank=world.rank, world=world.size,
-                                   across=doc_attention == "across")
-        if state is not None:
-            stream.load(state["online_mixing"])
-            stream.position = state["position"]
-    else:
-        stream = BatchStream(dataset, int(tp["micro_batch"]), seed=stream_seed,
-                             position=state["position"] if state is not None else 0,
-                             dense_mask=attn != "flex_attention", rank=world.rank, world=world.size,
-                             across=doc_attention == "across")
+    stream = open_stream(tp, phase, dataset, seed, state, dense_mask=attn != "flex_attention", world=world)
     # torch.compile wraps the forward only; `model` stays the module that is saved and averaged.
     forward = torch.compile(synced) if tp.get("compile") else synced
     return Run(phase, model, synced, forward, mode, optimizer, stream, attn, device, world, progress,
                saved_step=progress.step if state is not None else None)
+
+
+def open_stream(tp: dict, phase: Phase, dataset: PackedDataset, seed: int, state: dict | None, dense_mask: bool,
+                world: distributed.World) -> BatchStream | DomainBatchStream:
+    """The phase's batches, from where the checkpoint ``state`` left off: the seeded order of every sequence,
+    or (phase 1 with ``train.online_mixing``) one bandit-drawn source per step."""
+    doc_attention = tp.get("document_attention", "within")
+    if doc_attention not in DOCUMENT_ATTENTION:
+        raise ValueError(f"train.document_attention must be one of {DOCUMENT_ATTENTION}, got {doc_attention!r}")
+    kw = {"dense_mask": dense_mask, "rank": world.rank, "world": world.size, "across": doc_attention == "across"}
+    stream_seed = seed + (0 if phase.name == "phase1" else 1)
+    position = state["position"] if state is not None else 0
+    mixing = online_mixing.check(tp.get("online_mixing")) if phase.name == "phase1" else None
+    if mixing is None:  # the anneal always trains on its own fixed blend
+        return BatchStream(dataset, int(tp["micro_batch"]), seed=stream_seed, position=position, **kw)
+    stream = DomainBatchStream(dataset, int(tp["micro_batch"]), int(tp["grad_accum"]), stream_seed, mixing, **kw)
+    if state is not None:
+        stream.load(state["online_mixing"])
+        stream.position = position
+    return stream
 
 
 def open_pack(phase: Phase, tp: dict) -> tuple[PackedDataset, int]:
