@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -111,6 +112,10 @@ def selection_summary(roots: dict[str, Path], keep_sources: set[str]) -> dict:
         kept[arm] = {r["id"] for r in t if r["source"] not in keep_sources}
         out[arm] = {"web_records": q["web_records"], "web_kept": q["web_kept"],
                     "kl_reduction": s.get("kl_reduction"), **({"zipfit": s["zipfit"]} if "zipfit" in s else {})}
+    target = json.loads((stages.output_dir("select", roots[NEW]) / "zipfit_target.json").read_text())["ids"]
+    source_of = {r["id"]: r["source"] for r in read_all(stages.output_dir("select", roots[NEW]),
+                                                         columns=["id", "source"]).to_pylist()}
+    out[NEW]["target_sample_sources"] = dict(sorted(Counter(source_of.get(i, "?") for i in target).items()))
     a, b = kept[BASE], kept[NEW]
     out["kept_web_overlap"] = {"both": len(a & b), "only_" + BASE: len(a - b), "only_" + NEW: len(b - a),
                                "jaccard": len(a & b) / len(a | b) if a | b else None}
@@ -210,12 +215,30 @@ def markdown(result: dict) -> str:
 def reading(result: dict) -> str:
     s, sel = result["summary"], result["selection"]
     changed = sel["kept_web_overlap"]["only_" + NEW]
-    return (f"What this measures and what it does not: the arms differ in {changed} of {sel[BASE]['web_records']} web "
-            "records, a small slice of a blend dominated by the curated sources select never drops, so a small effect "
-            "is what the design allows; the paper compared selectors on a large pool against a narrow target task "
-            "(Lean autoformalization, code) and against DSIR/D4, not against a quality classifier. Its claims that hold "
-            "or fail here are only the direction and size of the held-out bpb change at this scale; the speed claim "
-            "(faster than DSIR/D4) is not measured here beyond the select wall times above.")
+    d = s["paired_delta_zipfit_minus_topk"]
+    apart = {src: i for src, i in d.items() if i["half_width"] is not None and (i["low"] > 0 or i["high"] < 0)}
+    held = result.get("heldout_docs_per_source", {})
+    paired = ("No paired interval excludes zero either." if not apart else
+              "The paired intervals (same seed, a sharper test the verdict does not use) exclude zero only for "
+              + ", ".join(f"{src} ({_signed(i)}, zipfit {'worse' if i['low'] > 0 else 'better'}"
+                          f"{f'; {held[src]} held-out documents' if src in held else ''})" for src, i in apart.items())
+              + ".")
+    kl_z, kl_t = sel[NEW]["kl_reduction"], sel[BASE]["kl_reduction"]
+    return (f"Reading: the paper's claim (better target-task loss at the same token budget) is **not shown at this scale**: "
+            f"on the target sources and on the mean the arms' intervals overlap and the mean moves by "
+            f"{d[MEAN]['mean']:+.4f} bpb. {paired} The arms differ in {changed} of {sel[BASE]['web_records']} web records, "
+            "a small slice of a blend dominated by the curated sources select never drops, so only a small effect was "
+            "possible here; the paper selected from a large pool for a narrow target task (autoformalization, code) and "
+            "compared against DSIR and D4, not against a quality classifier. ZIP-FIT's choice also moved the web set "
+            f"*away* from the target sources' n-gram distribution (KL reduction {kl_z:+.4f} nats against "
+            f"{kl_t:+.4f} for the classifier): gzip alignment rewards shared strings with the target sample "
+            f"({', '.join(f'{n} {src}' for src, n in sel[NEW].get('target_sample_sources', {}).items())}), "
+            "not the target's word distribution. Speed: the whole select stage took "
+            f"{result['build_s'][NEW]['select']} s with zipfit against {result['build_s'][BASE]['select']} s with "
+            "quality_topk on this data; per web record ZIP-FIT at the defaults costs about 6 ms on one core (64 gzip "
+            "compressions of up to 2,000 characters, twice), far more than this repo's hashed DSIR (~4,000 records/s, "
+            "docs/benchmarks.md), so the paper's speed claim (against DSIR's and D4's original implementations) does not "
+            "carry over here. The default stays quality_topk.")
 
 
 def upsert_section(path: Path, text: str) -> None:
