@@ -18,8 +18,10 @@ keeps the previous classifier and threshold and scores only the new shards
 ``select.method`` picks how web records are chosen (the same share in every case):
 ``quality_topk`` (the threshold above), ``quality_temperature`` (a seeded
 Gumbel-top-k sample with the quality logits / ``temperature`` as log-weights:
-pure top-k hurts diversity) or ``dsir`` (importance resampling towards the
-``dsir.target_sources`` n-gram distribution, see ``dsir.py``). Every method
+pure top-k hurts diversity), ``dsir`` (importance resampling towards the
+``dsir.target_sources`` n-gram distribution, see ``dsir.py``) or ``zipfit`` (the records
+most aligned, by gzip normalized compression distance, with a seeded sample of
+``zipfit.target_docs`` records of ``dsir.target_sources``, see ``zipfit.py``). Every method
 logs the KL reduction of the selected web set towards the target
 (``metrics/details/select.json``, also in the manifest).
 """
@@ -40,7 +42,7 @@ from pipelines.core.contract import DataStage, ShardResult, ShardTask, removed_t
 from pipelines.core.shards import read_shard
 from pipelines.core.store import fetch_uri
 from pipelines.core.stats import ShardStats, totals
-from pipelines.select import dsir
+from pipelines.select import dsir, zipfit
 from pipelines.select.ngram_classifier import NgramQualityClassifier, train
 from pipelines.select.refresh import find_parent, refresh_key
 from pipelines.select.sampling import kth_largest, quality_logits, sort_keys
@@ -50,9 +52,11 @@ STAGE = "select"
 MODEL_STEM = "quality_model"  # -> quality_model.npy + quality_model.json in the output dir
 REASON = "low_quality"
 SAMPLED_OUT = "not_sampled"  # dropped by a weighted sample, not by a hard threshold
+LOW_ALIGNMENT = "low_alignment"  # zipfit: below the cut on alignment with the target sample
 DEFAULT_MAX_TRAIN = 20000
-METHODS = ("quality_topk", "quality_temperature", "dsir")
+METHODS = ("quality_topk", "quality_temperature", "dsir", "zipfit")
 DSIR_STEM = "dsir_model"  # -> dsir_model.npy: log p_target - log p_raw per bucket
+ZIPFIT_STEM = "zipfit_target"  # -> zipfit_target.json: the target sample (ids and truncated texts)
 COUNTS_STEM = "ngram_counts"  # -> ngram_counts.npy: target, raw and selected bucket counts (a refresh adds to them)
 METRICS_FILE = "metrics/details/select.json"  # the headline row: pipelines.core.headline
 
@@ -84,6 +88,13 @@ def _config(params: dict) -> dict:
     if d["buckets"] < 1:
         raise ValueError(f"select.dsir.buckets must be a positive integer, got {d['buckets']!r}")
     cfg["dsir"] = d
+    z = dict(cfg.get("zipfit") or {})
+    z["target_docs"] = z.get("target_docs", zipfit.DEFAULT_TARGET_DOCS)
+    z["max_chars"] = z.get("max_chars", zipfit.DEFAULT_MAX_CHARS)
+    for key in ("target_docs", "max_chars"):
+        if not isinstance(z[key], int) or isinstance(z[key], bool) or z[key] < 1:
+            raise ValueError(f"select.zipfit.{key} must be a positive integer, got {z[key]!r}")
+    cfg["zipfit"] = z
     return cfg
 
 
@@ -122,15 +133,47 @@ def _training_texts(shards: list[str], cfg: dict) -> tuple[list[str], list[str]]
     return texts["positive"], texts["negative"]
 
 
+def _zipfit_targets(shards: list[str], cfg: dict) -> dict:
+    """The ZIP-FIT target sample: ``zipfit.target_docs`` records of ``dsir.target_sources``, the first by a
+    seeded hash of the id (independent of shard layout), texts truncated to ``zipfit.max_chars``."""
+    sources, z = pa.array(cfg["dsir"]["target_sources"], pa.string()), cfg["zipfit"]
+    rows = []
+    for si, path in enumerate(shards):
+        t = read_shard(path, ["id", "source"])
+        for ri in np.flatnonzero(np.asarray(pc.is_in(t.column("source"), sources))):
+            rid = t.column("id")[int(ri)].as_py()
+            rows.append((zipfit.target_key(cfg["seed"], rid), rid, si, int(ri)))
+    rows = sorted(rows)[: z["target_docs"]]
+    if not rows:
+        raise ValueError(f"select: no records of select.dsir.target_sources {cfg['dsir']['target_sources']} in "
+                         "data/dedup for the ZIP-FIT target sample")
+    by_shard: dict[int, list[int]] = {}
+    for _, _, si, ri in rows:
+        by_shard.setdefault(si, []).append(ri)
+    found = {}
+    for si, idx in by_shard.items():
+        col = read_shard(shards[si], ["text"]).column("text").take(pa.array(idx)).to_pylist()
+        found.update({(si, ri): (text or "")[: z["max_chars"]] for ri, text in zip(idx, col)})
+    return {"ids": [rid for _, rid, _, _ in rows], "texts": [found[(si, ri)] for _, _, si, ri in rows],
+            "max_chars": z["max_chars"]}
+
+
+def _load_aligner(path: str) -> zipfit.Aligner:
+    target = json.loads(Path(fetch_uri(path)).read_text(encoding="utf-8"))
+    return zipfit.Aligner(target["texts"], target["max_chars"])
+
+
 def _web_mask(table: pa.Table, keep_sources: list[str]) -> np.ndarray:
     return np.asarray(pc.invert(pc.is_in(table.column("source"), pa.array(keep_sources or [], pa.string()))))
 
 
 def selection_keys(cfg: dict, ids: list[str], texts: list[str], scores: np.ndarray,
-                   dsir_path: str | None) -> np.ndarray:
+                   dsir_path: str | None, zipfit_path: str | None = None) -> np.ndarray:
     """Per web record, the key the selection cuts at a global threshold (keep ``key >= threshold``)."""
     if cfg["method"] == "quality_topk":
         return np.asarray(scores, dtype=np.float64)
+    if cfg["method"] == "zipfit":  # deterministic: the most aligned records are kept, no sampling noise
+        return _load_aligner(zipfit_path).alignment(texts)
     if cfg["method"] == "quality_temperature":
         return sort_keys(quality_logits(scores, cfg["temperature"]), ids, cfg["seed"], STAGE)
     model = dsir.ImportanceModel(np.load(fetch_uri(dsir_path), allow_pickle=False))
@@ -151,13 +194,13 @@ def _load_model(model: dict) -> NgramQualityClassifier:
     return NgramQualityClassifier.from_files(model["meta"], fetch_uri(model["coef"]))
 
 
-def _score_web(job: tuple[str, dict, dict, str | None]) -> np.ndarray:
-    path, model, cfg, dsir_path = job
+def _score_web(job: tuple[str, dict, dict, str | None, str | None]) -> np.ndarray:
+    path, model, cfg, dsir_path, zipfit_path = job
     table = read_shard(path, ["id", "source", "text"])
     web = table.filter(pa.array(_web_mask(table, cfg.get("keep_sources"))))
     texts = web.column("text").to_pylist()
     scores = _load_model(model).score(texts)
-    return selection_keys(cfg, web.column("id").to_pylist(), texts, scores, dsir_path)
+    return selection_keys(cfg, web.column("id").to_pylist(), texts, scores, dsir_path, zipfit_path)
 
 
 def _selected_buckets(job: tuple[str, list[str], int, np.ndarray, float]) -> np.ndarray:
@@ -186,10 +229,10 @@ def process_shard(task: ShardTask) -> ShardResult:
     rows = np.flatnonzero(web)
     ids = table.column("id").to_pylist()
     keys[rows] = selection_keys(task.params, [ids[r] for r in rows], [texts[r] for r in rows], scores[rows],
-                                task.context.get("dsir"))
+                                task.context.get("dsir"), task.context.get("zipfit"))
     keep = ~web | (keys >= threshold)
     topk = task.params["method"] == "quality_topk"
-    reason = REASON if topk else SAMPLED_OUT
+    reason = REASON if topk else (LOW_ALIGNMENT if task.params["method"] == "zipfit" else SAMPLED_OUT)
     table = table.append_column(pa.field("quality_score", pa.float32()), pa.array(scores.astype(np.float32)))
     mask = pa.array(keep)
     kept, dropped = table.filter(mask), table.filter(pc.invert(mask))
@@ -220,7 +263,8 @@ def train_and_select(run, cfg: dict) -> dict:
     refs = run.input_shards()
     d = cfg["dsir"]
     kept_files = [MODEL_STEM + ".npy", MODEL_STEM + ".json", COUNTS_STEM + ".npy"] + \
-        ([DSIR_STEM + ".npy"] if cfg["method"] == "dsir" else [])
+        ([DSIR_STEM + ".npy"] if cfg["method"] == "dsir" else []) + \
+        ([ZIPFIT_STEM + ".json"] if cfg["method"] == "zipfit" else [])
     parent = find_parent(run, kept_files)
     if parent is None:
         shards = [ref.uri for ref in refs]
@@ -256,9 +300,16 @@ def train_and_select(run, cfg: dict) -> dict:
         run.write_artifact(DSIR_STEM + ".npy", _save_npy(importance.log_ratio))
         dsir_path = run.artifact_uri(DSIR_STEM + ".npy")
 
+    zipfit_path = None
+    if cfg["method"] == "zipfit":  # the target sample: drawn once, kept by a refresh like the DSIR model
+        if parent is None:
+            target = _zipfit_targets(shards, cfg)
+            run.write_artifact(ZIPFIT_STEM + ".json", lambda path: write_json_atomic(path, target))
+        zipfit_path = run.artifact_uri(ZIPFIT_STEM + ".json")
+
     # Pass 1: the global threshold over the keys of every web record of the input (a refresh keeps its parent's).
     # The per-shard keys (map keeps job order) are kept for the selected-bucket counts below.
-    shard_keys = run.map(_score_web, [(p, model_ref, cfg, dsir_path) for p in shards])
+    shard_keys = run.map(_score_web, [(p, model_ref, cfg, dsir_path, zipfit_path) for p in shards])
     web_scores = np.concatenate(shard_keys) if shard_keys else np.zeros(0)
     frac = float(cfg["web_keep_fraction"])
     if parent is not None:
@@ -276,6 +327,9 @@ def train_and_select(run, cfg: dict) -> dict:
     run.write_artifact(COUNTS_STEM + ".npy", _save_npy(np.stack([target_counts, raw_counts, selected_counts])))
     selection = {"method": cfg["method"], "target_sources": d["target_sources"], "buckets": d["buckets"],
                  **({"temperature": cfg["temperature"]} if cfg["method"] == "quality_temperature" else {}),
+                 **({"zipfit": {**cfg["zipfit"], "target_records": len(json.loads(
+                     Path(fetch_uri(zipfit_path)).read_text(encoding="utf-8"))["ids"])}}
+                    if cfg["method"] == "zipfit" else {}),
                  **(dsir.kl_reduction(target_counts, raw_counts, selected_counts)
                     if target_counts.sum() and raw_counts.sum() else {"kl_reduction": None})}
     run.notes["quality"] = {
@@ -291,13 +345,13 @@ def train_and_select(run, cfg: dict) -> dict:
     if parent is None:
         meta = model.describe(coef["sha256"], MODEL_STEM + ".npy", {"train": train_info, "threshold": threshold})
         run.write_artifact(MODEL_STEM + ".json", lambda path: write_json_atomic(path, meta))
-    return {"model": model_ref, "threshold": threshold, "dsir": dsir_path}
+    return {"model": model_ref, "threshold": threshold, "dsir": dsir_path, "zipfit": zipfit_path}
 
 
 class SelectStage(DataStage):
     name = STAGE
     input = "dedup"
-    drop_reasons = (REASON, SAMPLED_OUT)
+    drop_reasons = (REASON, SAMPLED_OUT, LOW_ALIGNMENT)
 
     def config(self, params: dict) -> dict:
         return _config(params)
@@ -308,7 +362,8 @@ class SelectStage(DataStage):
         for t in tasks:
             t.context = context
         return {"model": context["model"]["meta"]["coef_sha256"], "threshold": repr(context["threshold"]),
-                **({"dsir": run.artifacts[DSIR_STEM + ".npy"]["sha256"]} if context["dsir"] else {})}
+                **({"dsir": run.artifacts[DSIR_STEM + ".npy"]["sha256"]} if context["dsir"] else {}),
+                **({"zipfit": run.artifacts[ZIPFIT_STEM + ".json"]["sha256"]} if context.get("zipfit") else {})}
 
     def process(self, task: ShardTask) -> ShardResult:
         return process_shard(task)
