@@ -135,10 +135,12 @@ def test_the_experiment_pairs_seeds_reports_every_source_and_keeps_the_other_sec
     result["reading"] = exp.reading(result)
     text = exp.markdown(result)
     assert text.startswith("## ZIP-FIT\n") and "| news (target) |" in text and "| **mean** |" in text
+    from pipelines.experiments._report import upsert_section
+
     report = tmp_path / "science.md"
     report.write_text("# Science\n\nintro\n\n## ZIP-FIT\n\nSTALE-SECTION\n\n## Step Law\n\nkept\n")
-    exp.upsert_section(report, text)
+    upsert_section(report, exp.SECTION, text)
     new = report.read_text()
     assert "STALE-SECTION" not in new and new.startswith("# Science\n\nintro\n\n## ZIP-FIT\n") and new.endswith("## Step Law\n\nkept\n")
-    exp.upsert_section(report, text)
+    upsert_section(report, exp.SECTION, text)
     assert report.read_text() == new

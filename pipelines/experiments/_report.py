@@ -533,10 +533,10 @@ def write(summary: dict, out: Path) -> None:
 def upsert_section(path: Path, title: str, text: str) -> None:
     """Replace the section ``title`` of ``path`` with ``text`` (or append it), leaving every other section as it is."""
     old = path.read_text() if path.exists() else ""
-    start = old.find(title)
+    start = old.find(title + "\n")  # the whole heading line: "## Step Law" is not "## Step Law 2"
     if start < 0:
         new = old.rstrip("\n") + ("\n\n" if old else "") + text
     else:
         nxt = old.find("\n## ", start + len(title))
-        new = old[:start] + text + (old[nxt + 1:] if nxt >= 0 else "")
+        new = old[:start] + text + (old[nxt:] if nxt >= 0 else "")
     write_bytes_atomic(path, new.encode())

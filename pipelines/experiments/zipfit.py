@@ -38,11 +38,13 @@ import yaml
 
 from pipelines import stages
 from pipelines.config import load_params, resolve, section
-from pipelines.core.atomic import write_bytes_atomic, write_json_atomic
+from pipelines.core.atomic import write_json_atomic
 from pipelines.core.shards import read_all
 from pipelines.evaluate.stage import evaluate_checkpoint
 from pipelines.experiments._branches import in_workspace, make_workspace
 from pipelines.experiments._ci import lower_is_shown, t_interval
+from pipelines.experiments._report import upsert_section
+from pipelines.experiments._two_arms import fmt
 from pipelines.experiments.science import experiment_params
 from pipelines.train.loop import train_phase
 
@@ -151,10 +153,6 @@ def summarize(rows: list[dict]) -> dict:
             "runs": by_arm, "train_wall_s": round(sum(r["train_s"] + r["eval_s"] for r in rows), 1)}
 
 
-def _fmt(i: dict) -> str:
-    return f"{i['mean']:.4f} ± {i['half_width']:.4f}" if i["half_width"] is not None else f"{i['mean']:.4f}"
-
-
 def _signed(i: dict) -> str:
     return f"{i['mean']:+.4f} ± {i['half_width']:.4f}" if i["half_width"] is not None else f"{i['mean']:+.4f}"
 
@@ -195,7 +193,7 @@ def markdown(result: dict) -> str:
     for src in s["sources"] + [MEAN]:
         b = s["bpb"][src]
         name = f"**{src}**" if src == MEAN else (f"{src} (target)" if src in targets else src)
-        lines.append(f"| {name} | {_fmt(b[BASE])} | {_fmt(b[NEW])} | {_signed(s['paired_delta_zipfit_minus_topk'][src])} "
+        lines.append(f"| {name} | {fmt(b[BASE])} | {fmt(b[NEW])} | {_signed(s['paired_delta_zipfit_minus_topk'][src])} "
                      f"| {s['verdict'][src]['zipfit_better']} |")
     target_shown = [src for src in targets if s["verdict"].get(src, {}).get("zipfit_better") == "shown"]
     worse = [src for src in s["sources"] + [MEAN] if s["verdict"][src]["zipfit_worse"] == "shown"]
@@ -241,22 +239,10 @@ def reading(result: dict) -> str:
             "carry over here. The default stays quality_topk.")
 
 
-def upsert_section(path: Path, text: str) -> None:
-    """Replace this experiment's section of ``path`` (or append it), leaving every other section as it is."""
-    old = path.read_text() if path.exists() else ""
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt:] if nxt >= 0 else "")
-    write_bytes_atomic(path, new.encode())
-
-
 def write_report(result: dict, out: Path) -> None:
     result["reading"] = reading(result)
     write_json_atomic(out.with_suffix(".json"), result)
-    upsert_section(resolve("reports/science.md"), markdown(result))
+    upsert_section(resolve("reports/science.md"), SECTION, markdown(result))
 
 
 def main(argv: list[str]) -> int:
