@@ -8,6 +8,7 @@ Padding is never a target, nor is a token the pack's loss mask marks no-loss.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -98,6 +99,13 @@ def make_batch(sequences: list[PackedSequence], dense_mask: bool = True) -> Batc
     )
 
 
+def whole(seq: PackedSequence) -> PackedSequence:
+    """``train.cross_document_attention``: the sequence's documents as one stream (the classic causal LM: a
+    token attends to every earlier token of the sequence, positions run on, the token after an EOS is a
+    target). The padding tail stays its own segment."""
+    return dataclasses.replace(seq, doc_starts=np.asarray(seq.doc_starts[:1], dtype=np.asarray(seq.doc_starts).dtype))
+
+
 class BatchStream:
     """Micro-batches of ``micro_batch`` sequences in seeded order from ``position`` on.
 
@@ -108,17 +116,20 @@ class BatchStream:
     """
 
     def __init__(self, dataset: PackedDataset, micro_batch: int, seed: int, position: int = 0,
-                 dense_mask: bool = True, rank: int = 0, world: int = 1):
+                 dense_mask: bool = True, rank: int = 0, world: int = 1, cross_document: bool = False):
         if len(dataset) == 0:
             raise ValueError(f"packed data {dataset.dir} holds no sequences")
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in a world of {world}")
         self.dataset, self.micro_batch, self.seed, self.position = dataset, micro_batch, seed, position
         self.dense_mask, self.rank, self.world = dense_mask, rank, world
+        self.cross_document = cross_document
 
     def next(self) -> Batch:
         n = len(self.dataset)
         first = self.position + self.rank * self.micro_batch
         seqs = [self.dataset[sequence_order(n, self.seed, first + i)] for i in range(self.micro_batch)]
         self.position += self.world * self.micro_batch
+        if self.cross_document:
+            seqs = [whole(s) for s in seqs]
         return make_batch(seqs, dense_mask=self.dense_mask)

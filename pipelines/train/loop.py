@@ -184,7 +184,8 @@ def init_or_resume(params: dict, phase: Phase, device: torch.device, world: dist
     attention.set_implementation(model, attn)
     stream = BatchStream(dataset, int(tp["micro_batch"]), seed=seed + (0 if phase.name == "phase1" else 1),
                          position=state["position"] if state is not None else 0,
-                         dense_mask=attn != "flex_attention", rank=world.rank, world=world.size)
+                         dense_mask=attn != "flex_attention", rank=world.rank, world=world.size,
+                         cross_document=bool(tp.get("cross_document_attention", False)))
     # torch.compile wraps the forward only; `model` stays the module that is saved and averaged.
     forward = torch.compile(synced) if tp.get("compile") else synced
     return Run(phase, model, synced, forward, mode, optimizer, stream, attn, device, world, progress,
