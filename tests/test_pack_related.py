@@ -170,3 +170,27 @@ def test_cross_document_attention_makes_a_sequence_one_stream(workspace):
     stream = BatchStream(ds, 2, seed=0, cross_document=True)
     batch = stream.next()
     assert batch.attention_mask is not None and (batch.position_ids.max() >= 0)
+
+
+def test_the_icp_experiment_pairs_seeds_and_keeps_other_sections(tmp_path):
+    from pipelines.experiments import icp
+
+    def row(seed, arm, bpb, after):
+        return {"seed": seed, "arm": arm, "bpb": {"a": bpb, "b": bpb + 1}, "bpb_mean": bpb + 0.5, "step": 3,
+                "pairs": {"pairs": 10, "all": {"alone": 4.0, "after_related": after, "gain": 4.0 - after}},
+                "train_s": 1.0, "eval_s": 1.0}
+    rows = [row(s, arm, bpb + 0.01 * s, after) for s in (1, 2, 3)
+            for arm, bpb, after in (("input", 3.0, 3.9), ("related", 2.5, 3.5))]
+    pack = {"adjacent_similarity": 0.5, "fill_ratio": 0.97, "tokens": 10, "docs": 2, "n_seq": 1, "pack_s": 1.0}
+    s = {"steps": 3, **icp.summarize(rows, {"input": pack, "related": pack})}
+    assert s["bpb"]["mean"]["related_lower"] == "shown" and s["bpb"]["mean"]["input_lower"] != "shown"
+    assert s["bpb"]["mean"]["delta_related_minus_input"]["mean"] == pytest.approx(-0.5)
+    assert s["pairs"]["verdict_after_related_lower"] == "shown" and s["pairs"]["verdict_gain_higher"] == "shown"
+    md = tmp_path / "science.md"
+    md.write_text("# Science\n\n## Step Law\n\nkept\n")
+    icp.upsert_section(md, icp.markdown(s))
+    icp.upsert_section(md, icp.markdown(s))  # replaced, not appended twice
+    text = md.read_text()
+    assert text.count(icp.SECTION) == 1 and "## Step Law\n\nkept" in text
+    from pipelines.experiments import _report
+    assert icp.SECTION in _report.OTHER_SECTIONS  # the main science report keeps it

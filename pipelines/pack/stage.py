@@ -7,7 +7,8 @@
 2. Per phase: tokenize every document, one task per input shard (``documents.py``; with
    ``meco``, phase 1 only, after a no-loss ``URL: <domain>`` prefix) + EOS; pack the lengths
    into ``seq_len`` sequences (``best_fit``: best-fit-decreasing, documents cut only when
-   longer than ``seq_len``; ``concat``: concatenate-and-split), shuffle the sequences with a
+   longer than ``seq_len``; ``concat``: concatenate-and-split; phase 1 with ``order: related``: In-Context
+   Pretraining's order first, related documents adjacent, ``related.py``), shuffle the sequences with a
    seeded permutation and write them, one task per token shard, in the format of
    ``pipelines/pack/format.py`` plus ``lineage.parquet`` (``sequences.py``).
 3. ``data/pack/pack.json``: what was packed (fill, padding, splits, token shares per source)
