@@ -4,6 +4,7 @@ from __future__ import annotations
 from pipelines.config import section
 
 PACKINGS = ("best_fit", "concat")
+ORDERS = ("input", "related")  # phase 1's document order before packing (related: In-Context Pretraining)
 
 
 def pack_config(params: dict) -> dict:
@@ -18,11 +19,14 @@ def pack_config(params: dict) -> dict:
         "batch_docs": int(cfg.get("encode_batch_docs", 1000)),
         "tokenizer_dir": cfg.get("tokenizer_dir") or None,
         "meco": bool(cfg.get("meco", False)),
+        "order": str(cfg.get("order", "input")),
         "seed": params.get("seed"),
         "mixture_audit": mixture_audit_config(cfg.get("mixture_audit")),
     }
     if out["packing"] not in PACKINGS:
         raise ValueError(f"params pack.packing must be one of {PACKINGS}, got {out['packing']!r}")
+    if out["order"] not in ORDERS:
+        raise ValueError(f"params pack.order must be one of {ORDERS}, got {out['order']!r}")
     for key, name, low in (("seq_len", "seq_len", 2), ("sample_chars", "tokenizer_sample_chars", 1),
                            ("max_seq", "max_seq_per_shard", 1), ("batch_docs", "encode_batch_docs", 1)):
         if out[key] < low:

@@ -18,6 +18,7 @@ import pyarrow as pa
 from pipelines.core.schema import domain_of
 from pipelines.core.shards import read_schema, read_shard
 from pipelines.core.store import fetch_uri
+from pipelines.pack.related import signatures
 from pipelines.pack.tokenizer import encode_task
 
 COLUMNS = ("id", "source", "text", "blend_copy", "domain", "url")
@@ -34,7 +35,8 @@ def tokens_rel(phase: str, shard_index: int) -> str:
 
 def encode_shard(job: tuple) -> dict:
     """One input shard of a blend -> its tokens in scratch; per row: begin, length (EOS included), prefix."""
-    uri, phase, shard_index, tokenizer, eos_id, batch_docs, meco, scratch = job
+    uri, phase, shard_index, tokenizer, eos_id, batch_docs, meco, scratch, *rest = job
+    related = bool(rest and rest[0])  # pack.order: related: a SimHash signature per row too (related.py)
     names = read_schema(uri).names
     missing = [c for c in ("id", "source", "text") if c not in names]
     if missing:
@@ -75,7 +77,11 @@ def encode_shard(job: tuple) -> dict:
     slot = {rid: k for k, rid in enumerate(first)}
     row_slot = np.asarray([slot[rid] for rid in ids], dtype=np.int64)
     empty = np.zeros(0, np.int64)
-    return {
+    extra = {}
+    if related:
+        sig = signatures([texts[r] for r in unique_rows])
+        extra["signature"] = sig[row_slot] if len(row_slot) else np.zeros(0, np.uint64)
+    return {**extra,
         "ids": ids, "sources": sources, "copies": copies,
         "begin": begin[row_slot] if len(row_slot) else empty,
         "length": lengths[row_slot] if len(row_slot) else empty,

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from pipelines.pack.binpack import Placement, best_fit_decreasing, concat_split, split_documents
 from pipelines.pack.format import write_packed_shard
+from pipelines.pack.related import traverse, windowed_best_fit
 
 
 class Rows:
@@ -26,13 +27,37 @@ class Rows:
         self.copies = [c for p in parts for c in p["copies"]]
         cat = lambda key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0, np.int64)  # noqa: E731
         self.begin, self.length, self.prefix_length = cat("begin"), cat("length"), cat("prefix")
+        # pack.order: related only: each row's SimHash signature (pipelines/pack/related.py)
+        self.signature = np.concatenate([p["signature"] for p in parts]) \
+            if parts and all("signature" in p for p in parts) else None
         self.shard = np.repeat(np.arange(len(parts)), [len(p["ids"]) for p in parts])  # input shard of each row
 
 
-def place(rows: Rows, seq_len: int, packing: str) -> Placement:
+def place(rows: Rows, seq_len: int, packing: str, order: str = "input") -> Placement:
+    if order == "related":
+        return place_related(rows, seq_len, packing)
     if packing == "concat":
         return concat_split(rows.length, seq_len)
     return best_fit_decreasing(split_documents(rows.length, seq_len), seq_len)
+
+
+def related_order(rows: Rows) -> np.ndarray:
+    """The In-Context Pretraining order of the rows (copies of one record form one group)."""
+    if rows.signature is None:
+        raise ValueError("pack.order: related needs the rows' signatures (encode_shard with related=True)")
+    group_of: dict[str, int] = {}
+    group = np.asarray([group_of.setdefault(i, len(group_of)) for i in rows.ids], dtype=np.int64)
+    return traverse(rows.signature, group)
+
+
+def place_related(rows: Rows, seq_len: int, packing: str) -> Placement:
+    """Pieces in the ICP traversal order: concatenated and cut (``concat``) or a windowed best fit."""
+    order = related_order(rows)
+    if packing == "concat":
+        placement = concat_split(rows.length[order], seq_len)
+        placement.pieces.doc = order[placement.pieces.doc]
+        return placement
+    return windowed_best_fit(rows.length, order, seq_len)
 
 
 def shuffled_sequences(placement: Placement, shuffle_seed: int, phase_number: int) -> np.ndarray:

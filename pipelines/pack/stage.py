@@ -7,7 +7,8 @@
 2. Per phase: tokenize every document, one task per input shard (``documents.py``; with
    ``meco``, phase 1 only, after a no-loss ``URL: <domain>`` prefix) + EOS; pack the lengths
    into ``seq_len`` sequences (``best_fit``: best-fit-decreasing, documents cut only when
-   longer than ``seq_len``; ``concat``: concatenate-and-split), shuffle the sequences with a
+   longer than ``seq_len``; ``concat``: concatenate-and-split; phase 1 with ``order: related``: In-Context
+   Pretraining's order first, related documents adjacent, ``related.py``), shuffle the sequences with a
    seeded permutation and write them, one task per token shard, in the format of
    ``pipelines/pack/format.py`` plus ``lineage.parquet`` (``sequences.py``).
 3. ``data/pack/pack.json``: what was packed (fill, padding, splits, token shares per source)
@@ -37,6 +38,7 @@ from pipelines.pack.config import pack_config
 from pipelines.mix.report import blend_rows
 from pipelines.pack.documents import audit_sample, check_one_text_per_id, encode_shard, tokenizer_sample, tokens_rel
 from pipelines.pack.format import INDEX, token_dtype
+from pipelines.pack.related import adjacent_similarity
 from pipelines.pack.mixture_audit import audit, auditable, byte_shares, infer_shares
 from pipelines.pack.sequences import (
     Rows, lineage_table, phase_summary, place, shard_contexts, shuffled_sequences, write_token_shard,
@@ -106,11 +108,14 @@ class PackStage(DataStage):
         for number, phase in enumerate(PHASES, start=1):
             meco = cfg["meco"] and phase == "phase1"  # phase 2 (the cool-down) packs without the prefix
             refs = run.input_shards(phase)
-            parts = run.map(encode_shard, [(ref.uri, phase, s, tokenizer, eos_id, cfg["batch_docs"], meco, run.scratch)
-                                           for s, ref in enumerate(refs)])
+            # In-Context Pretraining (pack.order: related) orders phase 1 only; phase 2 (the anneal) keeps its order
+            order = cfg["order"] if phase == "phase1" else "input"
+            extra = (True,) if order == "related" else ()  # the default's jobs are exactly as before
+            parts = run.map(encode_shard, [(ref.uri, phase, s, tokenizer, eos_id, cfg["batch_docs"], meco, run.scratch,
+                                            *extra) for s, ref in enumerate(refs)])
             check_one_text_per_id(parts)
             rows = Rows(parts)
-            placement = place(rows, cfg["seq_len"], cfg["packing"])
+            placement = place(rows, cfg["seq_len"], cfg["packing"], order)
             seq = shuffled_sequences(placement, cfg["shuffle_seed"], number)
             meco = meco and bool(rows.prefix_length.any())
             files = [run.scratch.uri(tokens_rel(phase, s)) for s in range(len(refs))]
@@ -118,6 +123,8 @@ class PackStage(DataStage):
                 ctx.update(dtype=dtype.name, pad_id=pad_id)
                 tasks.append(ShardTask(self.name, f"tokens-{k:05d}", [], everything, ctx, dataset=phase))
             summary = phase_summary(rows, placement, cfg["seq_len"], meco)
+            if order == "related":
+                summary["order"] = {"order": "related", "adjacent_similarity": adjacent_similarity(rows.signature, placement)}
             run.notes["phases"][phase] = {"summary": summary, "meco": meco,
                                           "lineage": lineage_table(rows, placement, seq)}
             for ref, part in zip(refs, parts):
@@ -168,6 +175,8 @@ class PackStage(DataStage):
             "tokenizer_sample": {"docs": len(sample), "chars": sum(len(t) for t in sample)},
             "phases": {p: notes["phases"][p]["summary"] for p in PHASES},
         }
+        if cfg["order"] != "input":  # only then: the default's pack.json is byte for byte as before
+            summary["order"] = cfg["order"]
         if notes["mixture_audit"] is not None:
             summary["mixture_audit"] = notes["mixture_audit"]
         run.write_artifact(SUMMARY, lambda tmp: write_json_atomic(tmp, summary))
