@@ -15,18 +15,12 @@ from pipelines.core.shards import read_all, write_shard
 from pipelines.select import dsir
 from pipelines.select import stage as select_stage
 from pipelines.select.sampling import gumbel_top_k, kth_largest, quality_logits, sort_keys
-from tests.fixtures.project import TEXT
-from tests.fixtures.real_text import jsonl_texts, long_lines
+from tests.fixtures.real_text import select_sources
 
 
 @pytest.fixture(scope="module")
 def sources() -> dict[str, list[str]]:
-    return {
-        "news": long_lines(TEXT / "news" / "lee_background.cor", 240),
-        "wikipedia": long_lines(TEXT / "wikipedia" / "wikitext-2_valid.txt", 240),
-        "math": jsonl_texts(TEXT / "math" / "gsm8k_train_lines0001-3737.jsonl.gz", 240, ["question", "answer"]),
-        "web": jsonl_texts(TEXT / "web_cc" / "dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz", 240, ["text"]),
-    }
+    return select_sources()
 
 
 def _select_dsir(target: list[str], pool: list[str], ids: list[str], k: int, seed: int):

@@ -14,18 +14,12 @@ from pipelines import stages
 from pipelines.core.schema import domain_of, make_record_id
 from pipelines.core.shards import read_all, read_shard, write_shard
 from pipelines.select import zipfit
-from tests.fixtures.project import TEXT
-from tests.fixtures.real_text import jsonl_texts, long_lines
+from tests.fixtures.real_text import select_sources
 
 
 @pytest.fixture(scope="module")
 def sources() -> dict[str, list[str]]:
-    return {
-        "news": long_lines(TEXT / "news" / "lee_background.cor", 240),
-        "wikipedia": long_lines(TEXT / "wikipedia" / "wikitext-2_valid.txt", 60),
-        "math": jsonl_texts(TEXT / "math" / "gsm8k_train_lines0001-3737.jsonl.gz", 60, ["question", "answer"]),
-        "web": jsonl_texts(TEXT / "web_cc" / "dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz", 120, ["text"]),
-    }
+    return select_sources(news=240, wikipedia=60, math=60, web=120)
 
 
 def test_ncd_of_a_text_with_itself_is_below_its_ncd_with_unrelated_text(sources):
