@@ -62,11 +62,16 @@ def markdown(summary: dict, steps: int) -> str:
         f"{p1:.0f}): " + ", ".join(f"{s} {sum(v) / len(v):.0f}" for s, v in sorted(drawn.items())) + "; its last "
         "policy: " + ", ".join(f"{s} {sum(r['online_mixing']['policy_final'][s] for r in odm_runs) / len(odm_runs):.3f}"
                                for s in sorted(drawn)) + ".",
-        "The policy starts uniform over sources and its reward is a moving average of loss / probability, so as "
-        "the exploration rate eps_t = sqrt(ln K / (K t)) shrinks the softmax flattens: the policy stays near "
-        "uniform, tilted towards the sources with the highest loss. Against the pack's blend that means the "
-        "small sources (math, code) are drawn far more often than their token share and the large ones less.",
+        f"A uniform policy would give each of the {len(drawn)} sources {p1 / max(1, len(drawn)):.0f} steps. The policy "
+        "starts uniform and its reward is a moving average of loss / probability, so as the exploration rate "
+        "eps_t = sqrt(ln K / (K t)) shrinks, the softmax flattens towards uniform: against the pack's blend the "
+        "small sources get far more steps than their token share (their sequences repeat) and the large ones fewer.",
     ]
+    worse = [s for s, iv in summary["paired_delta_by_source"].items() if iv["half_width"] is not None and iv["low"] > 0]
+    better = [s for s, iv in summary["paired_delta_by_source"].items() if iv["half_width"] is not None and iv["high"] < 0]
+    lines += ["", f"Paired over seeds, the interval excludes zero on {len(worse) + len(better)} of "
+              f"{len(summary['paired_delta_by_source'])} sources: ODM worse on {', '.join(worse) or 'none'}; better on "
+              f"{', '.join(better) or 'none'}. The verdict uses the unpaired intervals, which overlap on the mean."]
     if d["half_width"] is not None and d["low"] > 0:
         lines += ["", "The paired interval lies above zero: ODM is worse on every seed at this scale. "
                   "`train.online_mixing` stays off by default."]
