@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from pipelines.mixture_search import search
+from pipelines.mixture_search import decision, predictors, search
 from tests.fixtures.airflow_dags import load_dag
 from tests.fixtures.mixture_toy import toy  # noqa: F401 (fixture)
 from tests.fixtures.project import REPO
@@ -20,13 +20,17 @@ def _check(doc):
     for c in doc["candidates"]:
         assert sum(c["weights"].values()) == pytest.approx(1.0)
         assert 0 < c["bpb_mean"] < 20 and "predicted_bpb_mean" in c
-    # Round 0 starts from the uniform anchor; phase 1 = mean of the 3 best measured (final: top_k_mean).
+        assert all(c["weights"][d] <= doc["caps"][d] + 1e-9 for d in doc["domains"])  # max_repeat holds
+    # Round 0 starts from the uniform anchor, moved within the caps; phase 1 = mean of the 3 best measured.
     r0 = [c for c in doc["candidates"] if c["round"] == 0]
-    assert r0[0]["weights"] == pytest.approx({d: 0.25 for d in doc["domains"]})
+    assert r0[0]["weights"] == pytest.approx(doc["uniform_weights"])
+    capped = {d for d in doc["domains"] if doc["caps"][d] < 0.25}
+    assert capped, "the toy's smallest domain should be capped below a uniform share"
+    assert all(doc["uniform_weights"][d] == pytest.approx(doc["caps"][d]) for d in capped)
     top = sorted(doc["candidates"], key=lambda c: c["bpb_mean"])[:3]
     mean = {d: sum(c["weights"][d] for c in top) / 3 for d in doc["domains"]}
     assert doc["phase1_weights"] == pytest.approx(mean)
-    assert set(doc["predictor"]["comparison"]) == {"lightgbm", "linear_regmix", "mixing_law"}
+    assert set(doc["predictor"]["comparison"]) == {"per_source", "lightgbm", "linear_regmix", "mixing_law"}
 
 
 def test_disabled_search_writes_empty_mixture(workspace):
@@ -39,6 +43,11 @@ def test_pool_and_mapped_tasks_run_the_same_search(toy, airflow_db, monkeypatch)
     doc = json.loads(toy.path("data/mixture/mixture.json").read_text())
     _check(doc)
     assert pool["candidates"] == 4
+    # Common random numbers: a domain at weight 0 keeps its slot, so leaving it out changes nothing.
+    w = {**doc["uniform_weights"], "math": 0.0}
+    a = search.run_proxy(toy.params(), {"name": "a", "weights": w, "seed": 3})
+    b = search.run_proxy(toy.params(), {"name": "b", "weights": {d: x for d, x in w.items() if d != "math"}, "seed": 3})
+    assert a["bpb"] == b["bpb"]
 
     shutil.copytree(REPO / "dags", toy.path("dags"), ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(toy.path("dags")))
@@ -69,8 +78,10 @@ def test_predictors_rank_a_known_mixing_law_and_final_rules():
 
     W = rng.dirichlet(np.ones(3), size=36)
     train, test = [cand(j, w) for j, w in enumerate(W[:24])], [cand(j, w) for j, w in enumerate(W[24:])]
-    rho = search.holdout_spearman(train, test, names)
-    assert set(rho) == {"lightgbm", "linear_regmix", "mixing_law"}
+    for c in train + test:
+        c["bpb"] = {"only": c["bpb_mean"]}
+    rho = predictors.holdout_spearman(train, test, names)
+    assert set(rho) == {"per_source", "lightgbm", "linear_regmix", "mixing_law"}
     assert rho["mixing_law"]["spearman"] > 0.95 and rho["linear_regmix"]["spearman"] > 0.8
     assert rho["lightgbm"]["spearman"] > 0.6
     cfg = {"final": {"method": "best", "k": 2}, "seed": 0, "local_concentration": 20.0, "pool_samples": 100}
@@ -82,3 +93,99 @@ def test_predictors_rank_a_known_mixing_law_and_final_rules():
         {d: (top2[0]["weights"][d] + top2[1]["weights"][d]) / 2 for d in names})
     with pytest.raises(ValueError, match="mixture.final"):
         search.config({"mixture": {"final": {"method": "oracle"}}, "mix": {}})
+
+
+def test_per_source_predictor_ranks_a_per_source_law_that_the_mean_hides():
+    """Each source's bpb falls with the log of its own domain's weight; the per-source predictor ranks
+    unseen mixtures almost exactly, and a target naming one source predicts that source alone."""
+    import numpy as np
+
+    names = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(1)
+    slope = {"a": 0.05, "b": 0.4, "c": 0.1}  # one source (b) responds strongly, as code does
+
+    def cand(j, w, target="mean"):
+        bpb = {s: float(3 - k * np.log(w[names.index(s)] + 1e-3)) for s, k in slope.items()}
+        mean = float(np.mean(list(bpb.values())))
+        return {"name": f"c{j}", "round": 0, "weights": dict(zip(names, w)), "bpb": bpb, "target": target,
+                "bpb_mean": mean if target == "mean" else bpb[target]}
+
+    W = rng.dirichlet(np.ones(4), size=40)
+    train, test = [cand(j, w) for j, w in enumerate(W[:24])], [cand(j, w) for j, w in enumerate(W[24:])]
+    assert predictors.holdout_spearman(train, test, names)["per_source"]["spearman"] > 0.95
+    only_c = [cand(j, w, "c") for j, w in enumerate(W[:24])]
+    model = predictors.fit_per_source(only_c, names)
+    assert model.sources == ["c"]
+    X = predictors.xy([cand(j, w, "c") for j, w in enumerate(W[24:])], names)
+    assert np.allclose(model.predict(X[0]), X[1], atol=0.02)
+
+
+def test_caps_move_mixtures_inside_and_refuse_impossible_ones():
+    import numpy as np
+
+    info = {"domains": ["big", "mid", "tiny"], "natural_tokens": {"big": 700, "mid": 290, "tiny": 10}}
+    cfg = search.config({"mixture": {"max_repeat": 4}, "mix": {}})
+    cap = search.caps(cfg, info)
+    assert cap == pytest.approx([1.0, 1.0, 0.04])  # 4 x the natural share, at most 1
+    W = search.within_caps(np.array([[1 / 3, 1 / 3, 1 / 3], [0.5, 0.49, 0.01], [0.0, 0.0, 1.0]]), cap)
+    assert W.sum(axis=1) == pytest.approx([1, 1, 1]) and (W <= cap + 1e-12).all()
+    assert W[0] == pytest.approx([0.48, 0.48, 0.04])  # the capped share goes to the others in proportion
+    assert W[1] == pytest.approx([0.5, 0.49, 0.01])  # inside already: unchanged
+    assert W[2] == pytest.approx([0.48, 0.48, 0.04])  # nothing left to grow: the rest shares equally
+    assert search.anchor_weights("uniform", info, cap) == pytest.approx([0.48, 0.48, 0.04])
+    assert search.caps(search.config({"mixture": {"max_repeat": None}, "mix": {}}), info) == pytest.approx([1, 1, 1])
+    with pytest.raises(ValueError, match="max_repeat"):
+        search.config({"mixture": {"max_repeat": 0.5}, "mix": {}})
+
+
+def test_decision_accuracy_counts_pairs_ordered_alike():
+    d = decision.decision_accuracy([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 4.0, 3.0])
+    assert d["pairs"] == 6 and d["accuracy"] == pytest.approx(5 / 6)
+    # The one pair decided differently (3 vs 4) has the smallest gap: the wide-gap pairs all agree.
+    assert d["accuracy_wide_gap"] == 1.0 and d["accuracy_narrow_gap"] < 1.0
+    assert decision.decision_accuracy([3, 2, 1], [1, 2, 3])["accuracy"] == 0.0
+    assert decision.larger_proxy({"steps": 5, "model": {"num_hidden_layers": 1}})["model"] == {
+        "num_hidden_layers": 1, **decision.LARGER}
+    with pytest.raises(ValueError):
+        decision.decision_accuracy([1.0], [1.0])
+
+
+def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
+    """A seed shift shared by every candidate re-orders nothing: interaction sd 0, seed pairs agree fully;
+    noise that differs per candidate shows up as interaction and lowers the agreement. The science
+    section states each verdict and whether the predictor target is met, from the numbers given."""
+    import numpy as np
+
+    from pipelines.experiments import mixture_search as ms
+
+    cand, seed = np.linspace(3.0, 3.5, 6)[:, None], np.array([[0.0, 0.2, -0.1]])
+    clean = ms.noise_stats(cand + seed)
+    assert clean["interaction_sd"] == pytest.approx(0, abs=1e-12) and clean["mean_seed_pair_spearman"] == 1.0
+    assert clean["between_candidates_sd"] == pytest.approx(float(np.std(cand, ddof=1)))
+    noisy = ms.noise_stats(cand + seed + np.random.default_rng(0).normal(0, 0.3, (6, 3)))
+    assert noisy["interaction_sd"] > 0.1 and noisy["mean_seed_pair_spearman"] < 1.0
+    with pytest.raises(ValueError):
+        ms.noise_stats(np.ones((2, 3)))
+
+    def run(searched, uniform, rho):
+        summary = {m: {"bpb_mean": v, "mean": float(np.mean(v)), "half_width": 0.01}
+                   for m, v in (("searched", searched), ("uniform", uniform), ("natural", [3.9, 3.9]))}
+        return {"summary": summary, "verdict": {"uniform": "shown", "natural": "shown"}, "candidates": 4,
+                "config": {"max_repeat": 4}, "holdout_candidates": [{}] * 3,
+                "paired_diff_searched_minus": {"uniform": [a - b for a, b in zip(searched, uniform)]},
+                "predictor_holdout": {"per_source": {"spearman": rho}, "lightgbm": {"spearman": 0.1}},
+                "decision_accuracy": {"accuracy": 0.75, "pairs": 6, "accuracy_wide_gap": 1.0, "median_gap": 0.02}}
+
+    doc = {"noise": {"lrs": {"0.003": clean, "0.001": noisy}, "candidates": 6, "seeds": 3,
+                     "proxy": {"steps": 10, "preset": "tiny", "lr": 0.001}},
+           "search": {"capped": run([3.5, 3.6], [3.7, 3.8], 0.8), "uncapped": run([3.4, 3.5], [3.7, 3.8], 0.3)}}
+    path = tmp_path / "science.md"
+    path.write_text("# Report\n\n## Other\n\nkept\n")
+    ms.write_section(doc, path)
+    text = path.read_text()
+    assert "## Other\n\nkept" in text and text.count(ms.SECTION) == 1
+    assert "capped: best predictor on held-out candidates per_source (0.80); the target Spearman >= 0.5 is met" in text
+    assert "uncapped: best predictor on held-out candidates per_source (0.30); the target Spearman >= 0.5 is not met" in text
+    assert "Paired searched - anchor over the fresh seeds (negative: searched better): uniform -0.2000" in text
+    assert "The smaller ratio (candidates re-ordered less by the seed) is at LR 0.003" in text
+    assert "75% of 6 pairs" in text

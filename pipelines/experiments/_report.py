@@ -15,7 +15,7 @@ MAIN_ARMS = ("constant", "decay_phase1", "anneal", "anneal_no_replay")
 # Sections of reports/science.md that other experiments write (python -m pipelines.experiments <name>): kept
 # as they are when this report is regenerated.
 OTHER_SECTIONS = ("## Data Mixture Inference audit", "## Step Law", "## ZIP-FIT", "## In-Context Pretraining",
-                  "## Online domain reweighting", "## Data ablation by model merging")
+                  "## Online domain reweighting", "## Data ablation by model merging", "## Mixture search")
 ARM_TEXT = {
     "constant": "constant LR on the phase-1 pack (no decay)",
     "decay_phase1": "LR decay on the phase-1 pack (the schedule alone)",

@@ -25,11 +25,13 @@ def train_and_score(work: dict, weights: dict[str, float], cfg: dict, seed: int)
     torch.set_num_threads(int(cfg.get("threads", 1)))
     torch.manual_seed(seed)
     tok = PreTrainedTokenizerFast.from_pretrained(work["tokenizer_dir"])
-    domains = sorted(d for d, w in weights.items() if w > 0 and len(work["streams"].get(d, ())) > cfg["seq_len"] + 1)
-    if not domains:
+    # Every usable domain keeps its slot in the CDF (zero weight: zero width), so the layout does not
+    # depend on which weights are zero.
+    domains = sorted(d for d in weights if len(work["streams"].get(d, ())) > cfg["seq_len"] + 1)
+    p = np.asarray([max(weights[d], 0.0) for d in domains], dtype=np.float64)
+    if not p.sum() > 0:
         raise ValueError(f"candidate has no usable domain: {weights}")
-    p = np.asarray([weights[d] for d in domains], dtype=np.float64)
-    p /= p.sum()
+    cdf = np.cumsum(p / p.sum())
     config = build_config(cfg.get("preset", "tiny"), len(tok), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
                           overrides=cfg.get("model"))
     model = build_model(config)
@@ -38,10 +40,14 @@ def train_and_score(work: dict, weights: dict[str, float], cfg: dict, seed: int)
     L, B, steps = int(cfg["seq_len"]), int(cfg["micro_batch"]), int(cfg["steps"])
     model.train()
     for step in range(steps):
+        # Common random numbers: every candidate draws the same uniforms (a domain by inverse CDF, an
+        # offset as a fraction of its stream), so two nearby mixtures at one seed see nearly the same
+        # batches and their scores differ by the mixture more than by the luck of the draw.
+        u = rng.random((B, 2))
         rows = []
-        for d in rng.choice(len(domains), size=B, p=p):
+        for d, f in zip(np.minimum(np.searchsorted(cdf, u[:, 0], side="right"), len(domains) - 1), u[:, 1]):
             s = work["streams"][domains[d]]
-            o = int(rng.integers(0, len(s) - L - 1))
+            o = int(f * (len(s) - L - 1))
             rows.append(s[o:o + L + 1])
         x = torch.as_tensor(np.stack(rows).astype(np.int64))
         warm = min(1.0, (step + 1) / max(1, steps // 10))

@@ -3,12 +3,15 @@
 Runs the search (``mixture.enabled`` forced on) in the current workspace (needs
 ``data/select``), then re-trains proxies at fresh seeds (``--seeds``, the same
 seeds for every mixture: paired differences) on three mixtures, the searched one,
-uniform over domains and the natural distribution (the pool's own token shares),
-and measures ``--holdout`` fresh random candidates to score the predictors
-(LightGBM, RegMix linear, data-mixing law) on candidates they never saw. Writes
-``reports/mixture.md``, ``reports/mixture_weights.png`` and
-``reports/mixture_eval.json``. Size knobs: ``--rounds``, ``--candidates``,
-``--steps`` (override params). Scores are measured, never assumed: if the
+uniform over domains (within the ``max_repeat`` caps) and the natural distribution
+(the pool's own token shares); "searched beats X" is shown only when the 95%
+intervals over seeds do not overlap. It measures ``--holdout`` fresh random
+candidates to score the predictors (``predictors.PREDICTORS``) on candidates they
+never saw, and trains the first ``--decision`` of them again at 4x the proxy's size
+for the DataDecide decision accuracy. Writes ``reports/mixture.md``,
+``reports/mixture_weights.png`` and ``reports/mixture_eval.json`` (``--tag T``:
+``mixture_T.md`` ...). Size knobs: ``--rounds``, ``--candidates``, ``--steps``,
+``--max-repeat`` (override params). Scores are measured, never assumed: if the
 searched mixture does not beat uniform at this scale, the report says so.
 """
 from __future__ import annotations
@@ -25,7 +28,8 @@ import numpy as np
 from pipelines.config import load_params, resolve
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.executor import get_executor
-from pipelines.mixture_search import search
+from pipelines.experiments._ci import lower_is_shown, t_interval
+from pipelines.mixture_search import decision, predictors, search
 from pipelines.runtime import quiet_threads
 
 REPORT_DIR = "reports"
@@ -44,7 +48,7 @@ def bar_chart(doc: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     names = doc["domains"]
-    uniform = [1 / len(names)] * len(names)
+    uniform = [doc["uniform_weights"][d] for d in names]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.8), 3.5))
     for k, (label, w) in enumerate((("searched", [doc["phase1_weights"][d] for d in names]),
@@ -76,17 +80,15 @@ def _overrides(params: dict, args) -> dict:
         mixture["proxy"] = {**(mixture.get("proxy") or {}), "steps": args.steps}
     if args.final is not None:
         mixture["final"] = {**(mixture.get("final") or {}), "method": args.final}
+    if args.max_repeat is not None:
+        mixture["max_repeat"] = None if args.max_repeat.lower() == "none" else float(args.max_repeat)
     return {**params, "mixture": mixture}
 
 
-def _verdict(diffs: list[float]) -> str:
-    """Paired (same seed) differences searched - uniform; lower bpb is better."""
-    mean = float(np.mean(diffs))
-    if mean < 0 and all(d < 0 for d in diffs):
-        return "searched beats uniform (lower bpb at every seed)"
-    if mean < 0:
-        return "searched is not clearly better than uniform (lower on average, not at every seed)"
-    return "searched does NOT beat uniform"
+def verdicts(summary: dict) -> dict[str, str]:
+    """Searched against each anchor: shown only when the 95% intervals over seeds do not overlap."""
+    iv = {m: t_interval(v["bpb_mean"]) for m, v in summary.items()}
+    return {other: lower_is_shown(iv["searched"], iv[other]) for other in ("uniform", "natural")}
 
 
 def noise_lines(evals: list[dict], heldout_docs: dict[str, int]) -> list[str]:
@@ -103,15 +105,31 @@ def noise_lines(evals: list[dict], heldout_docs: dict[str, int]) -> list[str]:
     return lines + [""]
 
 
+def decision_lines(decided: dict, n: int) -> list[str]:
+    if not decided:
+        return []
+    return ["## Decision accuracy (DataDecide)", "",
+            f"The first {n} held-out candidates re-trained at the same seed with 4x the proxy's non-embedding "
+            f"parameters (`{decision.LARGER}`: same depth, steps and tokens). Of the {decided['pairs']} pairs, the "
+            f"proxy orders **{decided['accuracy']:.0%}** as the larger proxy does "
+            f"({decided['accuracy_wide_gap']:.0%} of the pairs whose proxy gap is above the median "
+            f"{decided['median_gap']:.3f} bpb, {decided['accuracy_narrow_gap']:.0%} of the rest); Spearman between "
+            f"the two rankings {decided['spearman']:.2f}. Chance is 50%.", ""]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default=None)
     ap.add_argument("--seeds", type=int, default=3, help="fresh proxy seeds per compared mixture (>= 2)")
     ap.add_argument("--holdout", type=int, default=6,
                     help="random candidates measured after the search, for the predictors' held-out rank correlation")
+    ap.add_argument("--decision", type=int, default=8,
+                    help="held-out candidates also trained at 4x the proxy's size, for the decision accuracy (0: skip)")
     ap.add_argument("--rounds", type=int, default=None, help="override mixture.rounds")
     ap.add_argument("--candidates", type=int, default=None, help="override mixture.candidates_per_round")
     ap.add_argument("--steps", type=int, default=None, help="override mixture.proxy.steps")
+    ap.add_argument("--max-repeat", default=None, help="override mixture.max_repeat (a number, or none: no cap)")
+    ap.add_argument("--tag", default="", help="suffix of the output names (reports/mixture_TAG.md ...), to keep a variant's run")
     ap.add_argument("--final", default=None, choices=["top_k_mean", "best", "predicted"], help="override mixture.final.method")
     args = ap.parse_args(argv)
     if args.seeds < 2:
@@ -124,38 +142,48 @@ def main(argv=None) -> int:
     searched_s, searched_cpu = time.monotonic() - started, _cpu_seconds() - cpu0
     doc = json.loads((resolve(search.OUT_DIR) / search.MIXTURE).read_text())
     names = doc["domains"]
-    mixtures = {"searched": doc["phase1_weights"], "uniform": {d: 1 / len(names) for d in names},
+    mixtures = {"searched": doc["phase1_weights"], "uniform": doc["uniform_weights"],
                 "natural": doc["natural_weights"]}
     cfg = search.config(params)
     base = cfg["seed"]
     jobs = [(params, m, w, base + 1000 + k) for m, w in mixtures.items() for k in range(args.seeds)]
-    # Held-out candidates: fresh Dirichlet samples at the search's own seed (comparable with its scores).
+    # Held-out candidates: fresh Dirichlet samples within the caps, as the search's first round draws them, at
+    # the search's own seed (comparable with its scores).
     rng = np.random.default_rng([base, 20_000])
-    held = rng.dirichlet(np.full(len(names), float(cfg["dirichlet_alpha"])), size=args.holdout)
+    held = search.within_caps(rng.dirichlet(np.full(len(names), float(cfg["dirichlet_alpha"])), size=args.holdout),
+                              np.asarray([doc["caps"][d] for d in names]))
     jobs += [(params, f"holdout{j}", {d: float(x) for d, x in zip(names, w)}, base) for j, w in enumerate(held)]
+    # DataDecide: the first --decision held-out candidates again, at 4x the proxy's non-embedding parameters.
+    larger = {**params, "mixture": {**params["mixture"], "proxy": decision.larger_proxy(cfg["proxy"])}}
+    jobs += [(larger, f"larger{j}", {d: float(x) for d, x in zip(names, w)}, base)
+             for j, w in enumerate(held[:args.decision])]
     evals = get_executor(params.get("executor")).map(_eval_job, jobs)
     total_s, total_cpu = time.monotonic() - started, _cpu_seconds() - cpu0
     compared = [e for e in evals if e["mixture"] in mixtures]
-    holdout = [e for e in evals if e["mixture"] not in mixtures]
-    summary = {m: {"bpb_mean": [e["bpb_mean"] for e in compared if e["mixture"] == m]} for m in mixtures}
-    for m, v in summary.items():
-        v["mean"], v["std"] = float(np.mean(v["bpb_mean"])), float(np.std(v["bpb_mean"]))
-    diffs = [a - b for a, b in zip(summary["searched"]["bpb_mean"], summary["uniform"]["bpb_mean"])]
-    diffs_nat = [a - b for a, b in zip(summary["searched"]["bpb_mean"], summary["natural"]["bpb_mean"])]
-    held_rho = search.holdout_spearman(doc["candidates"], holdout, names) if len(holdout) >= 3 else {}
-    verdict = _verdict(diffs)
+    holdout = [e for e in evals if e["mixture"].startswith("holdout")]
+    larger_evals = [e for e in evals if e["mixture"].startswith("larger")]
+    summary = {}
+    for m in mixtures:
+        vals = [e["bpb_mean"] for e in compared if e["mixture"] == m]
+        summary[m] = {"bpb_mean": vals, "std": float(np.std(vals, ddof=1)), **t_interval(vals).as_dict()}
+    diffs = {other: [a - b for a, b in zip(summary["searched"]["bpb_mean"], summary[other]["bpb_mean"])]
+             for other in ("uniform", "natural")}
+    held_rho = predictors.holdout_spearman(doc["candidates"], holdout, names) if len(holdout) >= 3 else {}
+    decided = (decision.decision_accuracy([e["bpb_mean"] for e in holdout[:len(larger_evals)]],
+                                          [e["bpb_mean"] for e in larger_evals]) if len(larger_evals) >= 2 else {})
+    verdict = verdicts(summary)
     out = resolve(REPORT_DIR)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "mixture_eval.json", {
-        "summary": summary, "paired_diff_searched_minus_uniform": diffs,
-        "paired_diff_searched_minus_natural": diffs_nat, "verdict": verdict, "evals": compared,
-        "holdout_candidates": holdout, "predictor_holdout": held_rho,
+    suffix = f"_{args.tag}" if args.tag else ""
+    write_json_atomic(out / f"mixture_eval{suffix}.json", {
+        "summary": summary, "paired_diff_searched_minus": diffs, "verdict": verdict, "evals": compared,
+        "holdout_candidates": holdout, "predictor_holdout": held_rho, "larger_proxy": decision.LARGER,
+        "larger_evals": larger_evals, "decision_accuracy": decided,
         "predictor_loo": doc["predictor"]["comparison"], "search_seconds": searched_s,
         "search_cpu_seconds": searched_cpu, "total_seconds": total_s, "total_cpu_seconds": total_cpu,
         "candidates": len(doc["candidates"]), "config": doc["config"], "final": doc["final"],
         "args": vars(args)})
-    bar_chart(doc, out / "mixture_weights.png")
-    s, u, n = summary["searched"]["mean"], summary["uniform"]["mean"], summary["natural"]["mean"]
+    bar_chart(doc, out / f"mixture_weights{suffix}.png")
     comp = doc["predictor"]["comparison"]
     best = min(doc["candidates"], key=lambda c: c["bpb_mean"])
     anchors = {c["name"]: c["bpb_mean"] for c in doc["candidates"] if c["round"] == 0}
@@ -166,38 +194,45 @@ def main(argv=None) -> int:
         f"Target: {doc['target']} (`mixture.target: {doc['config']['target']}`). Proxy: {doc['config']['proxy']}. "
         f"{len(doc['candidates'])} candidates over {doc['config']['rounds']} rounds (round 0 includes the anchors "
         f"{doc['config']['anchors']}); domains: {', '.join(names)} (embedder: {doc['config']['embedder']}). "
-        f"Phase-1 weights: `{doc['final']}`.", "",
-        f"Search: {searched_s:.0f} s wall, {searched_cpu:.0f} CPU-s; search + comparison + held-out candidates: "
-        f"{total_s:.0f} s wall, {total_cpu:.0f} CPU-s ({os.cpu_count()} cores; wall time depends on what else the machine runs).", "",
-        "## Searched vs uniform vs natural (fresh proxy seeds, same seeds for every mixture)", "",
-        "| mixture | bpb_mean per seed | mean | std |", "|---|---|---|---|",
-        *[f"| {m} | {', '.join(f'{x:.4f}' for x in v['bpb_mean'])} | {v['mean']:.4f} | {v['std']:.4f} |"
-          for m, v in summary.items()], "",
-        f"Paired differences searched - uniform per seed: {', '.join(f'{d:+.4f}' for d in diffs)}; "
-        f"searched - natural: {', '.join(f'{d:+.4f}' for d in diffs_nat)}.", "",
-        f"**Verdict: {verdict}** (searched {s:.4f} vs uniform {u:.4f} vs natural {n:.4f}; lower is better). "
-        "The held-out documents scored are the ones the search optimised (fresh training seeds only), "
-        "so any bias favours the searched mixture.", "",
+        f"Phase-1 weights: `{doc['final']}`; the search's predictor: `{doc['config']['predictor']}`; "
+        f"`max_repeat: {doc['config']['max_repeat']}` (each domain's weight at most that many times its natural "
+        "share; the cap column below).", "",
+        f"Search: {searched_s:.0f} s wall, {searched_cpu:.0f} CPU-s; search + comparison + held-out candidates + "
+        f"larger proxies: {total_s:.0f} s wall, {total_cpu:.0f} CPU-s ({os.cpu_count()} cores; wall time depends on "
+        "what else the machine runs).", "",
+        f"## Searched vs uniform vs natural ({args.seeds} fresh proxy seeds, the same for every mixture)", "",
+        "| mixture | bpb_mean per seed | mean ± 95% CI | std |", "|---|---|---|---|",
+        *[f"| {m} | {', '.join(f'{x:.4f}' for x in v['bpb_mean'])} | {v['mean']:.4f} ± {v['half_width']:.4f} | "
+          f"{v['std']:.4f} |" for m, v in summary.items()], "",
+        *[f"Paired searched - {o} per seed: {', '.join(f'{d:+.4f}' for d in ds)} (mean {np.mean(ds):+.4f})."
+          for o, ds in diffs.items()], "",
+        f"**Searched beats uniform: {verdict['uniform']}. Searched beats natural: {verdict['natural']}.** "
+        "Shown = the 95% intervals over seeds do not overlap (pipelines/experiments/_ci.py). The held-out "
+        "documents scored are the ones the search optimised (fresh training seeds only), so any bias favours "
+        "the searched mixture.", "",
         f"Inside the search (search seed): best candidate {best['name']} {best['bpb_mean']:.4f}; "
         + ", ".join(f"{k} {v:.4f}" for k, v in sorted(anchors.items())) + ".", "",
         *noise_lines(compared, json.loads((search.work_dir() / "prepared.json").read_text())["heldout_docs"]),
         "## Predictors", "",
         f"Held-out: fitted on the {len(doc['candidates'])} search candidates, scored on {len(holdout)} fresh random "
-        "candidates measured afterwards. LOO: leave-one-out over the search candidates.", "",
+        "candidates (Dirichlet, the search's seed) measured afterwards. LOO: leave-one-out over the search "
+        "candidates, most of which sit close to the best (later rounds), so their spread is small.", "",
         "| predictor | Spearman, held-out candidates | Spearman, LOO |", "|---|---|---|",
         *[f"| {k} | {held_rho.get(k, {}).get('spearman', float('nan')):.3f} | {comp.get(k, {}).get('spearman_loo', float('nan')):.3f} |"
-          for k in search.PREDICTORS], "",
-        "lightgbm: the search's predictor (LightGBM, linear leaves); linear_regmix: RegMix's linear "
-        "regression baseline; mixing_law: the data-mixing law L = c + exp(a + t.w) (Ye et al., 2024).", "",
-        "## Weights", "", "![weights](mixture_weights.png)", "",
-        "| domain | searched | natural | uniform |", "|---|---|---|---|",
-        *[f"| {d} | {doc['phase1_weights'][d]:.3f} | {doc['natural_weights'][d]:.3f} | {1 / len(names):.3f} |"
-          for d in names], "",
-        "## Candidates", "", "| name | measured bpb_mean | predicted (LightGBM, in-sample) |", "|---|---|---|",
+          for k in predictors.PREDICTORS], "",
+        "per_source: a log-linear ridge per held-out source, their mean (pipelines/mixture_search/predictors.py); "
+        "lightgbm: RegMix's LightGBM (linear leaves); linear_regmix: RegMix's linear regression baseline; "
+        "mixing_law: the data-mixing law L = c + exp(a + t.w) (Ye et al., 2024) on the mean.", "",
+        *decision_lines(decided, len(larger_evals)),
+        "## Weights", "", f"![weights](mixture_weights{suffix}.png)", "",
+        "| domain | searched | natural | uniform | cap |", "|---|---|---|---|---|",
+        *[f"| {d} | {doc['phase1_weights'][d]:.3f} | {doc['natural_weights'][d]:.3f} | {doc['uniform_weights'][d]:.3f} |"
+          f" {doc['caps'][d]:.3f} |" for d in names], "",
+        "## Candidates", "", "| name | measured bpb_mean | predicted (search's predictor, in-sample) |", "|---|---|---|",
         *[f"| {c['name']} | {c['bpb_mean']:.4f} | {c['predicted_bpb_mean']:.4f} |" for c in doc["candidates"]], "",
     ]
-    (out / "mixture.md").write_text("\n".join(lines))
-    print("\n".join(lines[:26]))
+    (out / f"mixture{suffix}.md").write_text("\n".join(lines))
+    print("\n".join(lines[:24]))
     return 0
 
 

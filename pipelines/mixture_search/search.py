@@ -2,16 +2,18 @@
 
 ``prepare`` (domains, token streams, held-out docs) -> per round: ``propose``
 (candidates) -> ``run_proxy`` per candidate (a process pool under ``dvc repro``,
-mapped tasks in the ``mixture_search`` DAG) -> ``finalize`` (fit the LightGBM
-predictor and the RegMix-style linear baseline, write ``mixture.json``).
+mapped tasks in the ``mixture_search`` DAG) -> ``finalize`` (fit the predictors,
+write ``mixture.json``).
 Round 1 samples a Dirichlet over the domains (plus the ``anchors``: uniform over
 domains and the pool's natural shares, so the search starts from the obvious
 priors); later rounds sample many candidates around the predicted best and run
 the ones the predictor ranks best. The phase-1 weights are the mean of the
 ``final.k`` best measured candidates (``final.method: top_k_mean``): one proxy
 score is noisy, and the single best of many is biased low (winner's curse);
-``best`` takes it anyway, ``predicted`` takes the LightGBM optimum of a pool
-around the best candidates.
+``best`` takes it anyway, ``predicted`` takes the predictor's optimum of a pool
+around the best candidates. The predictor (``mixture.predictor``) is one of
+``predictors.PREDICTORS``; every candidate stays within ``max_repeat`` x its
+domain's natural share (``caps``).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from pipelines.config import resolve, section
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.shards import read_all, write_shard
 from pipelines.mixture_search import domains as dom
+from pipelines.mixture_search import predictors as pred
 from pipelines.mixture_search.proxy import train_and_score
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,8 @@ DEFAULTS = {
     ["wikipedia", "books", "news", "code", "math"], "rounds": 2, "candidates_per_round": 8, "dirichlet_alpha": 1.0,
     "local_concentration": 20.0, "pool_samples": 2000, "vocab_size": 2048, "max_stream_tokens": 400000,
     "heldout_docs_per_source": 16, "eval_tokens_per_doc": 256, "anchors": ["uniform", "natural"],
-    "final": {"method": "top_k_mean", "k": 3}, "target": "mean",
-    "proxy": {"preset": "tiny", "steps": 40, "seq_len": 128, "micro_batch": 8, "lr": 0.003, "threads": 1},
+    "final": {"method": "top_k_mean", "k": 3}, "target": "mean", "max_repeat": 4.0, "predictor": "per_source",
+    "proxy": {"preset": "tiny", "steps": 40, "seq_len": 128, "micro_batch": 8, "lr": 0.001, "threads": 1},
 }
 
 
@@ -56,6 +59,10 @@ def config(params: dict) -> dict:
     cfg["final"] = {**DEFAULTS["final"], **(cfg.get("final") or {})}
     if cfg["final"]["method"] not in ("top_k_mean", "best", "predicted") or int(cfg["final"]["k"]) < 1:
         raise ValueError(f"mixture.final must be {{method: top_k_mean|best|predicted, k: >=1}}, got {cfg['final']}")
+    if cfg["predictor"] not in pred.PREDICTORS:
+        raise ValueError(f"mixture.predictor must be one of {sorted(pred.PREDICTORS)}, got {cfg['predictor']!r}")
+    if cfg["max_repeat"] is not None and not float(cfg["max_repeat"]) >= 1:
+        raise ValueError(f"mixture.max_repeat must be null or >= 1, got {cfg['max_repeat']!r}")
     bad = set(cfg["anchors"] or []) - {"uniform", "natural"}
     if bad:
         raise ValueError(f"mixture.anchors may hold uniform and natural, got {sorted(bad)}")
@@ -136,6 +143,42 @@ def _normalise(w: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
+def caps(cfg: dict, info: dict) -> np.ndarray:
+    """Each domain's largest weight: ``max_repeat`` x its natural token share (at most 1).
+
+    Mix realises a share s by repeating the domain's records s / natural share times. Without a cap
+    the search learned to repeat a 2,000-token code domain ~350x: it lowers held-out code bpb at
+    proxy scale and costs every other source (reports/mixture_uncapped.md). Repeats beyond ~4 epochs are worth
+    little more than fresh data is (Muennighoff et al., 2023, Scaling Data-Constrained Language Models).
+    """
+    names = info["domains"]
+    if cfg["max_repeat"] is None:
+        return np.ones(len(names))
+    total = sum(info["natural_tokens"][d] for d in names) or 1
+    # max_repeat >= 1 (config) keeps the caps summing to >= 1: every capped simplex is non-empty.
+    return np.minimum(1.0, float(cfg["max_repeat"]) * np.asarray([info["natural_tokens"][d] / total for d in names]))
+
+
+def within_caps(W: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Each row (a mixture) moved into {w <= cap, sum w = 1}: capped domains sit at their cap and the
+    rest grow in proportion (water-filling); a row already inside is unchanged."""
+    out = np.atleast_2d(np.asarray(W, dtype=np.float64)).copy()
+    for w in out:
+        w[:] = _normalise(w)
+        for _ in range(len(w)):
+            over = w > cap
+            if not over.any():
+                break
+            free = ~over & (w < cap)
+            w[over] = cap[over]
+            room = 1.0 - w.sum()
+            if free.any() and w[free].sum() > 0:
+                w[free] += room * w[free] / w[free].sum()
+            elif free.any():
+                w[free] += room / free.sum()
+    return out
+
+
 def propose(params: dict, round_index: int, results: list[dict]) -> list[dict]:
     """Candidates of one round (dicts with name, weights, seed)."""
     cfg = config(params)
@@ -143,24 +186,28 @@ def propose(params: dict, round_index: int, results: list[dict]) -> list[dict]:
     names = info["domains"]
     rng = np.random.default_rng([cfg["seed"], round_index])
     n = int(cfg["candidates_per_round"])
+    cap = caps(cfg, info)
     if round_index == 0 or not results:
-        anchors = [anchor_weights(a, info) for a in (cfg["anchors"] or [])][:n]
+        anchors = [anchor_weights(a, info, cap) for a in (cfg["anchors"] or [])][:n]
         W = rng.dirichlet(np.full(len(names), float(cfg["dirichlet_alpha"])), size=n - len(anchors))
-        W = np.concatenate([np.asarray(anchors, dtype=np.float64).reshape(-1, len(names)), W])
+        W = np.concatenate([np.asarray(anchors, dtype=np.float64).reshape(-1, len(names)), within_caps(W, cap)])
     else:
-        model = fit_lightgbm(results, names)
+        model = pred.PREDICTORS[cfg["predictor"]](results, names)
         best = np.asarray([results[int(np.argmin([r["bpb_mean"] for r in results]))]["weights"][d] for d in names])
-        pool = rng.dirichlet(float(cfg["local_concentration"]) * _normalise(best) + 0.1, size=int(cfg["pool_samples"]))
-        pred = model.predict(pool)
-        W = pool[np.argsort(pred)[:n]]
+        pool = within_caps(rng.dirichlet(float(cfg["local_concentration"]) * _normalise(best) + 0.1,
+                                         size=int(cfg["pool_samples"])), cap)
+        W = pool[np.argsort(model.predict(pool))[:n]]
     return [{"name": f"r{round_index}_c{j}", "round": round_index, "seed": cfg["seed"],
              "weights": {d: float(x) for d, x in zip(names, w)}} for j, w in enumerate(W)]
 
 
-def anchor_weights(kind: str, info: dict) -> list[float]:
+def anchor_weights(kind: str, info: dict, cap: np.ndarray | None = None) -> list[float]:
+    """``uniform`` over the domains (moved within ``cap``: equal shares where the caps allow) or ``natural``
+    (the pool's own token shares, always within the caps)."""
     names = info["domains"]
     if kind == "uniform":
-        return [1.0 / len(names)] * len(names)
+        w = np.full(len(names), 1.0 / len(names))
+        return [float(x) for x in (within_caps(w, cap)[0] if cap is not None else w)]
     total = sum(info["natural_tokens"][d] for d in names) or 1
     return [info["natural_tokens"][d] / total for d in names]
 
@@ -176,96 +223,13 @@ def run_proxy(params: dict, candidate: dict) -> dict:
         if cfg["target"] not in score["bpb"]:
             raise ValueError(f"mixture.target {cfg['target']!r} is not a held-out source: {sorted(score['bpb'])}")
         score["bpb_mean"] = score["bpb"][cfg["target"]]
-    return {**candidate, **score}
-
-
-# ---------------------------------------------------------------- predictors
-
-def _xy(results: list[dict], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray([[r["weights"][d] for d in names] for r in results], dtype=np.float64)
-    return X, np.asarray([r["bpb_mean"] for r in results], dtype=np.float64)
-
-
-def fit_lightgbm(results: list[dict], names: list[str]):
-    import lightgbm as lgb
-
-    X, y = _xy(results, names)
-    # Tens of points: shallow trees with linear leaves (a linear fit where data is thin, splits where it is not).
-    return lgb.LGBMRegressor(n_estimators=100, learning_rate=0.1, num_leaves=4, min_child_samples=3,
-                             min_data_in_bin=1, linear_tree=True, linear_lambda=1e-2, verbose=-1,
-                             random_state=0).fit(X, y)
-
-
-def fit_linear(results: list[dict], names: list[str]):
-    """RegMix's linear baseline: score ~ a + b . weights (ridge, tiny alpha)."""
-    from sklearn.linear_model import Ridge
-
-    X, y = _xy(results, names)
-    return Ridge(alpha=1e-3).fit(X, y)
-
-
-class MixingLaw:
-    """The data-mixing law of Ye et al. (2024): L(w) = c + exp(a + t . w), fitted by least squares
-    (with a small ridge on t; tens of points for a dozen parameters)."""
-
-    def __init__(self, ridge: float = 1e-3):
-        self.ridge = ridge
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "MixingLaw":
-        from scipy.optimize import least_squares
-
-        c0 = float(y.min() - max(y.std(), 1e-3))
-
-        def resid(p):
-            return np.concatenate([p[0] + np.exp(p[1] + X @ p[2:]) - y, np.sqrt(self.ridge) * p[2:]])
-
-        p0 = np.concatenate([[c0, np.log(max(y.mean() - c0, 1e-6))], np.zeros(X.shape[1])])
-        self.p = least_squares(resid, p0, method="trf").x
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.p[0] + np.exp(self.p[1] + np.asarray(X) @ self.p[2:])
-
-
-def fit_mixing_law(results: list[dict], names: list[str]) -> MixingLaw:
-    return MixingLaw().fit(*_xy(results, names))
-
-
-PREDICTORS = {"lightgbm": fit_lightgbm, "linear_regmix": fit_linear, "mixing_law": fit_mixing_law}
-
-
-def holdout_spearman(train: list[dict], test: list[dict], names: list[str]) -> dict:
-    """Each predictor fitted on ``train``, Spearman rank correlation of its predictions on ``test``."""
-    from scipy.stats import spearmanr
-
-    out = {}
-    for name, fit in PREDICTORS.items():
-        pred = fit(train, names).predict(_xy(test, names)[0])
-        out[name] = {"spearman": float(spearmanr(pred, [r["bpb_mean"] for r in test]).statistic),
-                     "predictions": [float(x) for x in pred]}
-    return out
-
-
-def compare_predictors(results: list[dict], names: list[str]) -> dict:
-    """Leave-one-out predictions of both predictors; Spearman rank correlation with the measured scores."""
-    from scipy.stats import spearmanr
-
-    if len(results) < 4:
-        return {}
-    out = {}
-    for name, fit in PREDICTORS.items():
-        preds = []
-        for i in range(len(results)):
-            m = fit(results[:i] + results[i + 1:], names)
-            preds.append(float(m.predict(_xy([results[i]], names)[0])[0]))
-        rho = spearmanr(preds, [r["bpb_mean"] for r in results]).statistic
-        out[name] = {"spearman_loo": float(rho), "loo_predictions": preds}
-    return out
+    return {**candidate, **score, "target": cfg["target"]}
 
 
 # ---------------------------------------------------------------- finalize / entry point
 
-def final_weights(cfg: dict, results: list[dict], names: list[str], model) -> dict[str, float]:
+def final_weights(cfg: dict, results: list[dict], names: list[str], model,
+                  cap: np.ndarray | None = None) -> dict[str, float]:
     ranked = sorted(results, key=lambda r: (r["bpb_mean"], r["name"]))
     method, k = cfg["final"]["method"], int(cfg["final"]["k"])
     if method == "best":
@@ -276,6 +240,7 @@ def final_weights(cfg: dict, results: list[dict], names: list[str], model) -> di
         rng = np.random.default_rng([cfg["seed"], 10_000])
         centre = np.mean([[r["weights"][d] for d in names] for r in ranked[:k]], axis=0)
         pool = rng.dirichlet(float(cfg["local_concentration"]) * _normalise(centre) + 0.1, size=int(cfg["pool_samples"]))
+        pool = within_caps(pool, cap) if cap is not None else pool
         w = pool[int(np.argmin(model.predict(pool)))]
     w = _normalise(np.asarray(w, dtype=np.float64))
     return {d: float(x) for d, x in zip(names, w)}
@@ -286,13 +251,14 @@ def finalize(params: dict, results: list[dict]) -> dict:
     info = json.loads((work_dir() / "prepared.json").read_text())
     names = info["domains"]
     results = sorted(results, key=lambda r: (r["round"], r["name"]))
-    model = fit_lightgbm(results, names)
-    X, _ = _xy(results, names)
+    model = pred.PREDICTORS[cfg["predictor"]](results, names)
+    X, _ = pred.xy(results, names)
     for r, p in zip(results, model.predict(X)):
         r["predicted_bpb_mean"] = float(p)
     best = min(results, key=lambda r: r["bpb_mean"])
-    phase1 = final_weights(cfg, results, names, model)
-    comparison = compare_predictors(results, names)
+    cap = caps(cfg, info)
+    phase1 = final_weights(cfg, results, names, model, cap)
+    comparison = pred.compare(results, names)
     natural_total = sum(info["natural_tokens"].values()) or 1
     doc = {
         "target": "bpb_mean over held-out sources (lower is better)",
@@ -300,13 +266,15 @@ def finalize(params: dict, results: list[dict]) -> dict:
         "final": cfg["final"],
         "best_candidate": best["name"],
         "natural_weights": {d: info["natural_tokens"][d] / natural_total for d in names},
+        "uniform_weights": dict(zip(names, anchor_weights("uniform", info, cap))),
+        "caps": dict(zip(names, map(float, cap))),
         "domains": names,
         "clusters": info["clusters"],
         "candidates": results,
-        "predictor": {"kind": "lightgbm.LGBMRegressor", "features": names, "trained_on": len(results),
+        "predictor": {"kind": cfg["predictor"], "features": names, "trained_on": len(results),
                       "comparison": {k: {"spearman_loo": v["spearman_loo"]} for k, v in comparison.items()}},
         "config": {k: cfg[k] for k in ("embedder", "clusters", "rounds", "candidates_per_round", "anchors", "target",
-                                       "proxy")},
+                                       "proxy", "predictor", "max_repeat")},
     }
     write_json_atomic(resolve(OUT_DIR) / MIXTURE, doc)
     log.info("mixture: best %s bpb %.4f", best["name"], best["bpb_mean"])
