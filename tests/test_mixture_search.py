@@ -48,6 +48,13 @@ def test_pool_and_mapped_tasks_run_the_same_search(toy, airflow_db, monkeypatch)
     a = search.run_proxy(toy.params(), {"name": "a", "weights": w, "seed": 3})
     b = search.run_proxy(toy.params(), {"name": "b", "weights": {d: x for d, x in w.items() if d != "math"}, "seed": 3})
     assert a["bpb"] == b["bpb"]
+    # seeds_per_candidate: the scores are the means of the single-seed runs.
+    two = {**toy.params(), "mixture": {**toy.params()["mixture"], "seeds_per_candidate": 2}}
+    c = search.run_proxy(two, {"name": "c", "weights": w, "seed": 3})
+    d = search.run_proxy(toy.params(), {"name": "d", "weights": w, "seed": 3 + search.REPLICATE_STRIDE})
+    assert c["seeds"] == [3, 3 + search.REPLICATE_STRIDE]
+    assert c["bpb"] == pytest.approx({s: (a["bpb"][s] + d["bpb"][s]) / 2 for s in a["bpb"]})
+    assert c["bpb_mean"] == pytest.approx(sum(c["bpb"].values()) / len(c["bpb"]))
 
     shutil.copytree(REPO / "dags", toy.path("dags"), ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(toy.path("dags")))

@@ -80,6 +80,8 @@ def _overrides(params: dict, args) -> dict:
         mixture["proxy"] = {**(mixture.get("proxy") or {}), "steps": args.steps}
     if args.final is not None:
         mixture["final"] = {**(mixture.get("final") or {}), "method": args.final}
+    if args.seeds_per_candidate is not None:
+        mixture["seeds_per_candidate"] = args.seeds_per_candidate
     if args.max_repeat is not None:
         mixture["max_repeat"] = None if args.max_repeat.lower() == "none" else float(args.max_repeat)
     return {**params, "mixture": mixture}
@@ -129,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", type=int, default=None, help="override mixture.candidates_per_round")
     ap.add_argument("--steps", type=int, default=None, help="override mixture.proxy.steps")
     ap.add_argument("--max-repeat", default=None, help="override mixture.max_repeat (a number, or none: no cap)")
+    ap.add_argument("--seeds-per-candidate", type=int, default=None, help="override mixture.seeds_per_candidate")
     ap.add_argument("--tag", default="", help="suffix of the output names (reports/mixture_TAG.md ...), to keep a variant's run")
     ap.add_argument("--final", default=None, choices=["top_k_mean", "best", "predicted"], help="override mixture.final.method")
     args = ap.parse_args(argv)
@@ -146,7 +149,9 @@ def main(argv=None) -> int:
                 "natural": doc["natural_weights"]}
     cfg = search.config(params)
     base = cfg["seed"]
-    jobs = [(params, m, w, base + 1000 + k) for m, w in mixtures.items() for k in range(args.seeds)]
+    # Each fresh seed is one sample of the comparison: one proxy run, whatever the search replicated.
+    single = {**params, "mixture": {**params["mixture"], "seeds_per_candidate": 1}}
+    jobs = [(single, m, w, base + 1000 + k) for m, w in mixtures.items() for k in range(args.seeds)]
     # Held-out candidates: fresh Dirichlet samples within the caps, as the search's first round draws them, at
     # the search's own seed (comparable with its scores).
     rng = np.random.default_rng([base, 20_000])
@@ -196,7 +201,8 @@ def main(argv=None) -> int:
         f"{doc['config']['anchors']}); domains: {', '.join(names)} (embedder: {doc['config']['embedder']}). "
         f"Phase-1 weights: `{doc['final']}`; the search's predictor: `{doc['config']['predictor']}`; "
         f"`max_repeat: {doc['config']['max_repeat']}` (each domain's weight at most that many times its natural "
-        "share; the cap column below).", "",
+        f"share; the cap column below); `seeds_per_candidate: {doc['config']['seeds_per_candidate']}` (search and "
+        "held-out candidates; the comparison below is one run per fresh seed).", "",
         f"Search: {searched_s:.0f} s wall, {searched_cpu:.0f} CPU-s; search + comparison + held-out candidates + "
         f"larger proxies: {total_s:.0f} s wall, {total_cpu:.0f} CPU-s ({os.cpu_count()} cores; wall time depends on "
         "what else the machine runs).", "",

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 IN_DIR = stages.output("select")
 OUT_DIR = stages.output("mixture_search")
 MIXTURE = "mixture.json"
+REPLICATE_STRIDE = 100_003  # a candidate's extra seeds: far from the report's fresh seeds (seed + 1000 + k)
 ASSIGN = "domains.parquet"  # id -> domain (curated source name or cluster_<k>)
 DEFAULTS = {
     "enabled": False, "embedder": "tfidf", "clusters": 6, "min_cluster_quality": 0.0, "curated_sources":
@@ -44,6 +45,7 @@ DEFAULTS = {
     "local_concentration": 20.0, "pool_samples": 2000, "vocab_size": 2048, "max_stream_tokens": 400000,
     "heldout_docs_per_source": 16, "eval_tokens_per_doc": 256, "anchors": ["uniform", "natural"],
     "final": {"method": "top_k_mean", "k": 3}, "target": "mean", "max_repeat": 4.0, "predictor": "per_source",
+    "seeds_per_candidate": 1,
     "proxy": {"preset": "tiny", "steps": 40, "seq_len": 128, "micro_batch": 8, "lr": 0.001, "threads": 1},
 }
 
@@ -59,6 +61,8 @@ def config(params: dict) -> dict:
     cfg["final"] = {**DEFAULTS["final"], **(cfg.get("final") or {})}
     if cfg["final"]["method"] not in ("top_k_mean", "best", "predicted") or int(cfg["final"]["k"]) < 1:
         raise ValueError(f"mixture.final must be {{method: top_k_mean|best|predicted, k: >=1}}, got {cfg['final']}")
+    if int(cfg["seeds_per_candidate"]) < 1:
+        raise ValueError(f"mixture.seeds_per_candidate must be >= 1, got {cfg['seeds_per_candidate']!r}")
     if cfg["predictor"] not in pred.PREDICTORS:
         raise ValueError(f"mixture.predictor must be one of {sorted(pred.PREDICTORS)}, got {cfg['predictor']!r}")
     if cfg["max_repeat"] is not None and not float(cfg["max_repeat"]) >= 1:
@@ -216,9 +220,16 @@ def run_proxy(params: dict, candidate: dict) -> dict:
     """Train and score one candidate: the unit of work of the pool and of each mapped task.
 
     ``bpb_mean`` is the search target: the mean over held-out sources (``mixture.target: mean``)
-    or one named held-out source's bits per byte."""
+    or one named held-out source's bits per byte. With ``seeds_per_candidate`` n > 1 the candidate
+    trains at n seeds and its scores are their means: one seed's data draws (shared by every candidate
+    through common random numbers) can favour a mixture that no other seed favours."""
     cfg = config(params)
-    score = train_and_score(load_work(), candidate["weights"], cfg["proxy"], int(candidate.get("seed", cfg["seed"])))
+    work, seed = load_work(), int(candidate.get("seed", cfg["seed"]))
+    seeds = [seed + REPLICATE_STRIDE * k for k in range(int(cfg["seeds_per_candidate"]))]
+    runs = [train_and_score(work, candidate["weights"], cfg["proxy"], s) for s in seeds]
+    bpb = {src: float(np.mean([r["bpb"][src] for r in runs])) for src in runs[0]["bpb"]}
+    score = {"bpb": bpb, "bpb_mean": float(np.mean(list(bpb.values()))),
+             "final_loss": float(np.mean([r["final_loss"] for r in runs])), "seeds": seeds}
     if cfg["target"] != "mean":
         if cfg["target"] not in score["bpb"]:
             raise ValueError(f"mixture.target {cfg['target']!r} is not a held-out source: {sorted(score['bpb'])}")
@@ -274,7 +285,7 @@ def finalize(params: dict, results: list[dict]) -> dict:
         "predictor": {"kind": cfg["predictor"], "features": names, "trained_on": len(results),
                       "comparison": {k: {"spearman_loo": v["spearman_loo"]} for k, v in comparison.items()}},
         "config": {k: cfg[k] for k in ("embedder", "clusters", "rounds", "candidates_per_round", "anchors", "target",
-                                       "proxy", "predictor", "max_repeat")},
+                                       "proxy", "predictor", "max_repeat", "seeds_per_candidate")},
     }
     write_json_atomic(resolve(OUT_DIR) / MIXTURE, doc)
     log.info("mixture: best %s bpb %.4f", best["name"], best["bpb_mean"])
