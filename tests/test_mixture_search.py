@@ -181,6 +181,7 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
                 "config": {"max_repeat": 4}, "holdout_candidates": [{}] * 3,
                 "paired_diff_searched_minus": {"uniform": [a - b for a, b in zip(searched, uniform)]},
                 "predictor_holdout": {"per_source": {"spearman": rho}, "lightgbm": {"spearman": 0.1}},
+                "predictor_random_loo": {"per_source": 0.2, "lightgbm": 0.6},
                 "decision_accuracy": {"accuracy": 0.75, "pairs": 6, "accuracy_wide_gap": 1.0, "median_gap": 0.02}}
 
     doc = {"noise": {"lrs": {"0.003": clean, "0.001": noisy}, "candidates": 6, "seeds": 3,
@@ -191,8 +192,9 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
     ms.write_section(doc, path)
     text = path.read_text()
     assert "## Other\n\nkept" in text and text.count(ms.SECTION) == 1
-    assert "capped: best predictor on held-out candidates per_source (0.80); the target Spearman >= 0.5 is met" in text
-    assert "uncapped: best predictor on held-out candidates per_source (0.30); the target Spearman >= 0.5 is not met" in text
+    assert "capped, held-out candidates: best predictor per_source (0.80); the target Spearman >= 0.5 is met" in text
+    assert "uncapped, held-out candidates: best predictor per_source (0.30); the target Spearman >= 0.5 is not met" in text
+    assert "uncapped, random candidates, leave-one-out: best predictor lightgbm (0.60); the target" in text
     assert "Paired searched - anchor over the fresh seeds (negative: searched better): uniform -0.2000" in text
     assert "The smaller ratio (candidates re-ordered less by the seed) is at LR 0.003" in text
     assert "75% of 6 pairs" in text
