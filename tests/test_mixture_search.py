@@ -186,15 +186,16 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
 
     doc = {"noise": {"lrs": {"0.003": clean, "0.001": noisy}, "candidates": 6, "seeds": 3,
                      "proxy": {"steps": 10, "preset": "tiny", "lr": 0.001}},
-           "search": {"capped": run([3.5, 3.6], [3.7, 3.8], 0.8), "uncapped": run([3.4, 3.5], [3.7, 3.8], 0.3)}}
+           "search": {ms.CAPPED: run([3.5, 3.6], [3.7, 3.8], 0.8), ms.UNCAPPED: run([3.4, 3.5], [3.7, 3.8], 0.3)}}
     path = tmp_path / "science.md"
     path.write_text("# Report\n\n## Other\n\nkept\n")
     ms.write_section(doc, path)
     text = path.read_text()
     assert "## Other\n\nkept" in text and text.count(ms.SECTION) == 1
-    assert "capped, held-out candidates: best predictor per_source (0.80); the target Spearman >= 0.5 is met" in text
+    assert f"{ms.CAPPED}, held-out candidates: best predictor per_source (0.80); the target Spearman >= 0.5 is met" in text
     assert "uncapped, held-out candidates: best predictor per_source (0.30); the target Spearman >= 0.5 is not met" in text
     assert "uncapped, random candidates, leave-one-out: best predictor lightgbm (0.60); the target" in text
     assert "Paired searched - anchor over the fresh seeds (negative: searched better): uniform -0.2000" in text
+    assert f"Searched at the same fresh seeds: {ms.UNCAPPED} 3.4500, {ms.CAPPED} 3.5500" in text
     assert "The smaller ratio (candidates re-ordered less by the seed) is at LR 0.003" in text
     assert "75% of 6 pairs" in text

@@ -31,6 +31,10 @@ from pipelines.experiments._report import upsert_section
 from pipelines.mixture_search import search
 
 SECTION = "## Mixture search"
+CAPPED, UNCAPPED = "capped (the product's params)", "uncapped"
+# The report runs read (python -m pipelines.mixture_search.report ... [--tag T] -> reports/mixture_eval[_T].json).
+RUNS = {CAPPED: "mixture_eval.json", UNCAPPED: "mixture_eval_uncapped.json",
+        "capped, 2 seeds per candidate": "mixture_eval_replicated.json"}
 OLD_LR = 0.003  # the proxy's LR before this experiment (the trainer's)
 
 
@@ -78,12 +82,14 @@ def _search_lines(name: str, ev: dict) -> list[str]:
     iv = {m: f"{x['mean']:.4f} ± {x['half_width']:.4f}" for m, x in s.items()}
     held = ev.get("predictor_holdout") or {}
     cfg = ev["config"]
-    lines = [f"- **{name}** (`max_repeat: {cfg.get('max_repeat')}`, {ev['candidates']} candidates, "
+    lines = [f"- **{name}** (`max_repeat: {cfg.get('max_repeat')}`, predictor `{cfg.get('predictor')}`, "
+             f"`seeds_per_candidate: {cfg.get('seeds_per_candidate', 1)}`, {ev['candidates']} candidates, "
              f"{len(s['searched']['bpb_mean'])} fresh seeds): searched {iv['searched']}, uniform {iv['uniform']}, "
              f"natural {iv['natural']}. Searched beats uniform: **{v['uniform']}**; beats natural: **{v['natural']}**.",
              "  Predictors' Spearman on " + f"{len(ev['holdout_candidates'])} held-out candidates (fitted on the search's): "
-             + ", ".join(f"{k} {x['spearman']:.2f}" for k, x in held.items()) + "; leave-one-out over the random "
-             "candidates: " + ", ".join(f"{k} {x:.2f}" for k, x in (ev.get("predictor_random_loo") or {}).items()) + "."]
+             + ", ".join(f"{k} {x['spearman']:.2f}" for k, x in held.items())
+             + "".join("; leave-one-out over the random candidates: " + ", ".join(f"{k} {x:.2f}" for k, x in loo.items())
+                       for loo in [ev.get("predictor_random_loo") or {}] if loo) + "."]
     if d:
         lines.append(f"  Decision accuracy against a 4x larger proxy: {d['accuracy']:.0%} of {d['pairs']} pairs "
                      f"({d['accuracy_wide_gap']:.0%} where the proxy's gap is above its median {d['median_gap']:.3f}).")
@@ -108,10 +114,9 @@ def reading(runs: dict) -> list[str]:
     out += ["", "Where searched does not beat uniform, the report's \"Inside the search\" line shows the best "
             "candidate ahead of the uniform anchor at the search seed; a gap that does not survive fresh seeds is "
             "the winner's curse on a landscape flat to within the seed spread."]
-    if len(runs) == 2:
-        (cn, capped), (un, uncapped) = runs.items()
-        out.append(f"Searched at the same fresh seeds: {un} {uncapped['summary']['searched']['mean']:.4f}, {cn} "
-                   f"{capped['summary']['searched']['mean']:.4f}. `max_repeat` stays on whatever the proxy prefers: "
+    if CAPPED in runs and UNCAPPED in runs:
+        out.append(f"Searched at the same fresh seeds: {UNCAPPED} {runs[UNCAPPED]['summary']['searched']['mean']:.4f}, "
+                   f"{CAPPED} {runs[CAPPED]['summary']['searched']['mean']:.4f}. `max_repeat` stays on whatever the proxy prefers: "
                    "uncapped, the search may repeat a domain of a few thousand tokens hundreds of times, which "
                    "data-constrained scaling (Muennighoff et al., 2023) finds worth little beyond ~4 epochs at real "
                    "scale, a cost a proxy of ~10^5 tokens cannot see.")
@@ -166,7 +171,7 @@ def main(argv: list[str]) -> int:
         params["mixture"] = {**(params.get("mixture") or {}), "enabled": True}
         doc = {"noise": measure_noise(params, args.candidates, args.seeds)}
     doc["search"] = {}
-    for name, file in (("capped (the product's params)", "mixture_eval.json"), ("uncapped", "mixture_eval_uncapped.json")):
+    for name, file in RUNS.items():
         f = resolve("reports") / file
         if f.exists():
             doc["search"][name] = json.loads(f.read_text())
