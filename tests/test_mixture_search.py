@@ -44,14 +44,16 @@ def test_pool_and_mapped_tasks_run_the_same_search(toy, airflow_db, monkeypatch)
     _check(doc)
     assert pool["candidates"] == 4
     # Common random numbers: a domain at weight 0 keeps its slot, so leaving it out changes nothing.
+    def seeds(n):
+        return {**toy.params(), "mixture": {**toy.params()["mixture"], "seeds_per_candidate": n}}
+
     w = {**doc["uniform_weights"], "math": 0.0}
-    a = search.run_proxy(toy.params(), {"name": "a", "weights": w, "seed": 3})
-    b = search.run_proxy(toy.params(), {"name": "b", "weights": {d: x for d, x in w.items() if d != "math"}, "seed": 3})
+    a = search.run_proxy(seeds(1), {"name": "a", "weights": w, "seed": 3})
+    b = search.run_proxy(seeds(1), {"name": "b", "weights": {d: x for d, x in w.items() if d != "math"}, "seed": 3})
     assert a["bpb"] == b["bpb"]
     # seeds_per_candidate: the scores are the means of the single-seed runs.
-    two = {**toy.params(), "mixture": {**toy.params()["mixture"], "seeds_per_candidate": 2}}
-    c = search.run_proxy(two, {"name": "c", "weights": w, "seed": 3})
-    d = search.run_proxy(toy.params(), {"name": "d", "weights": w, "seed": 3 + search.REPLICATE_STRIDE})
+    c = search.run_proxy(seeds(2), {"name": "c", "weights": w, "seed": 3})
+    d = search.run_proxy(seeds(1), {"name": "d", "weights": w, "seed": 3 + search.REPLICATE_STRIDE})
     assert c["seeds"] == [3, 3 + search.REPLICATE_STRIDE]
     assert c["bpb"] == pytest.approx({s: (a["bpb"][s] + d["bpb"][s]) / 2 for s in a["bpb"]})
     assert c["bpb_mean"] == pytest.approx(sum(c["bpb"].values()) / len(c["bpb"]))
@@ -193,8 +195,8 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
     text = path.read_text()
     assert "## Other\n\nkept" in text and text.count(ms.SECTION) == 1
     assert f"{ms.CAPPED}, held-out candidates: best predictor per_source (0.80); the target Spearman >= 0.5 is met" in text
-    assert "uncapped, held-out candidates: best predictor per_source (0.30); the target Spearman >= 0.5 is not met" in text
-    assert "uncapped, random candidates, leave-one-out: best predictor lightgbm (0.60); the target" in text
+    assert f"{ms.UNCAPPED}, held-out candidates: best predictor per_source (0.30); the target Spearman >= 0.5 is not met" in text
+    assert f"{ms.UNCAPPED}, random candidates, leave-one-out: best predictor lightgbm (0.60); the target" in text
     assert "Paired searched - anchor over the fresh seeds (negative: searched better): uniform -0.2000" in text
     assert f"Searched at the same fresh seeds: {ms.UNCAPPED} 3.4500, {ms.CAPPED} 3.5500" in text
     assert "The smaller ratio (candidates re-ordered less by the seed) is at LR 0.003" in text
