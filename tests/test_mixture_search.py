@@ -186,8 +186,8 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
                 "predictor_random_loo": {"per_source": 0.2, "lightgbm": 0.6},
                 "decision_accuracy": {"accuracy": 0.75, "pairs": 6, "accuracy_wide_gap": 1.0, "median_gap": 0.02}}
 
-    doc = {"noise": {"lrs": {"0.003": clean, "0.001": noisy}, "candidates": 6, "seeds": 3,
-                     "proxy": {"steps": 10, "preset": "tiny", "lr": 0.001}},
+    doc = {"noise": {ms.WITHIN_CAPS: {"lrs": {"0.003": clean, "0.001": noisy}, "candidates": 6, "seeds": 3,
+                                      "proxy": {"steps": 10, "preset": "tiny", "lr": 0.001}}},
            "search": {ms.CAPPED: run([3.5, 3.6], [3.7, 3.8], 0.8), ms.UNCAPPED: run([3.4, 3.5], [3.7, 3.8], 0.3)}}
     path = tmp_path / "science.md"
     path.write_text("# Report\n\n## Other\n\nkept\n")
@@ -199,5 +199,6 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
     assert f"{ms.UNCAPPED}, random candidates, leave-one-out: best predictor lightgbm (0.60); the target" in text
     assert "Paired searched - anchor over the fresh seeds (negative: searched better): uniform -0.2000" in text
     assert f"Searched at the same fresh seeds: {ms.UNCAPPED} 3.4500, {ms.CAPPED} 3.5500" in text
-    assert "The smaller ratio (candidates re-ordered less by the seed) is at LR 0.003" in text
+    assert f"{ms.WITHIN_CAPS}: interaction sd / sd between candidates 0.00 at LR 0.003" in text
+    assert "the smaller (candidates re-ordered less by the seed) at LR 0.003." in text
     assert "75% of 6 pairs" in text

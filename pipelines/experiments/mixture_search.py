@@ -32,6 +32,8 @@ from pipelines.experiments._report import upsert_section
 from pipelines.mixture_search import search
 
 SECTION = "## Mixture search"
+# Candidate sets of the noise runs: Dirichlet samples moved within the product's caps, and left as drawn.
+WITHIN_CAPS, UNCAPPED_SET = "within the caps", "uncapped"
 CAPPED, UNCAPPED = "capped, 1 seed per candidate", "uncapped, 1 seed per candidate"
 # The report runs read (python -m pipelines.mixture_search.report ... [--tag T] -> reports/mixture_eval[_T].json).
 RUNS = {"capped, 2 seeds per candidate (the product's params)": "mixture_eval_replicated.json",
@@ -59,7 +61,8 @@ def noise_stats(Y: np.ndarray) -> dict:
             "seed_pair_spearman": rhos, "mean_seed_pair_spearman": float(np.mean(rhos))}
 
 
-def measure_noise(params: dict, candidates: int, seeds: int) -> dict:
+def measure_noise(params: dict, candidates: int, seeds: int, max_repeat) -> dict:
+    params = {**params, "mixture": {**params["mixture"], "max_repeat": max_repeat}}
     search.prepare(params)
     cfg = search.config(params)
     info = json.loads((search.work_dir() / "prepared.json").read_text())
@@ -126,9 +129,10 @@ def reading(runs: dict) -> list[str]:
 
 def write_section(doc: dict, path) -> None:
     noise = doc["noise"]
-    rows = [f"| {lr} | {x['interaction_sd']:.4f} | {x['between_candidates_sd']:.4f} | "
+    rows = [f"| {name} | {lr} | {x['interaction_sd']:.4f} | {x['between_candidates_sd']:.4f} | "
             f"{x['mean_seed_pair_spearman']:.2f} ({', '.join(f'{r:.2f}' for r in x['seed_pair_spearman'])}) |"
-            for lr, x in noise["lrs"].items()]
+            for name, run in noise.items() for lr, x in run["lrs"].items()]
+    first = next(iter(noise.values()))
     runs = [line for name, ev in doc["search"].items() for line in _search_lines(name, ev)]
     text = "\n".join([
         SECTION, "",
@@ -139,18 +143,24 @@ def write_section(doc: dict, path) -> None:
         "regression over many small proxy runs beats uniform and natural (human) mixtures at the target scale, "
         "and the regression ranks unseen mixtures well. DataDecide (Magnusson et al., 2025): small-scale runs pick "
         "the better of two data recipes at a larger scale about 80% of the time.", "",
-        f"**Proxy noise** ({noise['candidates']} of the search's candidates × {noise['seeds']} seeds per proxy LR; "
-        f"proxy {noise['proxy']['steps']} steps of the `{noise['proxy']['preset']}` model). "
+        f"**Proxy noise** ({first['candidates']} candidates (uniform, natural and Dirichlet samples) × "
+        f"{first['seeds']} seeds per proxy LR and candidate set; proxy {first['proxy']['steps']} steps of the "
+        f"`{first['proxy']['preset']}` model). "
         "Interaction sd: a candidate's seed-to-seed spread after removing each seed's shift shared by all "
         "candidates (what re-orders them). Seed-pair Spearman: two seeds' orderings of the same candidates, "
         "the ceiling for any predictor fitted on one seed.", "",
-        "| proxy LR | interaction sd | sd between candidates | seed-pair Spearman (each pair) |",
-        "|---|---|---|---|", *rows, "",
-        *[f"At LR {lr}: interaction sd / sd between candidates = {x['interaction_sd'] / x['between_candidates_sd']:.2f}."
-          for lr, x in noise["lrs"].items()],
-        f"The smaller ratio (candidates re-ordered less by the seed) is at LR "
-        f"{min(noise['lrs'], key=lambda lr: noise['lrs'][lr]['interaction_sd'] / noise['lrs'][lr]['between_candidates_sd'])}"
-        f"; the default `mixture.proxy.lr` is {noise['proxy']['lr']}.", "",
+        "| candidates | proxy LR | interaction sd | sd between candidates | seed-pair Spearman (each pair) |",
+        "|---|---|---|---|---|", *rows, "",
+        *[f"{name}: interaction sd / sd between candidates "
+          + ", ".join(f"{x['interaction_sd'] / x['between_candidates_sd']:.2f} at LR {lr}" for lr, x in run["lrs"].items())
+          + f"; the smaller (candidates re-ordered less by the seed) at LR "
+          f"{min(run['lrs'], key=lambda lr: run['lrs'][lr]['interaction_sd'] / run['lrs'][lr]['between_candidates_sd'])}."
+          for name, run in noise.items()],
+        f"The default `mixture.proxy.lr` is {first['proxy']['lr']}. A ratio above 1 means one run's ranking of these "
+        "candidates is mostly its seed's: the predictor's held-out rank correlation and the decision accuracy below "
+        "are measured at the search's own seeds (common random numbers: every candidate sees the same draws), so "
+        "they describe those seeds' landscape, and carry to other seeds only as far as the seed-pair correlation "
+        "here allows.", "",
         "**The search** (`python -m pipelines.mixture_search.report --rounds 3 --candidates 12 --holdout 16 "
         "--seeds 8 --decision 10` with `--seeds-per-candidate 2 --tag replicated`, `--seeds-per-candidate 1` and "
         "`--seeds-per-candidate 1 --max-repeat none --tag uncapped`; reports/mixture*.md):", "", *runs, "",
@@ -163,16 +173,21 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.experiments mixture_search", description=__doc__.split("\n")[0])
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--sets", default=f"{WITHIN_CAPS},{UNCAPPED_SET}",
+                    help="comma-separated candidate sets to measure (the others are kept from the last run)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the section from reports/mixture_search.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = resolve("reports/mixture_search.json")
-    if args.report_only:
-        doc = json.loads(out.read_text())
-    else:
+    doc = json.loads(out.read_text()) if out.exists() else {"noise": {}}
+    if not args.report_only:
         params = load_params()
         params["mixture"] = {**(params.get("mixture") or {}), "enabled": True}
-        doc = {"noise": measure_noise(params, args.candidates, args.seeds)}
+        caps = search.config(params)["max_repeat"]
+        for name in [n for n in args.sets.split(",") if n]:
+            if name not in (WITHIN_CAPS, UNCAPPED_SET):
+                ap.error(f"--sets: unknown set {name!r}")
+            doc["noise"][name] = measure_noise(params, args.candidates, args.seeds, caps if name == WITHIN_CAPS else None)
     doc["search"] = {}
     for name, file in RUNS.items():
         f = resolve("reports") / file
