@@ -4,11 +4,11 @@ Two kinds:
 - on the target itself (``bpb_mean``): RegMix's LightGBM and linear baselines and the data-mixing
   law L = c + exp(a + t.w) (Ye et al., 2024);
 - ``per_source``: one model per held-out source on that source's bits per byte, the prediction
-  being their mean (or the one target source). Each source answers mostly to a few domains'
-  weights (code's bpb to the code weight), so a few dozen candidates pin each source down where
-  the mean, which mixes every source's response, stays out of reach. Data Mixing Laws fit per
-  validation domain for the same reason. Each source's model is a ridge on log weights (a loss
-  falls as a power of its data's share: log-linear) with the penalty chosen by leave-one-out.
+  being their mean (or the one target source), as Data Mixing Laws fit per validation domain.
+  Each source's model is a ridge on log weights (a loss falls as a power of its data's share:
+  log-linear) with the penalty chosen by leave-one-out. It pays off where a source answers
+  strongly to one domain's weight (uncapped, code's bpb to the code weight); within the
+  ``max_repeat`` caps it ranked worse than LightGBM (reports/mixture*.md).
 
 A result is a candidate dict with ``weights`` {domain: w}, ``bpb_mean`` (the target) and ``bpb``
 {held-out source: bpb}; ``target`` is "mean" or the source ``bpb_mean`` stands for.
