@@ -184,6 +184,7 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
                 "paired_diff_searched_minus": {"uniform": [a - b for a, b in zip(searched, uniform)]},
                 "predictor_holdout": {"per_source": {"spearman": rho}, "lightgbm": {"spearman": 0.1}},
                 "predictor_random_loo": {"per_source": 0.2, "lightgbm": 0.6},
+                "predictor_holdout_fresh": {"per_source": rho - 0.5, "lightgbm": 0.55, predictors.MEASURED: 0.9},
                 "decision_accuracy": {"accuracy": 0.75, "pairs": 6, "accuracy_wide_gap": 1.0, "median_gap": 0.02}}
 
     doc = {"noise": {ms.WITHIN_CAPS: {"lrs": {"0.003": clean, "0.001": noisy}, "candidates": 6, "seeds": 3,
@@ -202,3 +203,38 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
     assert f"{ms.WITHIN_CAPS}: interaction sd / sd between candidates 0.00 at LR 0.003" in text
     assert "the smaller (candidates re-ordered less by the seed) at LR 0.003." in text
     assert "75% of 6 pairs" in text
+    # At fresh seeds the best predictor is named without counting the search seed's own scores (0.9).
+    assert f"{ms.CAPPED}, held-out candidates at fresh seeds: best predictor lightgbm (0.55); the target Spearman >= 0.5 is met" in text
+    assert f"{ms.UNCAPPED}, held-out candidates at fresh seeds: best predictor lightgbm (0.55)" in text
+    assert "fresh seeds (draws the search never shared): per_source 0.30, lightgbm 0.55, measured (search seed) 0.90." in text
+
+
+def test_report_on_a_source_target_states_verdicts_from_its_intervals(toy):
+    """The report run end to end at toy size with ``--target math``: every score it compares is math's bpb,
+    each verdict follows from the intervals, and the held-out candidates are ranked again at fresh seeds."""
+    from scipy.stats import spearmanr
+
+    from pipelines.experiments._ci import SHOWN, NOT_SHOWN
+    from pipelines.mixture_search import report
+
+    args = ["--seeds", "2", "--holdout", "4", "--holdout-seeds", "2", "--decision", "2", "--target", "math", "--tag", "t",
+            "--max-repeat", "none"]  # the toy's caps (1.2x natural) leave every candidate the same draws
+    assert report.main(args) == 0
+    ev = json.loads(toy.path("reports/mixture_eval_t.json").read_text())
+    assert ev["config"]["target"] == "math"
+    assert all(e["bpb_mean"] == e["bpb"]["math"] for e in ev["evals"] + ev["holdout_candidates"])
+    s = ev["summary"]
+    assert [len(v["bpb_mean"]) for v in s.values()] == [2, 2, 2]
+    for other in ("uniform", "natural"):
+        assert ev["verdict"][other] == (SHOWN if s["searched"]["high"] < s[other]["low"] else NOT_SHOWN)
+    # Fresh seeds: 4 held-out candidates, each the mean of 2 runs at seeds no search candidate used.
+    fresh, held = ev["holdout_fresh_bpb_mean"], ev["holdout_candidates"]
+    assert len(fresh) == 4 and all(0 < x < 20 for x in fresh)
+    rho = ev["predictor_holdout_fresh"]
+    assert set(rho) == {*predictors.PREDICTORS, predictors.MEASURED}
+    assert rho[predictors.MEASURED] == pytest.approx(spearmanr([h["bpb_mean"] for h in held], fresh).statistic)
+    expected = spearmanr(ev["predictor_holdout"]["lightgbm"]["predictions"], fresh).statistic
+    assert rho["lightgbm"] == pytest.approx(expected, nan_ok=True)
+    text = toy.path("reports/mixture_t.md").read_text()
+    assert "Target: bpb of the held-out source math" in text
+    assert "| measured (search seed) | 1.000 |" in text

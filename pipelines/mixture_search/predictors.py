@@ -112,6 +112,19 @@ def holdout_spearman(train: list[dict], test: list[dict], names: list[str]) -> d
     return out
 
 
+MEASURED = "measured (search seed)"
+
+
+def fresh_spearman(held_rho: dict, held: list[dict], fresh: list[float]) -> dict[str, float]:
+    """Spearman of each predictor's held-out predictions (``held_rho``, from :func:`holdout_spearman`) with the
+    same candidates' scores at fresh seeds; under ``MEASURED``, that of their own search-seed scores."""
+    from scipy.stats import spearmanr
+
+    out = {k: float(spearmanr(v["predictions"], fresh).statistic) for k, v in held_rho.items()}
+    out[MEASURED] = float(spearmanr([r["bpb_mean"] for r in held], fresh).statistic)
+    return out
+
+
 def compare(results: list[dict], names: list[str]) -> dict:
     """Leave-one-out predictions of every predictor; Spearman rank correlation with the measured scores."""
     from scipy.stats import spearmanr

@@ -7,11 +7,13 @@ uniform over domains (within the ``max_repeat`` caps) and the natural distributi
 (the pool's own token shares); "searched beats X" is shown only when the 95%
 intervals over seeds do not overlap. It measures ``--holdout`` fresh random
 candidates to score the predictors (``predictors.PREDICTORS``) on candidates they
-never saw, and trains the first ``--decision`` of them again at 4x the proxy's size
-for the DataDecide decision accuracy. Writes ``reports/mixture.md``,
+never saw, and again at ``--holdout-seeds`` fresh seeds (does their ranking survive
+draws the search never shared?), and trains the first ``--decision`` of them again at
+4x the proxy's size for the DataDecide decision accuracy. ``--target`` overrides
+``mixture.target`` (the mean over held-out sources, or one source). Writes ``reports/mixture.md``,
 ``reports/mixture_weights.png`` and ``reports/mixture_eval.json`` (``--tag T``:
 ``mixture_T.md`` ...). Size knobs: ``--rounds``, ``--candidates``, ``--steps``,
-``--max-repeat`` (override params). Scores are measured, never assumed: if the
+``--max-repeat``, ``--seeds-per-candidate`` (override params). Scores are measured, never assumed: if the
 searched mixture does not beat uniform at this scale, the report says so.
 """
 from __future__ import annotations
@@ -84,6 +86,8 @@ def _overrides(params: dict, args) -> dict:
         mixture["seeds_per_candidate"] = args.seeds_per_candidate
     if args.max_repeat is not None:
         mixture["max_repeat"] = None if args.max_repeat.lower() == "none" else float(args.max_repeat)
+    if args.target is not None:
+        mixture["target"] = args.target
     return {**params, "mixture": mixture}
 
 
@@ -107,6 +111,10 @@ def noise_lines(evals: list[dict], heldout_docs: dict[str, int]) -> list[str]:
     return lines + [""]
 
 
+def _share(x) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
 def decision_lines(decided: dict, n: int) -> list[str]:
     if not decided:
         return []
@@ -114,8 +122,8 @@ def decision_lines(decided: dict, n: int) -> list[str]:
             f"The first {n} held-out candidates re-trained at the same seed with 4x the proxy's non-embedding "
             f"parameters (`{decision.LARGER}`: same depth, steps and tokens). Of the {decided['pairs']} pairs, the "
             f"proxy orders **{decided['accuracy']:.0%}** as the larger proxy does "
-            f"({decided['accuracy_wide_gap']:.0%} of the pairs whose proxy gap is above the median "
-            f"{decided['median_gap']:.3f} bpb, {decided['accuracy_narrow_gap']:.0%} of the rest); Spearman between "
+            f"({_share(decided['accuracy_wide_gap'])} of the pairs whose proxy gap is above the median "
+            f"{decided['median_gap']:.3f} bpb, {_share(decided['accuracy_narrow_gap'])} of the rest); Spearman between "
             f"the two rankings {decided['spearman']:.2f}. Chance is 50%.", ""]
 
 
@@ -125,6 +133,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="fresh proxy seeds per compared mixture (>= 2)")
     ap.add_argument("--holdout", type=int, default=6,
                     help="random candidates measured after the search, for the predictors' held-out rank correlation")
+    ap.add_argument("--holdout-seeds", type=int, default=2,
+                    help="fresh seeds at which the held-out candidates train again, for the predictors' rank "
+                         "correlation with scores no search seed produced (0: skip)")
     ap.add_argument("--decision", type=int, default=8,
                     help="held-out candidates also trained at 4x the proxy's size, for the decision accuracy (0: skip)")
     ap.add_argument("--rounds", type=int, default=None, help="override mixture.rounds")
@@ -132,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="override mixture.proxy.steps")
     ap.add_argument("--max-repeat", default=None, help="override mixture.max_repeat (a number, or none: no cap)")
     ap.add_argument("--seeds-per-candidate", type=int, default=None, help="override mixture.seeds_per_candidate")
+    ap.add_argument("--target", default=None, help="override mixture.target (mean, or one held-out source's name)")
     ap.add_argument("--tag", default="", help="suffix of the output names (reports/mixture_TAG.md ...), to keep a variant's run")
     ap.add_argument("--final", default=None, choices=["top_k_mean", "best", "predicted"], help="override mixture.final.method")
     args = ap.parse_args(argv)
@@ -158,6 +170,10 @@ def main(argv=None) -> int:
     held = search.within_caps(rng.dirichlet(np.full(len(names), float(cfg["dirichlet_alpha"])), size=args.holdout),
                               np.asarray([doc["caps"][d] for d in names]))
     jobs += [(params, f"holdout{j}", {d: float(x) for d, x in zip(names, w)}, base) for j, w in enumerate(held)]
+    # The same held-out candidates at the comparison's fresh seeds: a predictor fitted on scores that share the
+    # search's draws is only useful as far as its ranking survives other draws.
+    jobs += [(single, f"fresh{j}", {d: float(x) for d, x in zip(names, w)}, base + 1000 + k)
+             for j, w in enumerate(held) for k in range(args.holdout_seeds)]
     # DataDecide: the first --decision held-out candidates again, at 4x the proxy's non-embedding parameters.
     larger = {**params, "mixture": {**params["mixture"], "proxy": decision.larger_proxy(cfg["proxy"])}}
     jobs += [(larger, f"larger{j}", {d: float(x) for d, x in zip(names, w)}, base)
@@ -167,6 +183,8 @@ def main(argv=None) -> int:
     compared = [e for e in evals if e["mixture"] in mixtures]
     holdout = [e for e in evals if e["mixture"].startswith("holdout")]
     larger_evals = [e for e in evals if e["mixture"].startswith("larger")]
+    fresh = [float(np.mean([e["bpb_mean"] for e in evals if e["mixture"] == f"fresh{j}"]))
+             for j in range(len(holdout))] if args.holdout_seeds else []
     summary = {}
     for m in mixtures:
         vals = [e["bpb_mean"] for e in compared if e["mixture"] == m]
@@ -174,6 +192,7 @@ def main(argv=None) -> int:
     diffs = {other: [a - b for a, b in zip(summary["searched"]["bpb_mean"], summary[other]["bpb_mean"])]
              for other in ("uniform", "natural")}
     held_rho = predictors.holdout_spearman(doc["candidates"], holdout, names) if len(holdout) >= 3 else {}
+    fresh_rho = predictors.fresh_spearman(held_rho, holdout, fresh) if fresh and held_rho else {}
     # The random candidates alone (round 0 and the held-out ones), each predicted by a model fitted on the
     # others: RegMix's setting, where the search's later rounds (crowded near the best) do not skew the fit.
     randoms = [c for c in doc["candidates"] if c["round"] == 0] + holdout
@@ -187,6 +206,7 @@ def main(argv=None) -> int:
     write_json_atomic(out / f"mixture_eval{suffix}.json", {
         "summary": summary, "paired_diff_searched_minus": diffs, "verdict": verdict, "evals": compared,
         "holdout_candidates": holdout, "predictor_holdout": held_rho,
+        "predictor_holdout_fresh": fresh_rho, "holdout_fresh_bpb_mean": fresh,
         "predictor_random_loo": {k: v["spearman_loo"] for k, v in random_loo.items()}, "larger_proxy": decision.LARGER,
         "larger_evals": larger_evals, "decision_accuracy": decided,
         "predictor_loo": doc["predictor"]["comparison"], "search_seconds": searched_s,
@@ -231,10 +251,15 @@ def main(argv=None) -> int:
         f"Random LOO: the {len(randoms)} random "
         "candidates (round 0: the anchors and Dirichlet samples; and the held-out ones), each predicted by the "
         "predictor fitted on all the others.", "",
-        "| predictor | Spearman, held-out candidates | Spearman, LOO (search) | Spearman, random LOO |", "|---|---|---|---|",
-        *[f"| {k} | {held_rho.get(k, {}).get('spearman', float('nan')):.3f} | "
+        f"Fresh seeds: the held-out candidates' mean score over {args.holdout_seeds} fresh seeds (those of the "
+        "comparison above), against the same predictions; the row `measured (search seed)` ranks them by their own "
+        "score at the search's seed, the ceiling of any predictor fitted on that seed's scores.", "",
+        "| predictor | Spearman, held-out candidates | Spearman, held-out at fresh seeds | Spearman, LOO (search) | "
+        "Spearman, random LOO |", "|---|---|---|---|---|",
+        *[f"| {k} | {held_rho.get(k, {}).get('spearman', float('nan')):.3f} | {fresh_rho.get(k, float('nan')):.3f} | "
           f"{comp.get(k, {}).get('spearman_loo', float('nan')):.3f} | "
-          f"{random_loo.get(k, {}).get('spearman_loo', float('nan')):.3f} |" for k in predictors.PREDICTORS], "",
+          f"{random_loo.get(k, {}).get('spearman_loo', float('nan')):.3f} |" for k in predictors.PREDICTORS],
+        f"| measured (search seed) | 1.000 | {fresh_rho.get(predictors.MEASURED, float('nan')):.3f} | | |", "",
         "per_source: a log-linear ridge per held-out source, their mean (pipelines/mixture_search/predictors.py); "
         "lightgbm: RegMix's LightGBM (linear leaves); linear_regmix: RegMix's linear regression baseline; "
         "mixing_law: the data-mixing law L = c + exp(a + t.w) (Ye et al., 2024) on the mean.", "",

@@ -272,7 +272,8 @@ def finalize(params: dict, results: list[dict]) -> dict:
     comparison = pred.compare(results, names)
     natural_total = sum(info["natural_tokens"].values()) or 1
     doc = {
-        "target": "bpb_mean over held-out sources (lower is better)",
+        "target": ("bpb_mean over held-out sources" if cfg["target"] == "mean"
+                   else f"bpb of the held-out source {cfg['target']}") + " (lower is better)",
         "phase1_weights": phase1,
         "final": cfg["final"],
         "best_candidate": best["name"],
