@@ -45,6 +45,11 @@ def test_ratio_standard_error_is_the_delta_method_error_of_bits_per_byte():
     expected = math.sqrt(((1 - 2) ** 2 + (3 - 2) ** 2) / 1) / math.sqrt(2) / math.log(2)
     assert ratio_standard_error(nats, bytes_) == pytest.approx(expected)
     assert math.isnan(ratio_standard_error([1.0], [1]))
+    # Documents needed for 0.01: the error falls as 1/sqrt(n), so 4x the documents halve it.
+    from pipelines.experiments._heldout_error import documents_for
+
+    assert documents_for(0.02, 100) == 400 and documents_for(0.005, 100) == 100  # never fewer than measured
+    assert documents_for(math.nan, 100) is None and documents_for(0.02, 1) is None
 
 
 def _runs(constant: list[float], decay: list[float], anneal_wiki: list[float], decay_wiki: list[float]) -> list[dict]:
@@ -68,6 +73,9 @@ def test_claims_read_the_verdict_from_the_intervals(workspace):
     # decay clearly below constant; wikipedia's anneal gain smaller than its seed spread
     runs = _runs(constant=[3.00, 3.01, 3.02], decay=[2.90, 2.91, 2.92],
                  anneal_wiki=[2.50, 2.70, 2.55], decay_wiki=[2.55, 2.60, 2.62])
+    for r in runs:  # the held-out set's own error, per source, as each scored run records it
+        r["heldout_error"] = {"math": {"docs": 100, "standard_error": 0.02 if r["seed"] == 2 else 0.015},
+                              "wikipedia": {"docs": 10, "standard_error": 0.005}}
     summary = summarize(runs, params, main, 400)
     by_claim = {c["claim"]: c for c in summary["claims"]}
     decay = by_claim["LR decay beats a constant LR (same data, same steps)"]
@@ -82,6 +90,9 @@ def test_claims_read_the_verdict_from_the_intervals(workspace):
     assert summary["arms"]["constant"]["mean"]["n"] == 3
     text = markdown(summary, "science.png")
     assert "**shown**" in text and f"**{NOT_SHOWN}**" in text and "science.png" in text
+    # Precision: the largest error over the seeds, and the documents that would bring it under 0.01.
+    assert "| math | 100 | 0.0200 | no | 400 |" in text and "| wikipedia | 10 | 0.0050 | yes | 10 |" in text
+    assert "1 of 2 sources reach a standard error under 0.01 (wikipedia)" in text
 
 
 def test_a_branch_is_deterministic_given_the_seed_and_the_arms_differ(workspace, built_inputs, tmp_path):

@@ -23,6 +23,14 @@ def ratio_standard_error(nats: list[float], bytes_: list[int]) -> float:
     return math.sqrt(squares * n / (n - 1)) / total_bytes / math.log(2)
 
 
+def documents_for(standard_error: float, docs: int, target: float = 0.01) -> int | None:
+    """Held-out documents the source would need for ``target``: the error falls as 1/sqrt(documents)
+    for documents drawn like these (None when the error was not measured)."""
+    if math.isnan(standard_error) or docs < 2:
+        return None
+    return max(docs, math.ceil(docs * (standard_error / target) ** 2))
+
+
 def heldout_standard_errors(model, tokenizer, docs: dict[str, list[str]], ep: dict, seq_len: int,
                             device) -> dict[str, dict]:
     """Per source: documents, bpb and its standard error; each document scored alone, as the evaluate

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipelines.core.atomic import write_bytes_atomic, write_json_atomic
 from pipelines.experiments._ci import SHOWN, Interval, lower_is_shown, t_interval
+from pipelines.experiments._heldout_error import documents_for
 
 MAIN_ARMS = ("constant", "decay_phase1", "anneal", "anneal_no_replay")
 # Sections of reports/science.md that other experiments write (python -m pipelines.experiments <name>): kept
@@ -137,6 +138,8 @@ def heldout_precision(runs: list[dict]) -> dict[str, dict]:
             cur = out.setdefault(source, {"docs": e["docs"], "standard_error_max": 0.0})
             if not math.isnan(e["standard_error"]):
                 cur["standard_error_max"] = max(cur["standard_error_max"], e["standard_error"])
+    for cur in out.values():
+        cur["docs_for_0.01"] = documents_for(cur["standard_error_max"], cur["docs"]) if cur["standard_error_max"] else None
     return dict(sorted(out.items()))
 
 
@@ -380,7 +383,8 @@ def reading(summary: dict) -> list[str]:
         under = [src for src, e in prec.items() if e["standard_error_max"] < 0.01]
         out.append(f"- **Held-out precision**: {len(under)} of {len(prec)} sources reach a standard error under 0.01 "
                    f"({', '.join(under) or 'none'}); the bundled samples hold too few documents for the rest (every "
-                   "document available is used, up to half of a small source). All arms are scored on the same "
+                   "document available is used, up to half of a small source; the table below gives how many each "
+                   "would need, which sets `mix.min_heldout_per_source` for a real corpus). All arms are scored on the same "
                    "documents, so the set's own error is shared by the arms and mostly cancels in their differences; "
                    "the seed spread is what the intervals measure.")
     return out
@@ -507,10 +511,14 @@ def markdown(summary: dict, png_name: str | None) -> str:
         lines += ["", "## How precise is the held-out set?", "",
                   "Standard error of each source's bpb over its held-out documents (delta method for a ratio of sums; "
                   "the largest over the seeds, on the `anneal` model). Target: under 0.01.", "",
-                  "| source | documents | standard error | under 0.01 |", "|---|---|---|---|"]
+                  "Documents for 0.01: the held-out documents the source would need, the error falling as "
+                  "1/sqrt(documents) drawn like these (`mix.min_heldout_per_source` sets the floor per source; "
+                  "a real corpus can afford it, the bundled samples cannot).", "",
+                  "| source | documents | standard error | under 0.01 | documents for 0.01 |", "|---|---|---|---|---|"]
         for src, e in prec.items():
+            need = e.get("docs_for_0.01")
             lines.append(f"| {src} | {e['docs']} | {e['standard_error_max']:.4f} | "
-                         f"{'yes' if e['standard_error_max'] < 0.01 else 'no'} |")
+                         f"{'yes' if e['standard_error_max'] < 0.01 else 'no'} | {need if need else 'n/a'} |")
     return "\n".join(lines) + "\n"
 
 
