@@ -29,7 +29,7 @@ from pipelines.config import load_params, resolve
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.executor import get_executor
 from pipelines.experiments._report import upsert_section
-from pipelines.mixture_search import search
+from pipelines.mixture_search import decision, search
 from pipelines.mixture_search.predictors import MEASURED
 
 SECTION = "## Mixture search"
@@ -102,7 +102,7 @@ def _search_lines(name: str, ev: dict) -> list[str]:
                      + ", ".join(f"{k} {x:.2f}" for k, x in fresh.items()) + ".")
     if d:
         lines.append(f"  Decision accuracy against a 4x larger proxy: {d['accuracy']:.0%} of {d['pairs']} pairs "
-                     f"({d['accuracy_wide_gap']:.0%} where the proxy's gap is above its median {d['median_gap']:.3f}).")
+                     f"({decision.share(d['accuracy_wide_gap'])} where the proxy's gap is above its median {d['median_gap']:.3f}).")
     return lines
 
 

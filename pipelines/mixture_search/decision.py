@@ -20,6 +20,11 @@ def larger_proxy(proxy: dict) -> dict:
     return {**proxy, "model": {**(proxy.get("model") or {}), **LARGER}}
 
 
+def share(x: float | None) -> str:
+    """An accuracy as a percentage; n/a for a split with no pairs (None)."""
+    return "n/a" if x is None else f"{x:.0%}"
+
+
 def decision_accuracy(small: list[float], large: list[float]) -> dict:
     """Share of pairs the two score lists order alike (lower is better in both), overall and for the pairs
     whose small-proxy gap is above / below its median (a wide gap should be decided more reliably)."""

@@ -111,10 +111,6 @@ def noise_lines(evals: list[dict], heldout_docs: dict[str, int]) -> list[str]:
     return lines + [""]
 
 
-def _share(x) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
-
-
 def decision_lines(decided: dict, n: int) -> list[str]:
     if not decided:
         return []
@@ -122,8 +118,8 @@ def decision_lines(decided: dict, n: int) -> list[str]:
             f"The first {n} held-out candidates re-trained at the same seed with 4x the proxy's non-embedding "
             f"parameters (`{decision.LARGER}`: same depth, steps and tokens). Of the {decided['pairs']} pairs, the "
             f"proxy orders **{decided['accuracy']:.0%}** as the larger proxy does "
-            f"({_share(decided['accuracy_wide_gap'])} of the pairs whose proxy gap is above the median "
-            f"{decided['median_gap']:.3f} bpb, {_share(decided['accuracy_narrow_gap'])} of the rest); Spearman between "
+            f"({decision.share(decided['accuracy_wide_gap'])} of the pairs whose proxy gap is above the median "
+            f"{decided['median_gap']:.3f} bpb, {decision.share(decided['accuracy_narrow_gap'])} of the rest); Spearman between "
             f"the two rankings {decided['spearman']:.2f}. Chance is 50%.", ""]
 
 
