@@ -185,9 +185,10 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
                 "predictor_holdout": {"per_source": {"spearman": rho}, "lightgbm": {"spearman": 0.1}},
                 "predictor_random_loo": {"per_source": 0.2, "lightgbm": 0.6},
                 "predictor_holdout_fresh": {"per_source": rho - 0.5, "lightgbm": 0.55, predictors.MEASURED: 0.9},
+                "search_seconds": 60.0, "total_seconds": 125.4, "total_cpu_seconds": 240.0,
                 "decision_accuracy": {"accuracy": 0.75, "pairs": 6, "accuracy_wide_gap": 1.0, "median_gap": 0.02}}
 
-    doc = {"noise": {ms.WITHIN_CAPS: {"lrs": {"0.003": clean, "0.001": noisy}, "candidates": 6, "seeds": 3,
+    doc = {"noise": {ms.WITHIN_CAPS: {"lrs": {"0.003": {**clean, "seconds": 12.0}, "0.001": noisy}, "candidates": 6, "seeds": 3,
                                       "proxy": {"steps": 10, "preset": "tiny", "lr": 0.001}}},
            "search": {ms.CAPPED: run([3.5, 3.6], [3.7, 3.8], 0.8), ms.UNCAPPED: run([3.4, 3.5], [3.7, 3.8], 0.3)}}
     path = tmp_path / "science.md"
@@ -201,8 +202,9 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
     assert "Paired searched - anchor over the fresh seeds (negative: searched better): uniform -0.2000" in text
     assert f"Searched at the same fresh seeds: {ms.UNCAPPED} 3.4500, {ms.CAPPED} 3.5500" in text
     assert f"{ms.WITHIN_CAPS}: interaction sd / sd between candidates 0.00 at LR 0.003" in text
-    assert "the smaller (candidates re-ordered less by the seed) at LR 0.003." in text
+    assert "the smaller (candidates re-ordered less by the seed) at LR 0.003 (wall time 12 s at LR 0.003)." in text
     assert "75% of 6 pairs" in text
+    assert "Wall time: search 60 s; search, comparison, held-out candidates and larger proxies 125 s (240 CPU-s)." in text
     # At fresh seeds the best predictor is named without counting the search seed's own scores (0.9).
     assert f"{ms.CAPPED}, held-out candidates at fresh seeds: best predictor lightgbm (0.55); the target Spearman >= 0.5 is met" in text
     assert f"{ms.UNCAPPED}, held-out candidates at fresh seeds: best predictor lightgbm (0.55)" in text
