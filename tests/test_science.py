@@ -183,3 +183,21 @@ def test_merge_ablation_packs_slices_and_merges_weights_by_share(workspace, buil
     a = agreement(fake)
     assert a["spearman_mean_bpb"] == pytest.approx(1.0) and a["mae_mean_bpb"] == pytest.approx(0.5)
     assert a["best_real"] == a["best_merged"] == "a" and a["helps_real"] == {"a": True, "b": False, "c": False}  # b ties the base: no help
+
+    # Over seeds: intervals of each slice's bpb and of the agreement; the reading follows the interval.
+    from pipelines.experiments.merge_ablation import markdown, over_seeds
+
+    def seed(k, flip):
+        r = {**fake, "seed": k, "seconds": 60.0, "slices": {**fake["slices"]}}
+        if flip:  # merged ranks a and c the other way round: Spearman -0.5
+            r["slices"]["a"] = {**fake["slices"]["a"], "merged": {"bpb_mean": 4.6, "bpb": {"a": 4.6}}}
+        return r
+
+    good = {"steps": 8, "share": 0.3, "seeds": [seed(1, False), seed(2, False), seed(3, False)]}
+    o = over_seeds(good)
+    assert o["spearman_mean_bpb"]["mean"] == pytest.approx(1.0) and o["best_agrees"] == 3 and o["minutes"] == 3.0
+    assert o["slices"]["b"]["merged"]["mean"] == pytest.approx(3.5) and o["slices"]["b"]["merged_own"]["mean"] == pytest.approx(3.4)
+    assert "The claim holds at this scale" in markdown(good)
+    mixed = {**good, "seeds": [seed(1, False), seed(2, True), seed(3, False)]}
+    assert over_seeds(mixed)["best_agrees"] == 2 and "Not shown at this scale" in markdown(mixed)
+    assert "no interval over seeds" in markdown({**good, "seeds": good["seeds"][:1]})
