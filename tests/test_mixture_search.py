@@ -166,6 +166,7 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
     import numpy as np
 
     from pipelines.experiments import mixture_search as ms
+    from pipelines.experiments._ci import NOT_SHOWN
 
     cand, seed = np.linspace(3.0, 3.5, 6)[:, None], np.array([[0.0, 0.2, -0.1]])
     clean = ms.noise_stats(cand + seed)
@@ -191,6 +192,13 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
     doc = {"noise": {ms.WITHIN_CAPS: {"lrs": {"0.003": {**clean, "seconds": 12.0}, "0.001": noisy}, "candidates": 6, "seeds": 3,
                                       "proxy": {"steps": 10, "preset": "tiny", "lr": 0.001}}},
            "search": {ms.CAPPED: run([3.5, 3.6], [3.7, 3.8], 0.8), ms.UNCAPPED: run([3.4, 3.5], [3.7, 3.8], 0.3)}}
+    for ev in doc["search"].values():  # neither mean-target run beats both anchors
+        ev["verdict"] = {"uniform": NOT_SHOWN, "natural": "shown"}
+    aimed = run([3.0, 3.1], [3.7, 3.8], 0.9)
+    aimed["config"] = {"max_repeat": 4, "target": "math"}
+    aimed["evals"] = [{"mixture": m, "weights": {"math": w, "news": 1 - w}}
+                      for m, w in (("searched", 0.8), ("uniform", 0.5), ("natural", 0.35))]
+    doc["search"][ms.TARGETED] = aimed
     path = tmp_path / "science.md"
     path.write_text("# Report\n\n## Other\n\nkept\n")
     ms.write_section(doc, path)
@@ -204,6 +212,8 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
     assert f"{ms.WITHIN_CAPS}: interaction sd / sd between candidates 0.00 at LR 0.003" in text
     assert "the smaller (candidates re-ordered less by the seed) at LR 0.003 (wall time 12 s at LR 0.003)." in text
     assert "75% of 6 pairs" in text
+    assert "Aimed at math: its weight is 0.80 in the searched mixture, 0.50 in uniform and 0.35 in natural." in text
+    assert "Aimed at one source, the search beats both anchors; on the mean over sources it beats both in no run." in text
     assert "Wall time: search 60 s; search, comparison, held-out candidates and larger proxies 125 s (240 CPU-s)." in text
     # At fresh seeds the best predictor is named without counting the search seed's own scores (0.9).
     assert f"{ms.CAPPED}, held-out candidates at fresh seeds: best predictor lightgbm (0.55); the target Spearman >= 0.5 is met" in text
