@@ -197,7 +197,7 @@ def test_merge_ablation_packs_slices_and_merges_weights_by_share(workspace, buil
     o = over_seeds(good)
     assert o["spearman_mean_bpb"]["mean"] == pytest.approx(1.0) and o["best_agrees"] == 3 and o["minutes"] == 3.0
     assert o["slices"]["b"]["merged"]["mean"] == pytest.approx(3.5) and o["slices"]["b"]["merged_own"]["mean"] == pytest.approx(3.4)
-    assert "The claim holds at this scale" in markdown(good)
+    assert "On mean bpb the claim holds at this scale" in markdown(good)
     mixed = {**good, "seeds": [seed(1, False), seed(2, True), seed(3, False)]}
-    assert over_seeds(mixed)["best_agrees"] == 2 and "Not shown at this scale" in markdown(mixed)
+    assert over_seeds(mixed)["best_agrees"] == 2 and "On mean bpb the claim is not shown at this scale" in markdown(mixed)
     assert "no interval over seeds" in markdown({**good, "seeds": good["seeds"][:1]})

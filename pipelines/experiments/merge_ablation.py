@@ -224,20 +224,23 @@ def markdown(saved: dict) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def verdict(iv: dict | None) -> str:
+    """The paper's rank-agreement claim, read from the interval over seeds."""
+    if iv is None:
+        return "is not measured (fewer than 3 slices)"
+    if iv["half_width"] is None:
+        return "has one seed: no interval over seeds (its p-value is the measure of chance)"
+    if iv["low"] > 0.5:
+        return "holds at this scale (the interval lies above 0.5: the merge ranks slices like real retrains)"
+    if iv["low"] > 0:
+        return ("is better than chance but not reliably good (the interval lies above 0 and reaches below 0.5): a signal, "
+                "not a replacement for retrains at this scale")
+    return "is not shown at this scale (the interval includes 0)"
+
+
 def reading(o: dict) -> str:
-    """Whether the paper's claim holds here, from the interval of the rank agreement over seeds."""
-    sp = o["spearman_mean_bpb"]
-    if sp is None:
-        return "Fewer than 3 slices: no rank agreement to measure."
-    if sp["half_width"] is None:
-        return "One seed: the rank agreement has no interval over seeds; its p-value is the measure of chance."
-    if sp["low"] > 0.5:
-        return ("The claim holds at this scale: the interval of the rank agreement lies above 0.5, so the merge ranks "
-                "slices like real retrains on every seed's evidence.")
-    if sp["low"] > 0:
-        return ("The merge ranks slices better than chance (the interval lies above 0) but not reliably well "
-                "(it reaches below 0.5): shown as a signal, not as a replacement for retrains at this scale.")
-    return "Not shown at this scale: the interval of the rank agreement includes 0."
+    return (f"On mean bpb the claim {verdict(o['spearman_mean_bpb'])}. On the slice's own source it "
+            f"{verdict(o['spearman_own_source_bpb'])}.")
 
 
 def main(argv: list[str]) -> int:
