@@ -199,6 +199,8 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
     aimed["evals"] = [{"mixture": m, "weights": {"math": w, "news": 1 - w}}
                       for m, w in (("searched", 0.8), ("uniform", 0.5), ("natural", 0.35))]
     doc["search"][ms.TARGETED] = aimed
+    doc["search"][ms.REPLICATED] = run([3.49, 3.61], [3.7, 3.8], 0.8)  # 2 seeds per candidate vs CAPPED's 3.5, 3.6
+    doc["search"][ms.REPLICATED]["verdict"] = {"uniform": NOT_SHOWN, "natural": "shown"}
     path = tmp_path / "science.md"
     path.write_text("# Report\n\n## Other\n\nkept\n")
     ms.write_section(doc, path)
@@ -212,6 +214,8 @@ def test_noise_stats_separate_reordering_from_shared_seed_shifts(tmp_path):
     assert f"{ms.WITHIN_CAPS}: interaction sd / sd between candidates 0.00 at LR 0.003" in text
     assert "the smaller (candidates re-ordered less by the seed) at LR 0.003 (wall time 12 s at LR 0.003)." in text
     assert "75% of 6 pairs" in text
+    assert "Two seeds per candidate against one: the searched mixture moves by +0.0000 ± 0.1271 bpb" in text
+    assert "ranks the held-out candidates at fresh seeds at 0.55 against 0.55" in text
     assert "Aimed at math: its weight is 0.80 in the searched mixture, 0.50 in uniform and 0.35 in natural." in text
     assert "Aimed at one source, the search beats both anchors; on the mean over sources it beats both in no run." in text
     assert "Wall time: search 60 s; search, comparison, held-out candidates and larger proxies 125 s (240 CPU-s)." in text

@@ -45,7 +45,7 @@ DEFAULTS = {
     "local_concentration": 20.0, "pool_samples": 2000, "vocab_size": 2048, "max_stream_tokens": 400000,
     "heldout_docs_per_source": 16, "eval_tokens_per_doc": 256, "anchors": ["uniform", "natural"],
     "final": {"method": "top_k_mean", "k": 3}, "target": "mean", "max_repeat": 4.0, "predictor": "lightgbm",
-    "seeds_per_candidate": 2,
+    "seeds_per_candidate": 1,
     "proxy": {"preset": "tiny", "steps": 40, "seq_len": 128, "micro_batch": 8, "lr": 0.001, "threads": 1},
 }
 
