@@ -25,8 +25,8 @@ is saved as it finishes, with the fingerprint of what it trained on (the phase-1
 and mix params, steps, share); a later run reuses the seeds whose fingerprint still matches.
 
 ``python -m pipelines.experiments merge_ablation [--seeds 3] [--steps 400] [--share 0.3]`` in a
-workspace with packed data. Not part of the test suite: ~2 anneals and 2 evaluations per slice, ~20 min
-per seed on one CPU thread.
+workspace with packed data. Not part of the test suite: ~2 anneals and 2 evaluations per slice, about
+13 min per seed on one CPU thread (7 slices).
 """
 from __future__ import annotations
 
@@ -167,6 +167,7 @@ def over_seeds(saved: dict) -> dict:
     seeds = saved["seeds"]
     agree = [agreement(r) for r in seeds]
     names = agree[0]["slices"] if agree else []
+
     def iv(xs):  # None: nothing measured (e.g. fewer than 3 slices with their own held-out source)
         xs = [x for x in xs if x is not None]
         return t_interval(xs).as_dict() if xs else None
@@ -200,8 +201,8 @@ def markdown(saved: dict) -> str:
              f"{1 - saved['share']:.1f} × (anneal on the phase-1 pack) + {saved['share']:.1f} × (anneal on the slice "
              f"alone). Seeds: {[r['seed'] for r in saved['seeds']]} (a seed sets the phase-1 init and data order); "
              f"{o['minutes']} min in all.", "",
-             f"Bits per byte, mean ± 95% interval over seeds: the mean over held-out sources, and the slice's own source (base anneal, no slice added: "
-             f"{_fmt(o['base'])}):", "",
+             "Bits per byte, mean ± 95% interval over seeds: the mean over held-out sources, and the slice's own "
+             f"source (base anneal, no slice added: {_fmt(o['base'])}):", "",
              "| slice | real | merged | real: the slice's own source | merged: own source |", "|---|---|---|---|---|",
              *[f"| {s} | {_fmt(x['real'])} | {_fmt(x['merged'])} | {_fmt(x['real_own'])} | {_fmt(x['merged_own'])} |"
                for s, x in o["slices"].items()], "",

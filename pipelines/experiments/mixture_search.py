@@ -112,7 +112,8 @@ def _search_lines(name: str, ev: dict) -> list[str]:
                      f"larger proxies {ev['total_seconds']:.0f} s ({ev['total_cpu_seconds']:.0f} CPU-s).")
     if d:
         lines.append(f"  Decision accuracy against a 4x larger proxy: {d['accuracy']:.0%} of {d['pairs']} pairs "
-                     f"({decision.share(d['accuracy_wide_gap'])} where the proxy's gap is above its median {d['median_gap']:.3f}).")
+                     f"({decision.share(d['accuracy_wide_gap'])} where the proxy's gap is above its median "
+                     f"{d['median_gap']:.3f}).")
     return lines
 
 
@@ -157,7 +158,8 @@ def reading(runs: dict) -> list[str]:
                        f"runs; on the mean over sources: in {sum(map(won, on_mean.values()))} of {len(on_mean)}.")
     if REPLICATED in runs and CAPPED in runs:
         two, one = runs[REPLICATED], runs[CAPPED]
-        d = t_interval([a - b for a, b in zip(two["summary"]["searched"]["bpb_mean"], one["summary"]["searched"]["bpb_mean"])])
+        d = t_interval([a - b for a, b in zip(two["summary"]["searched"]["bpb_mean"],
+                                              one["summary"]["searched"]["bpb_mean"])])
         f2, f1 = (r.get("predictor_holdout_fresh", {}).get(r["config"].get("predictor", "lightgbm")) for r in (two, one))
         out.append(f"Two seeds per candidate against one: the searched mixture moves by {d.mean:+.4f} ± {d.half_width:.4f} "
                    "bpb (paired over the fresh seeds), and the search's predictor ranks the held-out candidates at fresh "
@@ -246,7 +248,8 @@ def main(argv: list[str]) -> int:
         if f.exists():
             doc["search"][name] = json.loads(f.read_text())
     write_json_atomic(out, {**doc, "search": {k: {key: v[key] for key in (
-        "summary", "verdict", "paired_diff_searched_minus", "predictor_holdout", "predictor_holdout_fresh", "holdout_fresh_bpb_mean", "predictor_random_loo", "decision_accuracy", "candidates",
+        "summary", "verdict", "paired_diff_searched_minus", "predictor_holdout", "predictor_holdout_fresh",
+        "holdout_fresh_bpb_mean", "predictor_random_loo", "decision_accuracy", "candidates",
         "search_seconds", "total_seconds", "total_cpu_seconds",
         "config", "holdout_candidates")
         if key in v} for k, v in doc["search"].items()}})
